@@ -1,0 +1,166 @@
+//! The thin layer between wasi:http, our WIT imports and [`crate::policy`].
+
+use crate::policy::{self, BodyError, RequestHead};
+use wasip2::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
+    ResponseOutparam,
+};
+use wasip2::io::streams::StreamError;
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "keybust:gateway/endpoint",
+    with: {
+        "wasi:http/types@0.2.12": wasip2::http::types,
+        "wasi:io/error@0.2.12": wasip2::io::error,
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+    },
+});
+
+use keybust::gateway::{cache, convex, origins, session};
+
+struct Endpoint;
+
+export!(Endpoint);
+
+impl exports::wasi::http::incoming_handler::Guest for Endpoint {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let method = match request.method() {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+            Method::Other(_) => "OTHER",
+        };
+        let headers = request.headers();
+        let origin = first_header(&headers, "origin");
+        let authorization = first_header(&headers, "authorization");
+        let content_length = first_header(&headers, "content-length").and_then(|v| v.parse().ok());
+        drop(headers);
+        let head = RequestHead {
+            method,
+            origin: origin.as_deref(),
+            authorization: authorization.as_deref(),
+            content_length,
+        };
+        let response = policy::handle(&head, |limit| read_body(&request, limit), &Host);
+        send(response, response_out);
+    }
+}
+
+/// The first value of a header, when it is valid UTF-8.
+fn first_header(headers: &Fields, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .into_iter()
+        .next()
+        .and_then(|value| String::from_utf8(value).ok())
+}
+
+/// Reads the request body, stopping as soon as it grows past `limit`.
+fn read_body(request: &IncomingRequest, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let body = request.consume().map_err(|()| BodyError::Broken)?;
+    let stream = body.stream().map_err(|()| BodyError::Broken)?;
+    let mut buf = Vec::new();
+    loop {
+        match stream.blocking_read(16 * 1024) {
+            Ok(chunk) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(_)) => return Err(BodyError::Broken),
+        }
+    }
+    drop(stream);
+    IncomingBody::finish(body);
+    Ok(buf)
+}
+
+/// Writes a policy response through the outparam.
+fn send(response: policy::Response, out: ResponseOutparam) {
+    let entries: Vec<(String, Vec<u8>)> = response
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.into_bytes()))
+        .collect();
+    let headers = match Fields::from_list(&entries) {
+        Ok(headers) => headers,
+        Err(_) => Fields::new(),
+    };
+    let outgoing = OutgoingResponse::new(headers);
+    let _ = outgoing.set_status_code(response.status);
+    let Ok(body) = outgoing.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(outgoing));
+    if !response.body.is_empty() {
+        let Ok(stream) = body.write() else {
+            return;
+        };
+        for chunk in response.body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// The host's imports, seen as the policy's capabilities.
+struct Host;
+
+impl policy::Capabilities for Host {
+    fn origin_allowed(&self, origin: &str) -> bool {
+        origins::is_allowed(origin)
+    }
+
+    fn default_origin(&self) -> String {
+        origins::default_origin()
+    }
+
+    fn validate_session(&self, token: &str) -> Result<String, policy::SessionError> {
+        session::validate(token).map_err(|err| match err {
+            session::SessionError::Invalid => policy::SessionError::Invalid,
+            session::SessionError::Unverifiable => policy::SessionError::Unverifiable,
+        })
+    }
+
+    fn convex_post(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> Result<policy::ConvexResponse, policy::ConvexError> {
+        convex::post(path, body)
+            .map(|answer| policy::ConvexResponse {
+                status: answer.status,
+                body: answer.body,
+            })
+            .map_err(|err| match err {
+                convex::ConvexError::NotConfigured => policy::ConvexError::NotConfigured,
+                convex::ConvexError::ForbiddenPath => policy::ConvexError::ForbiddenPath,
+                convex::ConvexError::Timeout => policy::ConvexError::Timeout,
+                convex::ConvexError::Transport => policy::ConvexError::Transport,
+            })
+    }
+
+    fn cache_delete(&self, key: &str) -> Result<(), policy::CacheError> {
+        cache::delete(key).map_err(|err| match err {
+            cache::CacheError::Unavailable => policy::CacheError::Unavailable,
+            cache::CacheError::Timeout => policy::CacheError::Timeout,
+        })
+    }
+
+    fn warn(&self, message: &str) {
+        eprintln!("{message}");
+    }
+}
