@@ -1,0 +1,160 @@
+//! The host side of the `keybust:gateway` imports, and how to add them to a
+//! wasmtime [`Linker`].
+//!
+//! [`Capabilities`] bundles one backend per WIT interface. It is built once
+//! per process and shared by every request; the guest reaches it only
+//! through the four imported interfaces, so no secret crosses into the guest.
+
+use crate::cache::{Cache, CacheError};
+use crate::config::{ConfigError, Settings};
+use crate::convex::{ConvexClient, ConvexError};
+use crate::origins::{InvalidOriginPattern, OriginPolicy};
+use crate::session::{SessionError, SessionVerifier};
+use std::time::Duration;
+use wasmtime::component::{HasData, Linker};
+
+/// Bindings generated from `wit/keybust.wit`'s `capabilities` world.
+#[allow(missing_docs, reason = "generated; the WIT documents each item")]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "keybust:gateway/capabilities",
+        imports: { default: async },
+    });
+}
+
+use bindings::keybust::gateway::{cache as wit_cache, convex as wit_convex, origins, session};
+
+/// Why the capabilities could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A setting is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An allowed-origin pattern does not compile.
+    #[error(transparent)]
+    Origins(#[from] InvalidOriginPattern),
+    /// The cache backend cannot be set up.
+    #[error("cache: {0}")]
+    Cache(#[from] CacheError),
+    /// The HTTP client cannot be set up.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Everything the endpoint component may ask of its host.
+pub struct Capabilities {
+    /// Convex HTTP actions, for the owner lookup.
+    pub convex: ConvexClient,
+    /// The gateway's key cache.
+    pub cache: Cache,
+    /// Clerk session verification.
+    pub sessions: SessionVerifier,
+    /// The CORS allow-list.
+    pub origins: OriginPolicy,
+}
+
+impl Capabilities {
+    /// Builds the capabilities from the process environment (SPEC's variable names).
+    pub fn from_env() -> Result<Self, SetupError> {
+        Self::from_settings(&Settings::from_env()?)
+    }
+
+    /// Builds the capabilities from explicit settings.
+    pub fn from_settings(settings: &Settings) -> Result<Self, SetupError> {
+        let http = outbound_client()?;
+        Ok(Capabilities {
+            convex: ConvexClient::new(&settings.convex, http.clone()),
+            cache: Cache::from_settings(&settings.cache, http.clone())?,
+            sessions: SessionVerifier::new(&settings.clerk, http),
+            origins: OriginPolicy::new(&settings.origins)?,
+        })
+    }
+
+    /// Why requests cannot succeed yet, if they cannot: for readiness checks.
+    pub fn unready_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if !self.convex.is_configured() {
+            reasons.push("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET is not set");
+        }
+        if !self.sessions.is_configured() {
+            reasons.push("CLERK_JWT_ISSUER_DOMAIN is not set");
+        }
+        reasons
+    }
+}
+
+/// One pooled, keep-alive HTTP client for Convex, the JWKS and Upstash.
+fn outbound_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// Gives the linker access to [`Capabilities`] from an embedder's store data,
+/// the way `wasmtime_wasi::WasiView` does for WASI.
+pub trait CapabilitiesView: Send {
+    /// The capabilities this store's guest may use.
+    fn capabilities(&self) -> &Capabilities;
+}
+
+struct HasCapabilities;
+
+impl HasData for HasCapabilities {
+    type Data<'a> = &'a Capabilities;
+}
+
+/// Adds the four `keybust:gateway` interfaces to `linker`.
+pub fn add_to_linker<T: CapabilitiesView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| state.capabilities())
+}
+
+impl wit_convex::Host for &Capabilities {
+    async fn post(
+        &mut self,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
+        match self.convex.post(&path, body).await {
+            Ok(response) => Ok(wit_convex::ConvexResponse {
+                status: response.status,
+                body: response.body.into(),
+            }),
+            Err(ConvexError::NotConfigured) => Err(wit_convex::ConvexError::NotConfigured),
+            Err(ConvexError::ForbiddenPath) => Err(wit_convex::ConvexError::ForbiddenPath),
+            Err(ConvexError::Timeout) => Err(wit_convex::ConvexError::Timeout),
+            Err(ConvexError::Transport) => Err(wit_convex::ConvexError::Transport),
+        }
+    }
+}
+
+impl wit_cache::Host for &Capabilities {
+    async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
+        self.cache.delete(&key).await.map_err(|err| match err {
+            CacheError::Timeout(_) => wit_cache::CacheError::Timeout,
+            CacheError::Unavailable(_) => wit_cache::CacheError::Unavailable,
+        })
+    }
+}
+
+impl session::Host for &Capabilities {
+    async fn validate(&mut self, token: String) -> Result<String, session::SessionError> {
+        self.sessions.validate(&token).await.map_err(|err| match err {
+            SessionError::Invalid => session::SessionError::Invalid,
+            SessionError::Unverifiable => session::SessionError::Unverifiable,
+        })
+    }
+}
+
+impl origins::Host for &Capabilities {
+    async fn is_allowed(&mut self, origin: String) -> bool {
+        self.origins.is_allowed(&origin)
+    }
+
+    async fn default_origin(&mut self) -> String {
+        self.origins.default_origin().to_owned()
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine with only rustup and cargo:
+# installs what the tests need (the wasm target, redis-server), then runs
+# every unit and integration test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing redis-server from Debian's packages" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
+rustup target add wasm32-wasip2 >/dev/null
+
+cargo test --release --workspace --locked "$@"

@@ -1,0 +1,152 @@
+//! SPEC §3: the cache key, its deploy prefix, and the backends, against a
+//! real `redis-server` (directly over RESP, and behind an Upstash-style REST
+//! front).
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{Answer, Backend, Options, Stack, hashes};
+
+async fn prefix_case(backend: Backend, env: Vec<(&'static str, String)>, prefix: &str) {
+    let options = Options {
+        env,
+        prefix: prefix.to_owned(),
+        ..Options::default()
+    };
+    let stack = Stack::with(backend, options).await;
+    let redis = stack.redis.as_ref().unwrap();
+    // The same hash without the prefix must survive: only the prefixed key goes.
+    let bare = format!("user-api-key:{}", hashes::OWNED);
+    redis.set(&bare, "bare");
+    stack.seed(hashes::OWNED);
+    assert!(redis.exists(&stack.cache_key(hashes::OWNED)));
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(200, r#"{"ok":true}"#);
+    assert!(!redis.exists(&stack.cache_key(hashes::OWNED)), "prefix {prefix:?}");
+    if !prefix.is_empty() {
+        assert!(redis.exists(&bare), "the unprefixed key must stay");
+    }
+}
+
+async fn prefix_rules(backend: Backend) {
+    let sha = "abcdef0123456789".to_owned();
+    prefix_case(backend, vec![], "").await;
+    prefix_case(
+        backend,
+        vec![("VERCEL_ENV", "production".into()), ("VERCEL_GIT_COMMIT_SHA", sha.clone())],
+        "",
+    )
+    .await;
+    prefix_case(
+        backend,
+        vec![("VERCEL_ENV", "preview".into()), ("VERCEL_GIT_COMMIT_SHA", sha.clone())],
+        "preview:abcdef01:",
+    )
+    .await;
+    prefix_case(backend, vec![("VERCEL_ENV", "development".into())], "development:dev:").await;
+    prefix_case(
+        backend,
+        vec![
+            ("VERCEL_ENV", "preview".into()),
+            ("VERCEL_GIT_COMMIT_SHA", sha),
+            ("KEYBUST_CACHE_PREFIX", "tenant-a:".into()),
+        ],
+        "tenant-a:",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_prefix_rules() {
+    prefix_rules(Backend::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_prefix_rules() {
+    prefix_rules(Backend::Upstash).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_recovers_after_a_restart_without_restarting_keybust() {
+    let mut stack = Stack::start(Backend::Redis).await;
+    stack.seed(hashes::OWNED);
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+
+    stack.redis.as_mut().unwrap().stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    }
+
+    stack.redis.as_mut().unwrap().restart();
+    stack.seed(hashes::OWNED);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keybust did not reconnect: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stack.cached(hashes::OWNED), Some(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_then_up() {
+    let mut redis = support::Redis::start();
+    redis.stop();
+    let options = Options {
+        env: vec![("REDIS_URL", redis.url())],
+        ..Options::default()
+    };
+    // keybust starts although Redis is down, and fails closed.
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    redis.restart();
+    redis.set(&format!("user-api-key:{}", hashes::OWNED), "x");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keybust did not connect: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!redis.exists(&format!("user-api-key:{}", hashes::OWNED)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_wrong_token_is_503() {
+    let options = Options {
+        env: vec![("UPSTASH_REDIS_REST_TOKEN", "not-the-token".to_owned())],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Upstash, options).await;
+    stack.seed(hashes::OWNED);
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    assert_eq!(stack.cached(hashes::OWNED), Some(true));
+    stack.keybust.assert_logs_clean(&["not-the-token"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_cache_settings_stop_startup_with_a_clear_error() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keybust"))
+        .arg("serve")
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("UPSTASH_REDIS_REST_TOKEN must be set together"), "{stderr}");
+}

@@ -1,0 +1,381 @@
+//! SPEC §1, row by row, over real HTTP against the `keybust` binary, once per
+//! cache backend.
+
+#[macro_use]
+mod support;
+
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::{Answer, Backend, Options, Stack, hashes};
+
+const ALLOWED: &str = "https://app.worldmonitor.app";
+const DEFAULT_ORIGIN: &str = "https://worldmonitor.app";
+
+// Row 1
+async fn disallowed_origin_is_403_without_cors(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    for origin in ["https://evil.example", "https://worldmonitor.app.evil.example", "null"] {
+        let answer = Answer::of(
+            stack
+                .request(Method::POST, support::ENDPOINT)
+                .header("origin", origin)
+                .bearer_auth(stack.issuer.token())
+                .body(json!({ "keyHash": hashes::OWNED }).to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        answer.assert_json(403, r#"{"error":"Origin not allowed"}"#);
+        assert!(answer.header("access-control-allow-origin").is_none(), "{origin}");
+        assert!(answer.header("vary").is_none());
+    }
+    // Even a preflight from a disallowed origin is refused.
+    let answer = Answer::of(
+        stack
+            .request(Method::OPTIONS, support::ENDPOINT)
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 403);
+    assert!(stack.convex.calls().is_empty());
+}
+
+// Row 2
+async fn preflight_is_204_with_cors(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let answer = Answer::of(
+        stack
+            .request(Method::OPTIONS, support::ENDPOINT)
+            .header("origin", ALLOWED)
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 204);
+    assert_eq!(answer.body, "");
+    answer.assert_cors(ALLOWED);
+    // Localhost is allowed outside production.
+    let answer = Answer::of(
+        stack
+            .request(Method::OPTIONS, support::ENDPOINT)
+            .header("origin", "http://localhost:5173")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 204);
+    answer.assert_cors("http://localhost:5173");
+}
+
+// Row 3
+async fn other_methods_are_405(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
+        let answer = Answer::of(
+            stack
+                .request(method.clone(), support::ENDPOINT)
+                .bearer_auth(stack.issuer.token())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        answer.assert_json(405, r#"{"error":"Method not allowed"}"#);
+        answer.assert_cors(DEFAULT_ORIGIN);
+    }
+}
+
+// Row 4
+async fn missing_or_malformed_bearer_is_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let token = stack.issuer.token();
+    let body = json!({ "keyHash": hashes::OWNED }).to_string();
+    let headers: [Option<String>; 5] = [
+        None,
+        Some(format!("bearer {token}")),
+        Some(format!("Token {token}")),
+        Some("Bearer ".to_owned()),
+        Some(token.clone()),
+    ];
+    for header in headers {
+        let mut request = stack
+            .request(Method::POST, support::ENDPOINT)
+            .header("origin", ALLOWED)
+            .body(body.clone());
+        if let Some(value) = &header {
+            request = request.header("authorization", value);
+        }
+        let answer = Answer::of(request.send().await.unwrap()).await;
+        answer.assert_json(401, r#"{"error":"UNAUTHENTICATED"}"#);
+        answer.assert_cors(ALLOWED);
+    }
+    assert!(stack.convex.calls().is_empty());
+}
+
+// Row 5 (the token rules themselves are in tests/session.rs)
+async fn invalid_token_is_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let answer = Answer::of(stack.post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string()).await).await;
+    answer.assert_json(401, r#"{"error":"UNAUTHENTICATED"}"#);
+    answer.assert_cors(DEFAULT_ORIGIN);
+    assert!(stack.convex.calls().is_empty());
+}
+
+// Row 6
+async fn body_that_is_not_json_is_422(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    for body in ["", "{", "keyHash=abc", "{\"keyHash\":"] {
+        let answer = Answer::of(stack.post(body).await).await;
+        answer.assert_json(422, r#"{"error":"Invalid JSON body"}"#);
+        answer.assert_cors(DEFAULT_ORIGIN);
+    }
+}
+
+// Row 7
+async fn invalid_key_hash_is_422(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let upper = json!({ "keyHash": hashes::OWNED.replace('1', "A") }).to_string();
+    let short = json!({ "keyHash": &hashes::OWNED[1..] }).to_string();
+    let long = json!({ "keyHash": format!("{}0", hashes::OWNED) }).to_string();
+    for body in [
+        "null",
+        "[]",
+        "\"a string\"",
+        "42",
+        "true",
+        "{}",
+        r#"{"keyHash":null}"#,
+        r#"{"keyHash":123}"#,
+        r#"{"keyHash":["1111"]}"#,
+        &upper,
+        &short,
+        &long,
+    ] {
+        let answer = Answer::of(stack.post(body.to_owned()).await).await;
+        answer.assert_json(422, r#"{"error":"Invalid keyHash"}"#);
+        answer.assert_cors(DEFAULT_ORIGIN);
+    }
+    assert!(stack.convex.calls().is_empty());
+}
+
+// Row 8
+async fn convex_not_configured_is_503(backend: Backend) {
+    for missing in ["CONVEX_SITE_URL", "CONVEX_SERVER_SHARED_SECRET"] {
+        let options = Options {
+            without: vec![missing],
+            ..Options::default()
+        };
+        let stack = Stack::with(backend, options).await;
+        stack.seed(hashes::OWNED);
+        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+        answer.assert_cors(DEFAULT_ORIGIN);
+        assert_ne!(stack.cached(hashes::OWNED), Some(false));
+        let logs = stack.keybust.logs();
+        assert!(logs.contains("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET"), "{logs}");
+        stack.keybust.assert_logs_clean(&[]);
+    }
+}
+
+// Row 9
+async fn owner_lookup_request_has_the_contract_shape(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
+    assert_eq!(answer.status, 200);
+    let calls = stack.convex.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/api/internal-get-key-owner");
+    assert_eq!(call.content_type.as_deref(), Some("application/json"));
+    assert_eq!(call.secret.as_deref(), Some(support::SECRET));
+    assert_eq!(call.body, format!(r#"{{"keyHash":"{}"}}"#, hashes::UNKNOWN));
+}
+
+// Row 10
+async fn lookup_failures_fail_closed(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    for hash in [hashes::STATUS_500, hashes::GARBAGE] {
+        stack.seed(hash);
+        let answer = Answer::of(stack.invalidate(hash).await).await;
+        answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+        answer.assert_cors(DEFAULT_ORIGIN);
+        assert_ne!(stack.cached(hash), Some(false));
+    }
+    let logs = stack.keybust.logs();
+    assert!(logs.contains("HTTP 500"), "{logs}");
+    assert!(logs.contains("not JSON"), "{logs}");
+    stack.keybust.assert_logs_clean(&[]);
+}
+
+async fn slow_lookup_times_out_at_three_seconds(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    stack.seed(hashes::SLOW);
+    let started = Instant::now();
+    let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
+    let took = started.elapsed();
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    assert!(took >= Duration::from_millis(2900), "answered after {took:?}");
+    assert!(took < Duration::from_millis(3900), "answered after {took:?}");
+    assert_ne!(stack.cached(hashes::SLOW), Some(false));
+    assert!(stack.keybust.logs().contains("timed out"));
+    stack.keybust.assert_logs_clean(&[]);
+}
+
+async fn unreachable_or_refusing_convex_fails_closed(backend: Backend) {
+    // Nothing listens on the URL.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let options = Options {
+        env: vec![("CONVEX_SITE_URL", dead_url)],
+        ..Options::default()
+    };
+    let stack = Stack::with(backend, options).await;
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    // A wrong secret: Convex answers 401, which is a failed lookup.
+    let options = Options {
+        env: vec![("CONVEX_SERVER_SHARED_SECRET", "wrong-secret".to_owned())],
+        ..Options::default()
+    };
+    let stack = Stack::with(backend, options).await;
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    stack.keybust.assert_logs_clean(&["wrong-secret"]);
+}
+
+// Row 11
+async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    stack.seed(hashes::UNKNOWN);
+    let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
+    answer.assert_json(200, r#"{"ok":true}"#);
+    answer.assert_cors(DEFAULT_ORIGIN);
+    assert_ne!(stack.cached(hashes::UNKNOWN), Some(false));
+}
+
+// Row 12
+async fn anyone_but_the_caller_as_owner_is_403(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    for hash in [hashes::OTHER_OWNER, hashes::EMPTY_OBJECT, hashes::ARRAY] {
+        stack.seed(hash);
+        let answer = Answer::of(stack.invalidate(hash).await).await;
+        answer.assert_json(403, r#"{"error":"FORBIDDEN"}"#);
+        answer.assert_cors(DEFAULT_ORIGIN);
+        assert_ne!(stack.cached(hash), Some(false), "{hash}");
+    }
+}
+
+// Row 13
+async fn owner_match_deletes_the_cache_entry(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    stack.seed(hashes::OWNED);
+    stack.seed(hashes::OWNED_2);
+    assert_ne!(stack.cached(hashes::OWNED), Some(false));
+    let answer = Answer::of(
+        stack
+            .request(Method::POST, support::ENDPOINT)
+            .header("origin", ALLOWED)
+            .bearer_auth(stack.issuer.token())
+            .body(json!({ "keyHash": hashes::OWNED, "extra": [1, 2] }).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    answer.assert_json(200, r#"{"ok":true}"#);
+    answer.assert_cors(ALLOWED);
+    assert_ne!(stack.cached(hashes::OWNED), Some(true));
+    // Only that key.
+    assert_ne!(stack.cached(hashes::OWNED_2), Some(false));
+    // Deleting again (already gone) still succeeds.
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(200, r#"{"ok":true}"#);
+    stack.keybust.assert_logs_clean(&[]);
+}
+
+// Row 14
+async fn cache_failure_is_503(backend: Backend) {
+    let mut stack = Stack::start(backend).await;
+    match backend {
+        Backend::Embedded => unreachable!("an in-process map cannot fail"),
+        Backend::Redis => stack.redis.as_mut().unwrap().stop(),
+        Backend::Upstash => stack
+            .upstash
+            .as_ref()
+            .unwrap()
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst),
+    }
+    let started = Instant::now();
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    answer.assert_cors(DEFAULT_ORIGIN);
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(stack.keybust.logs().contains("cache delete failed"));
+    stack.keybust.assert_logs_clean(&[]);
+}
+
+// Row 15
+async fn oversized_body_is_413(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let padding = "x".repeat(70 * 1024);
+    let body = json!({ "keyHash": hashes::OWNED, "pad": padding }).to_string();
+    let answer = Answer::of(stack.post(body).await).await;
+    answer.assert_json(413, r#"{"error":"Payload too large"}"#);
+    answer.assert_cors(DEFAULT_ORIGIN);
+    // Just under the bound is read and judged.
+    let padding = "x".repeat(60 * 1024);
+    let body = json!({ "keyHash": hashes::UNKNOWN, "pad": padding }).to_string();
+    let answer = Answer::of(stack.post(body).await).await;
+    answer.assert_json(200, r#"{"ok":true}"#);
+    assert!(stack.convex.calls().len() == 1);
+}
+
+// Routing
+async fn other_paths_are_404_from_the_host(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    for path in ["/", "/api/other", "/api/invalidate-user-api-key-cache/x"] {
+        let answer = Answer::of(stack.request(Method::POST, path).send().await.unwrap()).await;
+        answer.assert_json(404, r#"{"error":"Not found"}"#);
+    }
+}
+
+each_backend!(
+    disallowed_origin_is_403_without_cors,
+    preflight_is_204_with_cors,
+    other_methods_are_405,
+    missing_or_malformed_bearer_is_401,
+    invalid_token_is_401,
+    body_that_is_not_json_is_422,
+    invalid_key_hash_is_422,
+    convex_not_configured_is_503,
+    owner_lookup_request_has_the_contract_shape,
+    lookup_failures_fail_closed,
+    slow_lookup_times_out_at_three_seconds,
+    unreachable_or_refusing_convex_fails_closed,
+    unknown_hash_is_ok_and_deletes_nothing,
+    anyone_but_the_caller_as_owner_is_403,
+    owner_match_deletes_the_cache_entry,
+    oversized_body_is_413,
+    other_paths_are_404_from_the_host,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_503() {
+    cache_failure_is_503(Backend::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_errors_are_503() {
+    cache_failure_is_503(Backend::Upstash).await
+}

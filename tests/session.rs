@@ -1,0 +1,249 @@
+//! SPEC §2: which Clerk session tokens get through, over real HTTP against
+//! the `keybust` binary and a test-owned JWKS issuer, once per cache backend.
+
+#[macro_use]
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use support::{Backend, Options, Stack, now, primary_key, sign, stranger_key};
+
+fn with(mut claims: Value, changes: Value) -> Value {
+    for (name, value) in changes.as_object().unwrap() {
+        if value.is_null() {
+            claims.as_object_mut().unwrap().remove(name);
+        } else {
+            claims[name] = value.clone();
+        }
+    }
+    claims
+}
+
+fn b64(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+async fn valid_token_passes(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
+}
+
+async fn expiry_has_five_seconds_of_tolerance(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    let expired = sign(&with(claims.clone(), json!({ "exp": now() - 30 })), primary_key());
+    assert_eq!(stack.status_with_token(&expired).await, 401);
+    let just_past = sign(&with(claims.clone(), json!({ "exp": now() - 2 })), primary_key());
+    assert_eq!(stack.status_with_token(&just_past).await, 200);
+    let beyond = sign(&with(claims, json!({ "exp": now() - 8 })), primary_key());
+    assert_eq!(stack.status_with_token(&beyond).await, 401);
+}
+
+async fn not_before_has_five_seconds_of_tolerance(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    let future = sign(&with(claims.clone(), json!({ "nbf": now() + 60 })), primary_key());
+    assert_eq!(stack.status_with_token(&future).await, 401);
+    let slightly = sign(&with(claims.clone(), json!({ "nbf": now() + 2 })), primary_key());
+    assert_eq!(stack.status_with_token(&slightly).await, 200);
+    let beyond = sign(&with(claims, json!({ "nbf": now() + 10 })), primary_key());
+    assert_eq!(stack.status_with_token(&beyond).await, 401);
+}
+
+async fn exp_is_required_and_numeric(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    let no_exp = sign(&with(claims.clone(), json!({ "exp": null })), primary_key());
+    assert_eq!(stack.status_with_token(&no_exp).await, 401);
+    let string_exp = sign(
+        &with(claims.clone(), json!({ "exp": (now() + 600).to_string() })),
+        primary_key(),
+    );
+    assert_eq!(stack.status_with_token(&string_exp).await, 401);
+    let string_past_exp = sign(&with(claims.clone(), json!({ "exp": "1" })), primary_key());
+    assert_eq!(stack.status_with_token(&string_past_exp).await, 401);
+    let string_nbf = sign(
+        &with(claims, json!({ "nbf": (now() - 10).to_string() })),
+        primary_key(),
+    );
+    assert_eq!(stack.status_with_token(&string_nbf).await, 401);
+}
+
+async fn wrong_issuer_is_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    for iss in [json!("https://other.clerk.example"), json!(null), json!(format!("{}/", stack.issuer.url()))] {
+        let token = sign(&with(claims.clone(), json!({ "iss": iss })), primary_key());
+        assert_eq!(stack.status_with_token(&token).await, 401, "iss {iss}");
+    }
+}
+
+async fn missing_sub_is_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    for sub in [json!(null), json!(""), json!(42)] {
+        let token = sign(&with(claims.clone(), json!({ "sub": sub })), primary_key());
+        assert_eq!(stack.status_with_token(&token).await, 401, "sub {sub}");
+    }
+}
+
+async fn alg_none_is_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = b64(&stack.issuer.claims());
+    for header in [
+        json!({ "alg": "none", "typ": "JWT" }),
+        json!({ "alg": "none", "typ": "JWT", "kid": primary_key().kid }),
+    ] {
+        let token = format!("{}.{claims}.", b64(&header));
+        assert_eq!(stack.status_with_token(&token).await, 401);
+    }
+}
+
+async fn hs256_is_401_even_with_the_public_key_as_secret(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(primary_key().kid.clone());
+    for secret in [primary_key().public_pem().into_bytes(), b"secret".to_vec()] {
+        let token = jsonwebtoken::encode(
+            &header,
+            &stack.issuer.claims(),
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        assert_eq!(stack.status_with_token(&token).await, 401);
+    }
+}
+
+async fn unknown_kid_and_foreign_key_are_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    // Signed by a key the issuer does not publish, under its own kid.
+    assert_eq!(stack.status_with_token(&sign(&claims, stranger_key())).await, 401);
+    // Signed by that key but claiming the issuer's kid: wrong signature.
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(primary_key().kid.clone());
+    let forged = jsonwebtoken::encode(&header, &claims, &stranger_key().encoding_key()).unwrap();
+    assert_eq!(stack.status_with_token(&forged).await, 401);
+    // No kid at all.
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    let no_kid = jsonwebtoken::encode(&header, &claims, &primary_key().encoding_key()).unwrap();
+    assert_eq!(stack.status_with_token(&no_kid).await, 401);
+}
+
+async fn tampered_payload_is_401(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let token = stack.issuer.token();
+    let parts: Vec<&str> = token.split('.').collect();
+    let tampered_claims = with(stack.issuer.claims(), json!({ "sub": "user_attacker" }));
+    let tampered = format!("{}.{}.{}", parts[0], b64(&tampered_claims), parts[2]);
+    assert_eq!(stack.status_with_token(&tampered).await, 401);
+    let mut signature = parts[2].to_owned();
+    let last = if signature.ends_with('A') { 'B' } else { 'A' };
+    signature.pop();
+    signature.push(last);
+    let bad_signature = format!("{}.{}.{signature}", parts[0], parts[1]);
+    assert_eq!(stack.status_with_token(&bad_signature).await, 401);
+    for garbage in ["a.b.c", "only-one-part", "..", "Bearer"] {
+        assert_eq!(stack.status_with_token(garbage).await, 401);
+    }
+}
+
+async fn audience_rules(backend: Backend) {
+    let options = Options {
+        env: vec![
+            ("CLERK_JWT_AUDIENCE", "aud-one, aud-two".to_owned()),
+            ("CLERK_PUBLISHABLE_KEY", "pk_test_abc".to_owned()),
+        ],
+        ..Options::default()
+    };
+    let stack = Stack::with(backend, options).await;
+    let claims = stack.issuer.claims();
+    let cases = [
+        (json!(null), 200),
+        (json!("convex"), 200),
+        (json!("aud-one"), 200),
+        (json!("aud-two"), 200),
+        (json!("pk_test_abc"), 200),
+        (json!(["elsewhere", "convex"]), 200),
+        (json!("elsewhere"), 401),
+        (json!(["elsewhere", "nowhere"]), 401),
+    ];
+    for (aud, expected) in cases {
+        let token = sign(&with(claims.clone(), json!({ "aud": aud })), primary_key());
+        assert_eq!(stack.status_with_token(&token).await, expected, "aud {aud}");
+    }
+}
+
+async fn audience_defaults_to_convex_only(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let claims = stack.issuer.claims();
+    let convex = sign(&with(claims.clone(), json!({ "aud": "convex" })), primary_key());
+    assert_eq!(stack.status_with_token(&convex).await, 200);
+    let other = sign(&with(claims, json!({ "aud": "aud-one" })), primary_key());
+    assert_eq!(stack.status_with_token(&other).await, 401);
+}
+
+async fn issuer_unset_is_401_and_logged(backend: Backend) {
+    let options = Options {
+        without: vec!["CLERK_JWT_ISSUER_DOMAIN"],
+        ..Options::default()
+    };
+    let stack = Stack::with(backend, options).await;
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 401);
+    let logs = stack.keybust.logs();
+    assert!(logs.contains("CLERK_JWT_ISSUER_DOMAIN is not set"), "{logs}");
+    assert!(stack.convex.calls().is_empty());
+}
+
+async fn jwks_unreachable_is_401_and_logged(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    stack.issuer.down.store(true, Ordering::SeqCst);
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 401);
+    let logs = stack.keybust.logs();
+    assert!(logs.contains("cannot fetch the issuer's JWKS"), "{logs}");
+    stack.keybust.assert_logs_clean(&[&stack.issuer.token()]);
+}
+
+async fn cached_keys_survive_an_issuer_outage(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
+    stack.issuer.down.store(true, Ordering::SeqCst);
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
+    assert_eq!(stack.issuer.fetches.load(Ordering::SeqCst), 1);
+}
+
+async fn unknown_kid_flood_does_not_refetch_per_request(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
+    let claims = stack.issuer.claims();
+    for i in 0..20 {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(format!("bogus-{i}"));
+        let token = jsonwebtoken::encode(&header, &claims, &stranger_key().encoding_key()).unwrap();
+        assert_eq!(stack.status_with_token(&token).await, 401);
+    }
+    // The first request fetched; the cooldown absorbs the flood.
+    assert_eq!(stack.issuer.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
+}
+
+each_backend!(
+    valid_token_passes,
+    expiry_has_five_seconds_of_tolerance,
+    not_before_has_five_seconds_of_tolerance,
+    exp_is_required_and_numeric,
+    wrong_issuer_is_401,
+    missing_sub_is_401,
+    alg_none_is_401,
+    hs256_is_401_even_with_the_public_key_as_secret,
+    unknown_kid_and_foreign_key_are_401,
+    tampered_payload_is_401,
+    audience_rules,
+    audience_defaults_to_convex_only,
+    issuer_unset_is_401_and_logged,
+    jwks_unreachable_is_401_and_logged,
+    cached_keys_survive_an_issuer_outage,
+    unknown_kid_flood_does_not_refetch_per_request,
+);
