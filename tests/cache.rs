@@ -22,7 +22,10 @@ async fn prefix_case(backend: Backend, env: Vec<(&'static str, String)>, prefix:
     assert!(redis.exists(&stack.cache_key(hashes::OWNED)));
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(200, r#"{"ok":true}"#);
-    assert!(!redis.exists(&stack.cache_key(hashes::OWNED)), "prefix {prefix:?}");
+    assert!(
+        !redis.exists(&stack.cache_key(hashes::OWNED)),
+        "prefix {prefix:?}"
+    );
     if !prefix.is_empty() {
         assert!(redis.exists(&bare), "the unprefixed key must stay");
     }
@@ -33,17 +36,28 @@ async fn prefix_rules(backend: Backend) {
     prefix_case(backend, vec![], "").await;
     prefix_case(
         backend,
-        vec![("VERCEL_ENV", "production".into()), ("VERCEL_GIT_COMMIT_SHA", sha.clone())],
+        vec![
+            ("VERCEL_ENV", "production".into()),
+            ("VERCEL_GIT_COMMIT_SHA", sha.clone()),
+        ],
         "",
     )
     .await;
     prefix_case(
         backend,
-        vec![("VERCEL_ENV", "preview".into()), ("VERCEL_GIT_COMMIT_SHA", sha.clone())],
+        vec![
+            ("VERCEL_ENV", "preview".into()),
+            ("VERCEL_GIT_COMMIT_SHA", sha.clone()),
+        ],
         "preview:abcdef01:",
     )
     .await;
-    prefix_case(backend, vec![("VERCEL_ENV", "development".into())], "development:dev:").await;
+    prefix_case(
+        backend,
+        vec![("VERCEL_ENV", "development".into())],
+        "development:dev:",
+    )
+    .await;
     prefix_case(
         backend,
         vec![
@@ -79,7 +93,11 @@ async fn redis_recovers_after_a_restart_without_restarting_keybust() {
         let started = Instant::now();
         let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
         answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     stack.redis.as_mut().unwrap().restart();
@@ -90,7 +108,11 @@ async fn redis_recovers_after_a_restart_without_restarting_keybust() {
         if answer.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "keybust did not reconnect: {}", answer.body);
+        assert!(
+            Instant::now() < deadline,
+            "keybust did not reconnect: {}",
+            answer.body
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(stack.cached(hashes::OWNED), Some(false));
@@ -116,7 +138,11 @@ async fn redis_down_at_start_then_up() {
         if answer.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "keybust did not connect: {}", answer.body);
+        assert!(
+            Instant::now() < deadline,
+            "keybust did not connect: {}",
+            answer.body
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!redis.exists(&format!("user-api-key:{}", hashes::OWNED)));
@@ -148,5 +174,8 @@ async fn unusable_cache_settings_stop_startup_with_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("UPSTASH_REDIS_REST_TOKEN must be set together"), "{stderr}");
+    assert!(
+        stderr.contains("UPSTASH_REDIS_REST_TOKEN must be set together"),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,10 @@ use support::Keybust;
 fn parse_curl(printed: &[String]) -> (String, String, String) {
     let text = printed.join("\n");
     let after = |marker: &str, end: char| {
-        let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?} in:\n{text}")) + marker.len();
+        let start = text
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in:\n{text}"))
+            + marker.len();
         text[start..].split(end).next().unwrap().to_owned()
     };
     (
@@ -24,7 +27,10 @@ async fn dev_prints_a_curl_that_gets_200() {
         .await
         .unwrap();
     let (url, token, body) = parse_curl(&keybust.printed);
-    assert!(url.starts_with(&format!("http://{}", keybust.addr)), "{url}");
+    assert!(
+        url.starts_with(&format!("http://{}", keybust.addr)),
+        "{url}"
+    );
     let client = reqwest::Client::new();
     let send = || {
         client

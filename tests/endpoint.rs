@@ -15,7 +15,11 @@ const DEFAULT_ORIGIN: &str = "https://worldmonitor.app";
 // Row 1
 async fn disallowed_origin_is_403_without_cors(backend: Backend) {
     let stack = Stack::start(backend).await;
-    for origin in ["https://evil.example", "https://worldmonitor.app.evil.example", "null"] {
+    for origin in [
+        "https://evil.example",
+        "https://worldmonitor.app.evil.example",
+        "null",
+    ] {
         let answer = Answer::of(
             stack
                 .request(Method::POST, support::ENDPOINT)
@@ -28,7 +32,10 @@ async fn disallowed_origin_is_403_without_cors(backend: Backend) {
         )
         .await;
         answer.assert_json(403, r#"{"error":"Origin not allowed"}"#);
-        assert!(answer.header("access-control-allow-origin").is_none(), "{origin}");
+        assert!(
+            answer.header("access-control-allow-origin").is_none(),
+            "{origin}"
+        );
         assert!(answer.header("vary").is_none());
     }
     // Even a preflight from a disallowed origin is refused.
@@ -123,7 +130,12 @@ async fn missing_or_malformed_bearer_is_401(backend: Backend) {
 // Row 5 (the token rules themselves are in tests/session.rs)
 async fn invalid_token_is_401(backend: Backend) {
     let stack = Stack::start(backend).await;
-    let answer = Answer::of(stack.post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string()).await).await;
+    let answer = Answer::of(
+        stack
+            .post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string())
+            .await,
+    )
+    .await;
     answer.assert_json(401, r#"{"error":"UNAUTHENTICATED"}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
     assert!(stack.convex.calls().is_empty());
@@ -179,8 +191,10 @@ async fn convex_not_configured_is_503(backend: Backend) {
         answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
         assert_ne!(stack.cached(hashes::OWNED), Some(false));
-        let logs = stack.keybust.logs();
-        assert!(logs.contains("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET"), "{logs}");
+        stack
+            .keybust
+            .assert_logged("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET")
+            .await;
         stack.keybust.assert_logs_clean(&[]);
     }
 }
@@ -210,9 +224,8 @@ async fn lookup_failures_fail_closed(backend: Backend) {
         answer.assert_cors(DEFAULT_ORIGIN);
         assert_ne!(stack.cached(hash), Some(false));
     }
-    let logs = stack.keybust.logs();
-    assert!(logs.contains("HTTP 500"), "{logs}");
-    assert!(logs.contains("not JSON"), "{logs}");
+    stack.keybust.assert_logged("HTTP 500").await;
+    stack.keybust.assert_logged("not JSON").await;
     stack.keybust.assert_logs_clean(&[]);
 }
 
@@ -223,10 +236,16 @@ async fn slow_lookup_times_out_at_three_seconds(backend: Backend) {
     let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
     let took = started.elapsed();
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
-    assert!(took >= Duration::from_millis(2900), "answered after {took:?}");
-    assert!(took < Duration::from_millis(3900), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "answered after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(3900),
+        "answered after {took:?}"
+    );
     assert_ne!(stack.cached(hashes::SLOW), Some(false));
-    assert!(stack.keybust.logs().contains("timed out"));
+    stack.keybust.assert_logged("timed out").await;
     stack.keybust.assert_logs_clean(&[]);
 }
 
@@ -320,8 +339,12 @@ async fn cache_failure_is_503(backend: Backend) {
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-    assert!(stack.keybust.logs().contains("cache delete failed"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    stack.keybust.assert_logged("cache delete failed").await;
     stack.keybust.assert_logs_clean(&[]);
 }
 

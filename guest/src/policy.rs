@@ -155,7 +155,10 @@ pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
 
 /// Whether a value is a SHA-256 key hash as the gateway stores it: 64 lower-case hex digits.
 pub fn is_key_hash(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What a body asks to invalidate, or the 422 message when it asks nothing valid.
@@ -229,7 +232,10 @@ pub fn handle(
     };
 
     let too_large = || reply(413, r#"{"error":"Payload too large"}"#);
-    if head.content_length.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if head
+        .content_length
+        .is_some_and(|len| len > MAX_BODY_BYTES as u64)
+    {
         return too_large();
     }
     let body = match read_body(MAX_BODY_BYTES) {
@@ -363,7 +369,11 @@ mod tests {
     #[test]
     fn disallowed_origin_is_403_without_cors() {
         let caps = Fake::owner(r#"{"userId":"user_1"}"#);
-        let resp = run(post(Some("https://evil.example"), Some("Bearer tok")), "", &caps);
+        let resp = run(
+            post(Some("https://evil.example"), Some("Bearer tok")),
+            "",
+            &caps,
+        );
         assert_eq!(resp.status, 403);
         assert_eq!(body(&resp), r#"{"error":"Origin not allowed"}"#);
         assert_eq!(resp.header("access-control-allow-origin"), None);

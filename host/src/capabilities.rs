@@ -108,8 +108,12 @@ impl HasData for HasCapabilities {
 }
 
 /// Adds the four `keybust:gateway` interfaces to `linker`.
-pub fn add_to_linker<T: CapabilitiesView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| state.capabilities())
+pub fn add_to_linker<T: CapabilitiesView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| {
+        state.capabilities()
+    })
 }
 
 impl wit_convex::Host for &Capabilities {
@@ -142,10 +146,13 @@ impl wit_cache::Host for &Capabilities {
 
 impl session::Host for &Capabilities {
     async fn validate(&mut self, token: String) -> Result<String, session::SessionError> {
-        self.sessions.validate(&token).await.map_err(|err| match err {
-            SessionError::Invalid => session::SessionError::Invalid,
-            SessionError::Unverifiable => session::SessionError::Unverifiable,
-        })
+        self.sessions
+            .validate(&token)
+            .await
+            .map_err(|err| match err {
+                SessionError::Invalid => session::SessionError::Invalid,
+                SessionError::Unverifiable => session::SessionError::Unverifiable,
+            })
     }
 }
 

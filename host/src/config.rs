@@ -179,7 +179,10 @@ impl Settings {
                 url: Secret::new(url),
             }
         } else {
-            match (get("UPSTASH_REDIS_REST_URL"), get("UPSTASH_REDIS_REST_TOKEN")) {
+            match (
+                get("UPSTASH_REDIS_REST_URL"),
+                get("UPSTASH_REDIS_REST_TOKEN"),
+            ) {
                 (Some(url), Some(token)) => CacheBackendSettings::Upstash {
                     url: url.trim_end_matches('/').to_owned(),
                     token: Secret::new(token),
@@ -195,7 +198,10 @@ impl Settings {
         };
         let prefix = match lookup("KEYBUST_CACHE_PREFIX") {
             Some(prefix) => prefix,
-            None => deploy_prefix(get("VERCEL_ENV").as_deref(), get("VERCEL_GIT_COMMIT_SHA").as_deref()),
+            None => deploy_prefix(
+                get("VERCEL_ENV").as_deref(),
+                get("VERCEL_GIT_COMMIT_SHA").as_deref(),
+            ),
         };
         let timeout = match get("KEYBUST_CACHE_TIMEOUT_MS") {
             Some(ms) => Duration::from_millis(parse_positive("KEYBUST_CACHE_TIMEOUT_MS", &ms)?),
@@ -213,14 +219,19 @@ impl Settings {
                 let production = get("NODE_ENV").as_deref() == Some("production");
                 DEFAULT_ORIGIN_PATTERNS
                     .iter()
-                    .chain(if production { &[][..] } else { DEVELOPMENT_ORIGIN_PATTERNS })
+                    .chain(if production {
+                        &[][..]
+                    } else {
+                        DEVELOPMENT_ORIGIN_PATTERNS
+                    })
                     .map(|p| (*p).to_owned())
                     .collect()
             }
         };
         let origins = OriginSettings {
             patterns,
-            default_origin: get("KEYBUST_DEFAULT_ORIGIN").unwrap_or_else(|| DEFAULT_ALLOW_ORIGIN.to_owned()),
+            default_origin: get("KEYBUST_DEFAULT_ORIGIN")
+                .unwrap_or_else(|| DEFAULT_ALLOW_ORIGIN.to_owned()),
         };
 
         Ok(Settings {
@@ -238,7 +249,9 @@ pub fn deploy_prefix(vercel_env: Option<&str>, commit_sha: Option<&str>) -> Stri
     match vercel_env {
         None | Some("production") => String::new(),
         Some(env) => {
-            let sha = commit_sha.map(|sha| sha.get(..8).unwrap_or(sha)).unwrap_or("dev");
+            let sha = commit_sha
+                .map(|sha| sha.get(..8).unwrap_or(sha))
+                .unwrap_or("dev");
             format!("{env}:{sha}:")
         }
     }
@@ -281,7 +294,10 @@ mod tests {
     fn deploy_prefix_follows_the_reference() {
         assert_eq!(deploy_prefix(None, Some("abcdef1234")), "");
         assert_eq!(deploy_prefix(Some("production"), Some("abcdef1234")), "");
-        assert_eq!(deploy_prefix(Some("preview"), Some("abcdef1234")), "preview:abcdef12:");
+        assert_eq!(
+            deploy_prefix(Some("preview"), Some("abcdef1234")),
+            "preview:abcdef12:"
+        );
         assert_eq!(deploy_prefix(Some("preview"), Some("abc")), "preview:abc:");
         assert_eq!(deploy_prefix(Some("development"), None), "development:dev:");
     }
@@ -294,28 +310,59 @@ mod tests {
 
     #[test]
     fn backend_choice() {
-        let s = settings(&[("REDIS_URL", "redis://127.0.0.1:1"), ("UPSTASH_REDIS_REST_URL", "http://x")]).unwrap();
-        assert!(matches!(s.cache.backend, CacheBackendSettings::Redis { .. }));
-        let s = settings(&[("UPSTASH_REDIS_REST_URL", "http://x/"), ("UPSTASH_REDIS_REST_TOKEN", "t")]).unwrap();
-        assert!(matches!(s.cache.backend, CacheBackendSettings::Upstash { ref url, .. } if url == "http://x"));
-        assert!(matches!(settings(&[]).unwrap().cache.backend, CacheBackendSettings::Embedded));
+        let s = settings(&[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("UPSTASH_REDIS_REST_URL", "http://x"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            s.cache.backend,
+            CacheBackendSettings::Redis { .. }
+        ));
+        let s = settings(&[
+            ("UPSTASH_REDIS_REST_URL", "http://x/"),
+            ("UPSTASH_REDIS_REST_TOKEN", "t"),
+        ])
+        .unwrap();
+        assert!(
+            matches!(s.cache.backend, CacheBackendSettings::Upstash { ref url, .. } if url == "http://x")
+        );
+        assert!(matches!(
+            settings(&[]).unwrap().cache.backend,
+            CacheBackendSettings::Embedded
+        ));
         assert!(settings(&[("UPSTASH_REDIS_REST_URL", "http://x")]).is_err());
         assert!(settings(&[("REDIS_URL", "http://x")]).is_err());
     }
 
     #[test]
     fn audiences_and_origins() {
-        let s = settings(&[("CLERK_JWT_AUDIENCE", "a, b"), ("CLERK_PUBLISHABLE_KEY", "pk_1"), ("NODE_ENV", "production")]).unwrap();
+        let s = settings(&[
+            ("CLERK_JWT_AUDIENCE", "a, b"),
+            ("CLERK_PUBLISHABLE_KEY", "pk_1"),
+            ("NODE_ENV", "production"),
+        ])
+        .unwrap();
         assert_eq!(s.clerk.audiences, ["convex", "a", "b", "pk_1"]);
         assert_eq!(s.origins.patterns.len(), DEFAULT_ORIGIN_PATTERNS.len());
         let s = settings(&[]).unwrap();
-        assert_eq!(s.origins.patterns.len(), DEFAULT_ORIGIN_PATTERNS.len() + DEVELOPMENT_ORIGIN_PATTERNS.len());
+        assert_eq!(
+            s.origins.patterns.len(),
+            DEFAULT_ORIGIN_PATTERNS.len() + DEVELOPMENT_ORIGIN_PATTERNS.len()
+        );
     }
 
     #[test]
     fn secrets_do_not_debug_print() {
-        let s = settings(&[("CONVEX_SERVER_SHARED_SECRET", "hunter2"), ("REDIS_URL", "redis://:pw@h")]).unwrap();
+        let s = settings(&[
+            ("CONVEX_SERVER_SHARED_SECRET", "hunter2"),
+            ("REDIS_URL", "redis://:pw@h"),
+        ])
+        .unwrap();
         let printed = format!("{s:?}");
-        assert!(!printed.contains("hunter2") && !printed.contains("pw@"), "{printed}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("pw@"),
+            "{printed}"
+        );
     }
 }

@@ -70,9 +70,7 @@ impl ConvexClient {
     /// POSTs `body` as JSON to `{CONVEX_SITE_URL}{path}` within the deadline.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<ConvexResponse, ConvexError> {
         let (Some(site_url), Some(secret)) = (&self.site_url, &self.secret) else {
-            tracing::warn!(
-                "missing CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET: answering 503"
-            );
+            tracing::warn!("missing CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET: answering 503");
             return Err(ConvexError::NotConfigured);
         };
         if !is_internal_action(path) {

@@ -44,10 +44,9 @@ pub async fn start() -> anyhow::Result<DevEnvironment> {
     let key_hash = random_hex(32);
     let convex_addr = spawn_server(convex_stand_in(secret.clone(), key_hash.clone())).await?;
 
-    let signing_key = tokio::task::spawn_blocking(|| {
-        rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
-    })
-    .await??;
+    let signing_key =
+        tokio::task::spawn_blocking(|| rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048))
+            .await??;
     let kid = format!("dev-{}", random_hex(4));
     let jwks = serde_json::json!({
         "keys": [{

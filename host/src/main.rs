@@ -97,12 +97,14 @@ fn load_component(path: Option<&PathBuf>) -> anyhow::Result<Plugin> {
     let linker = plugin::new_linker(&engine)?;
     let (bytes, source) = match path {
         Some(path) => (
-            std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?,
+            std::fs::read(path)
+                .with_context(|| format!("cannot read component {}", path.display()))?,
             path.display().to_string(),
         ),
         None => (plugin::EMBEDDED_COMPONENT.to_vec(), "embedded".to_owned()),
     };
-    let plugin = Plugin::load(&linker, &bytes).with_context(|| format!("cannot load component {source}"))?;
+    let plugin =
+        Plugin::load(&linker, &bytes).with_context(|| format!("cannot load component {source}"))?;
     tracing::info!(source, digest = plugin.digest(), "component loaded");
     Ok(plugin)
 }
@@ -116,16 +118,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for reason in capabilities.unready_reasons() {
         tracing::warn!("{reason}: the endpoint answers 503/401 until it is");
     }
-    run(Gateway::new(plugin, capabilities), args.listen, Some(args.admin_listen)).await
+    run(
+        Gateway::new(plugin, capabilities),
+        args.listen,
+        Some(args.admin_listen),
+    )
+    .await
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let env = keybust::dev::start().await.context("cannot start the dev stand-ins")?;
+    let env = keybust::dev::start()
+        .await
+        .context("cannot start the dev stand-ins")?;
     let capabilities = Arc::new(Capabilities::from_settings(&env.settings)?);
     let plugin = load_component(None)?;
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    println!("keybust dev: Convex and the token issuer are stand-ins on loopback; the cache is in-process.");
+    println!(
+        "keybust dev: Convex and the token issuer are stand-ins on loopback; the cache is in-process."
+    );
     println!("Try it:\n");
     println!(
         "curl -i -X POST http://{addr}{ENDPOINT_PATH} \\\n  -H 'Authorization: Bearer {}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"keyHash\":\"{}\"}}'\n",
@@ -135,7 +146,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     serve_listeners(gateway, listener, None).await
 }
 
-async fn run(gateway: Gateway, listen: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn run(
+    gateway: Gateway,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let listener = server::bind(listen).await?;
     let admin = match admin {
         Some(addr) => Some(server::bind(addr).await?),
@@ -175,13 +190,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -90,7 +90,10 @@ mod tests {
 
     #[test]
     fn explicit_list_replaces_defaults() {
-        let p = policy(&[("KEYBUST_ALLOWED_ORIGINS", r"^https://a\.example$, ^https://b\.example$")]);
+        let p = policy(&[(
+            "KEYBUST_ALLOWED_ORIGINS",
+            r"^https://a\.example$, ^https://b\.example$",
+        )]);
         assert!(p.is_allowed("https://a.example"));
         assert!(p.is_allowed("https://b.example"));
         assert!(!p.is_allowed("https://worldmonitor.app"));

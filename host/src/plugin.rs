@@ -142,7 +142,8 @@ pub fn new_linker(engine: &Engine) -> Result<Linker<RequestState>, EngineError> 
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
         capabilities::add_to_linker(linker)
     };
-    link(&mut linker).map_err(|err| EngineError(format!("cannot link the host's imports: {err:#}")))?;
+    link(&mut linker)
+        .map_err(|err| EngineError(format!("cannot link the host's imports: {err:#}")))?;
     Ok(linker)
 }
 
@@ -178,7 +179,8 @@ impl Plugin {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|err| LoadError::World(format!("{err:#}")))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|err| LoadError::World(format!("{err:#}")))?;
+        let pre =
+            ProxyPre::new(instance_pre).map_err(|err| LoadError::World(format!("{err:#}")))?;
         Ok(Plugin {
             pre,
             digest: hex_digest(bytes),
@@ -245,7 +247,9 @@ impl Plugin {
         });
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(wasmtime::format_err!("guest answered with error code {code:?}")),
+            Ok(Err(code)) => Err(wasmtime::format_err!(
+                "guest answered with error code {code:?}"
+            )),
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(wasmtime::format_err!("guest returned without a response")),
                 Ok(Err(err)) => Err(err),

@@ -59,9 +59,7 @@ impl Gateway {
         if request.uri().path() != ENDPOINT_PATH {
             return json_response(404, r#"{"error":"Not found"}"#);
         }
-        self.plugin
-            .handle(self.capabilities.clone(), request)
-            .await
+        self.plugin.handle(self.capabilities.clone(), request).await
     }
 }
 
@@ -116,7 +114,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The admin listener's answers: liveness and readiness.
-pub async fn admin(gateway: &Gateway, request: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+pub async fn admin(
+    gateway: &Gateway,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<HyperOutgoingBody> {
     match (request.method(), request.uri().path()) {
         (&http::Method::GET, "/healthz") => json_response(200, r#"{"status":"ok"}"#),
         (&http::Method::GET, "/readyz") => {
@@ -124,7 +125,8 @@ pub async fn admin(gateway: &Gateway, request: hyper::Request<Incoming>) -> hype
             if reasons.is_empty() {
                 json_response(200, r#"{"status":"ready"}"#)
             } else {
-                let body = serde_json::json!({ "status": "not ready", "reasons": reasons }).to_string();
+                let body =
+                    serde_json::json!({ "status": "not ready", "reasons": reasons }).to_string();
                 owned_json_response(503, body)
             }
         }

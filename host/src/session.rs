@@ -116,7 +116,10 @@ impl SessionVerifier {
     }
 
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        let cache = self.cache.read().unwrap_or_else(|poison| poison.into_inner());
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
         cache.keys.get(kid).cloned()
     }
 
@@ -140,7 +143,10 @@ impl SessionVerifier {
         };
         if may_fetch {
             let fetched = self.fetch_keys(issuer).await;
-            let mut cache = self.cache.write().unwrap_or_else(|poison| poison.into_inner());
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner());
             match fetched {
                 Ok(keys) => {
                     cache.keys = keys;
@@ -156,7 +162,10 @@ impl SessionVerifier {
                 }
             }
         }
-        let cache = self.cache.read().unwrap_or_else(|poison| poison.into_inner());
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
         match cache.keys.get(kid) {
             Some(key) => Ok(key.clone()),
             None if cache.keys.is_empty() => Err(SessionError::Unverifiable),

@@ -2,7 +2,11 @@
 //! HTTP servers playing Convex, the Clerk issuer and the Upstash REST API,
 //! and the real `keybust` binary, all on loopback.
 
-#![allow(dead_code, reason = "each test binary uses a different part")]
+#![allow(
+    dead_code,
+    unused_macros,
+    reason = "each test binary uses a different part"
+)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,7 +19,6 @@ use hyper_util::rt::TokioIo;
 use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -35,9 +38,11 @@ pub const USER: &str = "user_owner";
 /// Key hashes that make the fake Convex behave a certain way.
 pub mod hashes {
     pub const OWNED: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-    pub const OTHER_OWNER: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    pub const OTHER_OWNER: &str =
+        "2222222222222222222222222222222222222222222222222222222222222222";
     pub const UNKNOWN: &str = "3333333333333333333333333333333333333333333333333333333333333333";
-    pub const EMPTY_OBJECT: &str = "4444444444444444444444444444444444444444444444444444444444444444";
+    pub const EMPTY_OBJECT: &str =
+        "4444444444444444444444444444444444444444444444444444444444444444";
     pub const ARRAY: &str = "5555555555555555555555555555555555555555555555555555555555555555";
     pub const STATUS_500: &str = "6666666666666666666666666666666666666666666666666666666666666666";
     pub const SLOW: &str = "7777777777777777777777777777777777777777777777777777777777777777";
@@ -332,12 +337,20 @@ impl Redis {
 
     pub fn set(&self, key: &str, value: &str) {
         let mut conn = self.client().get_connection().unwrap();
-        redis::cmd("SET").arg(key).arg(value).query::<()>(&mut conn).unwrap();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query::<()>(&mut conn)
+            .unwrap();
     }
 
     pub fn exists(&self, key: &str) -> bool {
         let mut conn = self.client().get_connection().unwrap();
-        redis::cmd("EXISTS").arg(key).query::<i64>(&mut conn).unwrap() == 1
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<i64>(&mut conn)
+            .unwrap()
+            == 1
     }
 
     /// Stops the server, as an outage would.
@@ -400,7 +413,11 @@ impl UpstashFront {
                 let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
                     return respond(500, r#"{"error":"ERR redis unreachable"}"#);
                 };
-                match redis::cmd("DEL").arg(&key).query_async::<i64>(&mut conn).await {
+                match redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                {
                     Ok(n) => respond(200, json!({ "result": n }).to_string()),
                     Err(_) => respond(500, r#"{"error":"ERR redis failed"}"#),
                 }
@@ -500,6 +517,20 @@ impl Keybust {
     /// Everything keybust logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the logs mention `needle` (they arrive through a pipe),
+    /// and fails with the logs after five seconds.
+    pub async fn assert_logged(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "logs never said {needle:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asserts that nothing secret reached the logs.
@@ -627,7 +658,9 @@ impl Stack {
 
     /// Whether the entry for `hash` is still cached (`None` for the embedded store).
     pub fn cached(&self, hash: &str) -> Option<bool> {
-        self.redis.as_ref().map(|redis| redis.exists(&self.cache_key(hash)))
+        self.redis
+            .as_ref()
+            .map(|redis| redis.exists(&self.cache_key(hash)))
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -639,7 +672,11 @@ impl Stack {
         self.post_with(&self.issuer.token(), body).await
     }
 
-    pub async fn post_with(&self, token: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post_with(
+        &self,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         self.request(reqwest::Method::POST, ENDPOINT)
             .bearer_auth(token)
             .header("content-type", "application/json")
@@ -690,12 +727,27 @@ impl Answer {
 
     /// Asserts the CORS headers for an allowed request.
     pub fn assert_cors(&self, allow_origin: &str) {
-        assert_eq!(self.header("access-control-allow-origin"), Some(allow_origin));
-        assert_eq!(self.header("access-control-allow-credentials"), Some("true"));
-        assert_eq!(self.header("access-control-allow-methods"), Some("POST, OPTIONS"));
+        assert_eq!(
+            self.header("access-control-allow-origin"),
+            Some(allow_origin)
+        );
+        assert_eq!(
+            self.header("access-control-allow-credentials"),
+            Some("true")
+        );
+        assert_eq!(
+            self.header("access-control-allow-methods"),
+            Some("POST, OPTIONS")
+        );
         let allow_headers = self.header("access-control-allow-headers").unwrap();
-        assert!(allow_headers.starts_with("Content-Type, Authorization"), "{allow_headers}");
-        assert!(allow_headers.contains("X-WorldMonitor-Key"), "{allow_headers}");
+        assert!(
+            allow_headers.starts_with("Content-Type, Authorization"),
+            "{allow_headers}"
+        );
+        assert!(
+            allow_headers.contains("X-WorldMonitor-Key"),
+            "{allow_headers}"
+        );
         let expose = self.header("access-control-expose-headers").unwrap();
         assert!(expose.contains("Retry-After"), "{expose}");
         assert_eq!(self.header("access-control-max-age"), Some("3600"));

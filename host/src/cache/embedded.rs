@@ -24,7 +24,9 @@ impl EmbeddedCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
         // A panic while holding the lock cannot leave a HashMap half-written
         // in a way that matters here; keep serving.
-        self.entries.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -64,7 +64,11 @@ impl Cache {
             }
             CacheBackendSettings::Embedded => Arc::new(EmbeddedCache::default()),
         };
-        Ok(Self::new(backend, settings.prefix.clone(), settings.timeout))
+        Ok(Self::new(
+            backend,
+            settings.prefix.clone(),
+            settings.timeout,
+        ))
     }
 
     /// Wraps any backend.

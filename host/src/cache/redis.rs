@@ -13,8 +13,9 @@ impl RedisCache {
     /// Prepares the connection; it is opened on first use, so a Redis that
     /// is down at start does not stop keybust from starting.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)
-            .map_err(|err| CacheError::Unavailable(format!("invalid REDIS_URL: {:?}", err.kind())))?;
+        let client = redis::Client::open(url).map_err(|err| {
+            CacheError::Unavailable(format!("invalid REDIS_URL: {:?}", err.kind()))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -34,14 +34,20 @@ impl UpstashCache {
 impl CacheBackend for UpstashCache {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(async move {
-            let url = format!("{}/del/{}", self.url, utf8_percent_encode(key, URI_COMPONENT));
+            let url = format!(
+                "{}/del/{}",
+                self.url,
+                utf8_percent_encode(key, URI_COMPONENT)
+            );
             let response = self
                 .http
                 .post(url)
                 .bearer_auth(self.token.expose())
                 .send()
                 .await
-                .map_err(|err| CacheError::Unavailable(format!("upstash: {}", err.without_url())))?;
+                .map_err(|err| {
+                    CacheError::Unavailable(format!("upstash: {}", err.without_url()))
+                })?;
             let status = response.status();
             let body: Option<Value> = response.json().await.ok();
             let error = body.as_ref().and_then(|b| b.get("error"));
