@@ -8,9 +8,11 @@
 use crate::cache::{Cache, CacheError};
 use crate::config::{ConfigError, Settings};
 use crate::convex::{ConvexClient, ConvexError};
+use crate::metrics::Metrics;
 use crate::origins::{InvalidOriginPattern, OriginPolicy};
 use crate::session::{SessionError, SessionVerifier};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker};
 
 /// Bindings generated from `wit/keybust.wit`'s `capabilities` world.
@@ -52,6 +54,8 @@ pub struct Capabilities {
     pub sessions: SessionVerifier,
     /// The CORS allow-list.
     pub origins: OriginPolicy,
+    /// Where calls, latencies and outcomes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Capabilities {
@@ -68,6 +72,7 @@ impl Capabilities {
             cache: Cache::from_settings(&settings.cache, http.clone())?,
             sessions: SessionVerifier::new(&settings.clerk, http),
             origins: OriginPolicy::new(&settings.origins)?,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -122,7 +127,11 @@ impl wit_convex::Host for &Capabilities {
         path: String,
         body: Vec<u8>,
     ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
-        match self.convex.post(&path, body).await {
+        let started = Instant::now();
+        let result = self.convex.post(&path, body).await;
+        let ok = matches!(&result, Ok(response) if (200..300).contains(&response.status));
+        self.metrics.capability("convex", ok, started.elapsed());
+        match result {
             Ok(response) => Ok(wit_convex::ConvexResponse {
                 status: response.status,
                 body: response.body.into(),
@@ -137,7 +146,11 @@ impl wit_convex::Host for &Capabilities {
 
 impl wit_cache::Host for &Capabilities {
     async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
-        self.cache.delete(&key).await.map_err(|err| match err {
+        let started = Instant::now();
+        let result = self.cache.delete(&key).await;
+        self.metrics
+            .capability("cache", result.is_ok(), started.elapsed());
+        result.map_err(|err| match err {
             CacheError::Timeout(_) => wit_cache::CacheError::Timeout,
             CacheError::Unavailable(_) => wit_cache::CacheError::Unavailable,
         })
@@ -146,22 +159,30 @@ impl wit_cache::Host for &Capabilities {
 
 impl session::Host for &Capabilities {
     async fn validate(&mut self, token: String) -> Result<String, session::SessionError> {
-        self.sessions
-            .validate(&token)
-            .await
-            .map_err(|err| match err {
-                SessionError::Invalid => session::SessionError::Invalid,
-                SessionError::Unverifiable => session::SessionError::Unverifiable,
-            })
+        let started = Instant::now();
+        let result = self.sessions.validate(&token).await;
+        // An invalid token is the capability working; only "cannot verify" is a fault.
+        let ok = result != Err(SessionError::Unverifiable);
+        self.metrics.capability("session", ok, started.elapsed());
+        result.map_err(|err| match err {
+            SessionError::Invalid => session::SessionError::Invalid,
+            SessionError::Unverifiable => session::SessionError::Unverifiable,
+        })
     }
 }
 
 impl origins::Host for &Capabilities {
     async fn is_allowed(&mut self, origin: String) -> bool {
-        self.origins.is_allowed(&origin)
+        let started = Instant::now();
+        let allowed = self.origins.is_allowed(&origin);
+        self.metrics.capability("origins", true, started.elapsed());
+        allowed
     }
 
     async fn default_origin(&mut self) -> String {
-        self.origins.default_origin().to_owned()
+        let started = Instant::now();
+        let origin = self.origins.default_origin().to_owned();
+        self.metrics.capability("origins", true, started.elapsed());
+        origin
     }
 }

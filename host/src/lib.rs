@@ -13,17 +13,27 @@
 //! * **Plugin** — [`plugin::Plugin`] is a component compiled once and
 //!   pre-instantiated against our [`wasmtime::component::Linker`]; every
 //!   request runs in a fresh `Store` from the pooling allocator.
+//! * **Slot** — [`slot::ComponentSlot`] holds the serving version behind an
+//!   atomic pointer; a new one (admin API, file change, SIGHUP) is compiled,
+//!   checked and instantiated once before it replaces the old one, and
+//!   requests in flight finish on the version they started with.
 //! * **Serving** — [`server`] runs hyper, routes the endpoint's path to the
-//!   component and answers everything else itself.
+//!   component and answers everything else itself; [`admin`] serves health,
+//!   readiness, metrics and the component API on a second listener.
 
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod artifacts;
 pub mod cache;
 pub mod capabilities;
 pub mod config;
 pub mod convex;
 pub mod dev;
+pub mod metrics;
 pub mod origins;
 pub mod plugin;
+pub mod reload;
 pub mod server;
 pub mod session;
+pub mod slot;

@@ -2,12 +2,16 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use keybust::artifacts::{self, ArtifactCache};
 use keybust::capabilities::Capabilities;
-use keybust::plugin::{self, Plugin};
+use keybust::config::Secret;
+use keybust::plugin;
 use keybust::server::{self, ENDPOINT_PATH, Gateway};
+use keybust::slot::ComponentSlot;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Serve the invalidate-user-api-key-cache endpoint from a WASI component.
 #[derive(Parser)]
@@ -44,17 +48,21 @@ struct ServeArgs {
     #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
 
-    /// Address for the admin listener (/healthz, /readyz).
+    /// Address for the admin listener (health, readiness, metrics, component API).
     #[arg(long, env = "KEYBUST_ADMIN_LISTEN", default_value = "127.0.0.1:8788")]
     admin_listen: SocketAddr,
 
-    /// Component file to serve [default: the component built from guest/, embedded in this binary].
+    /// Component file to serve; it is watched, and SIGHUP re-reads it
+    /// [default: the component built from guest/, embedded in this binary].
     #[arg(long, env = "KEYBUST_COMPONENT")]
     component: Option<PathBuf>,
 
     /// Bearer token for admin mutations [default: none, admin mutations are refused].
     #[arg(long, env = "KEYBUST_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +70,21 @@ struct DevArgs {
     /// Address for the public listener.
     #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// Directory for precompiled components, keyed by digest
+    /// [default: the user's cache directory, e.g. ~/.cache/keybust].
+    #[arg(long, env = "KEYBUST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
+    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,10 +115,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load_component(path: Option<&PathBuf>) -> anyhow::Result<Plugin> {
+/// Loads the first component into a new slot.
+async fn new_gateway(
+    capabilities: Arc<Capabilities>,
+    component: Option<&PathBuf>,
+    common: &CommonArgs,
+) -> anyhow::Result<Gateway> {
     let engine = plugin::new_engine()?;
     let linker = plugin::new_linker(&engine)?;
-    let (bytes, source) = match path {
+    let artifacts = match common.cache_dir.clone().or_else(artifacts::default_dir) {
+        Some(dir) => match ArtifactCache::open(&dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "precompiled component cache disabled");
+                None
+            }
+        },
+        None => None,
+    };
+    let (bytes, source) = match component {
         Some(path) => (
             std::fs::read(path)
                 .with_context(|| format!("cannot read component {}", path.display()))?,
@@ -103,27 +141,60 @@ fn load_component(path: Option<&PathBuf>) -> anyhow::Result<Plugin> {
         ),
         None => (plugin::EMBEDDED_COMPONENT.to_vec(), "embedded".to_owned()),
     };
-    let plugin =
-        Plugin::load(&linker, &bytes).with_context(|| format!("cannot load component {source}"))?;
-    tracing::info!(source, digest = plugin.digest(), "component loaded");
-    Ok(plugin)
+    let slot = ComponentSlot::new(linker, artifacts, capabilities, bytes, source.clone())
+        .await
+        .with_context(|| format!("cannot load component {source}"))?;
+    tracing::info!(source, digest = slot.current().digest(), "component loaded");
+    Ok(Gateway::new(slot))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let capabilities = Arc::new(Capabilities::from_env().context("invalid configuration")?);
-    let plugin = load_component(args.component.as_ref())?;
-    if args.admin_token.is_none() {
+    let gateway = Arc::new(new_gateway(capabilities, args.component.as_ref(), &args.common).await?);
+    for reason in gateway.capabilities().unready_reasons() {
+        tracing::warn!("{reason}: the endpoint cannot succeed until it is");
+    }
+    let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
+    if admin_token.is_none() {
         tracing::info!("KEYBUST_ADMIN_TOKEN is not set: admin mutations are refused");
     }
-    for reason in capabilities.unready_reasons() {
-        tracing::warn!("{reason}: the endpoint answers 503/401 until it is");
+    let _watcher = match &args.component {
+        Some(path) => {
+            #[cfg(unix)]
+            keybust::reload::reload_on_sighup(gateway.clone(), path.clone())?;
+            match keybust::reload::watch(gateway.clone(), path.clone()) {
+                Ok(watcher) => Some(watcher),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot watch the component file; SIGHUP still reloads it");
+                    None
+                }
+            }
+        }
+        None => {
+            ignore_sighup()?;
+            None
+        }
+    };
+    let listener = server::bind(args.listen).await?;
+    let admin = server::bind(args.admin_listen).await?;
+    run(gateway, listener, Some((admin, admin_token)), &args.common).await
+}
+
+/// Without a component file, SIGHUP has nothing to re-read; it must not kill the process.
+fn ignore_sighup() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!(
+                    "SIGHUP: no --component file to re-read; serving the embedded component"
+                );
+            }
+        });
     }
-    run(
-        Gateway::new(plugin, capabilities),
-        args.listen,
-        Some(args.admin_listen),
-    )
-    .await
+    Ok(())
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -131,7 +202,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the dev stand-ins")?;
     let capabilities = Arc::new(Capabilities::from_settings(&env.settings)?);
-    let plugin = load_component(None)?;
+    let gateway = Arc::new(new_gateway(capabilities, None, &args.common).await?);
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!(
@@ -142,46 +213,38 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "curl -i -X POST http://{addr}{ENDPOINT_PATH} \\\n  -H 'Authorization: Bearer {}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"keyHash\":\"{}\"}}'\n",
         env.token, env.key_hash
     );
-    let gateway = Arc::new(Gateway::new(plugin, capabilities));
-    serve_listeners(gateway, listener, None).await
+    run(gateway, listener, None, &args.common).await
 }
 
 async fn run(
-    gateway: Gateway,
-    listen: SocketAddr,
-    admin: Option<SocketAddr>,
-) -> anyhow::Result<()> {
-    let listener = server::bind(listen).await?;
-    let admin = match admin {
-        Some(addr) => Some(server::bind(addr).await?),
-        None => None,
-    };
-    serve_listeners(Arc::new(gateway), listener, admin).await
-}
-
-async fn serve_listeners(
     gateway: Arc<Gateway>,
     listener: tokio::net::TcpListener,
-    admin: Option<tokio::net::TcpListener>,
+    admin: Option<(tokio::net::TcpListener, Option<Secret>)>,
+    common: &CommonArgs,
 ) -> anyhow::Result<()> {
-    println!("listening on http://{}", listener.local_addr()?);
-    if let Some(admin) = admin {
+    let grace = Duration::from_secs(common.shutdown_grace);
+    if let Some((admin, token)) = admin {
         println!("admin listening on http://{}", admin.local_addr()?);
         let gateway = gateway.clone();
+        let token = Arc::new(token);
         tokio::spawn(server::serve(
             admin,
             move |request| {
                 let gateway = gateway.clone();
-                async move { server::admin(&gateway, request).await }
+                let token = token.clone();
+                async move { keybust::admin::handle(&gateway, token.as_ref().as_ref(), request).await }
             },
             std::future::pending(),
+            grace,
         ));
     }
     let handler = move |request| {
         let gateway = gateway.clone();
         async move { gateway.route(request).await }
     };
-    server::serve(listener, handler, shutdown_signal()).await;
+    // Printed last: once it appears, every listener is accepting.
+    println!("listening on http://{}", listener.local_addr()?);
+    server::serve(listener, handler, shutdown_signal(), grace).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -190,17 +253,17 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
         }
     }
     #[cfg(not(unix))]

@@ -2,11 +2,13 @@
 //! once, each component compiled and pre-instantiated once, and a fresh
 //! [`Store`] per request.
 
+use crate::artifacts::{ArtifactCache, Origin};
 use crate::capabilities::{self, Capabilities, CapabilitiesView};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -161,6 +163,9 @@ pub enum LoadError {
     /// The component does not fit the `keybust:gateway/endpoint` world.
     #[error("component does not fit the keybust:gateway/endpoint world: {0}")]
     World(String),
+    /// The component fits but cannot be instantiated.
+    #[error("component cannot be instantiated: {0}")]
+    Instantiate(String),
 }
 
 /// A compiled, pre-instantiated endpoint component.
@@ -173,18 +178,43 @@ pub struct Plugin {
 impl Plugin {
     /// Compiles `bytes` and checks them against our world.
     pub fn load(linker: &Linker<RequestState>, bytes: &[u8]) -> Result<Self, LoadError> {
+        Self::load_cached(linker, None, bytes).map(|(plugin, _)| plugin)
+    }
+
+    /// Like [`Plugin::load`], taking the compiled code from `artifacts` when
+    /// it holds a verified entry for these bytes, and storing it otherwise.
+    pub fn load_cached(
+        linker: &Linker<RequestState>,
+        artifacts: Option<&ArtifactCache>,
+        bytes: &[u8],
+    ) -> Result<(Self, Origin), LoadError> {
         let engine = linker.engine();
-        let component =
-            Component::new(engine, bytes).map_err(|err| LoadError::Compile(format!("{err:#}")))?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|err| LoadError::World(format!("{err:#}")))?;
-        let pre =
-            ProxyPre::new(instance_pre).map_err(|err| LoadError::World(format!("{err:#}")))?;
-        Ok(Plugin {
-            pre,
-            digest: hex_digest(bytes),
-        })
+        let digest = hex_digest(bytes);
+        let compile_error = |err: wasmtime::Error| LoadError::Compile(format!("{err:#}"));
+        let (component, origin) = match artifacts {
+            Some(artifacts) => artifacts
+                .load_or_compile(engine, bytes, &digest)
+                .map_err(compile_error)?,
+            None => (
+                Component::new(engine, bytes).map_err(compile_error)?,
+                Origin::Compiled,
+            ),
+        };
+        let world_error = |err: wasmtime::Error| LoadError::World(format!("{err:#}"));
+        let instance_pre = linker.instantiate_pre(&component).map_err(world_error)?;
+        let pre = ProxyPre::new(instance_pre).map_err(world_error)?;
+        Ok((Plugin { pre, digest }, origin))
+    }
+
+    /// Instantiates the component once without calling it: the last check
+    /// before it may serve (start functions run, memories fit the limits).
+    pub async fn probe(&self, capabilities: Arc<Capabilities>) -> Result<(), LoadError> {
+        let mut store = Store::new(self.pre.engine(), RequestState::new(capabilities));
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|err| LoadError::Instantiate(format!("{err:#}")))
     }
 
     /// SHA-256 of the component's bytes, lower-case hex.
@@ -223,6 +253,7 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let metrics = capabilities.metrics.clone();
         let mut store = Store::new(self.pre.engine(), RequestState::new(capabilities));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let request = store
@@ -235,7 +266,9 @@ impl Plugin {
         // still has to write the body, which the client reads as it comes.
         let task = tokio::spawn(async move {
             let result = async {
+                let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
+                metrics.instantiated(started.elapsed());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
@@ -280,9 +313,9 @@ pub fn hex_digest(bytes: &[u8]) -> String {
         })
 }
 
-/// A JSON answer made by the host itself (404, 500).
-pub fn json_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgoingBody> {
-    let body = http_body_util::Full::new(Bytes::from_static(body.as_bytes()))
+/// A JSON answer made by the host itself (404, 500, the admin API).
+pub fn json_response(status: u16, body: impl Into<Bytes>) -> hyper::Response<HyperOutgoingBody> {
+    let body = http_body_util::Full::new(body.into())
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = hyper::Response::new(body);

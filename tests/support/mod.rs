@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
+pub mod variant;
+
 pub const ENDPOINT: &str = "/api/invalidate-user-api-key-cache";
 pub const SECRET: &str = "test-convex-shared-secret-4f9a";
 pub const UPSTASH_TOKEN: &str = "test-upstash-token-77c1";
@@ -48,6 +50,9 @@ pub mod hashes {
     pub const SLOW: &str = "7777777777777777777777777777777777777777777777777777777777777777";
     pub const GARBAGE: &str = "8888888888888888888888888888888888888888888888888888888888888888";
     pub const OWNED_2: &str = "9999999999999999999999999999999999999999999999999999999999999999";
+    /// Owned by the caller, answered after one second.
+    pub const OWNED_DELAYED: &str =
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 }
 
 pub fn now() -> u64 {
@@ -159,6 +164,10 @@ impl FakeConvex {
                         respond(200, json!({ "userId": USER }).to_string())
                     }
                     hashes::GARBAGE => respond(200, "<html>not json</html>"),
+                    hashes::OWNED_DELAYED => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        respond(200, json!({ "userId": USER }).to_string())
+                    }
                     _ => respond(200, "null"),
                 }
             })
@@ -446,15 +455,18 @@ pub struct Keybust {
     pub printed: Vec<String>,
     child: Child,
     logs: Arc<Mutex<String>>,
+    _cache_dir: tempfile::TempDir,
 }
 
 impl Keybust {
     /// Starts `keybust <args>` with exactly `env` (plus listen addresses on free ports).
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let cache_dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_keybust"));
         command
             .args(args)
             .env_clear()
+            .env("KEYBUST_CACHE_DIR", cache_dir.path())
             .env("RUST_LOG", "info")
             .env("KEYBUST_LISTEN", "127.0.0.1:0")
             .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
@@ -507,11 +519,41 @@ impl Keybust {
             printed,
             child,
             logs,
+            _cache_dir: cache_dir,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.expect("keybust serve has an admin listener")
+        )
+    }
+
+    /// Sends a Unix signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, failing after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keybust did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything keybust logged so far.
@@ -591,6 +633,8 @@ pub struct Options {
     pub without: Vec<&'static str>,
     /// The key prefix these settings produce, for assertions.
     pub prefix: String,
+    /// Extra arguments after `serve`.
+    pub args: Vec<String>,
 }
 
 impl Stack {
@@ -622,13 +666,18 @@ impl Stack {
             }
         };
         env.retain(|(name, _)| !options.without.contains(name));
-        for (name, value) in options.env {
+        for (name, value) in options.env.clone() {
             env.retain(|(n, _)| *n != name);
             env.push((name, value));
         }
-        let keybust = tokio::task::spawn_blocking(move || Keybust::start(&["serve"], &env))
-            .await
-            .unwrap();
+        let args = options.args.clone();
+        let keybust = tokio::task::spawn_blocking(move || {
+            let mut all = vec!["serve"];
+            all.extend(args.iter().map(String::as_str));
+            Keybust::start(&all, &env)
+        })
+        .await
+        .unwrap();
         Stack {
             backend,
             convex,

@@ -1,0 +1,125 @@
+//! Precompiled components on disk, so reloading a component seen before
+//! (a rollback, a restart, a flip back and forth) skips compilation.
+//!
+//! An entry is `<component digest>-<engine hash>.cwasm` plus a `.sha256`
+//! file holding the digest of the `.cwasm` bytes. Loading an entry checks
+//! that digest before handing the bytes to wasmtime, which in turn checks
+//! that they were made by a compatible engine; an entry failing either check
+//! is rebuilt. The directory is created owner-only: whoever can write to it
+//! can make keybust run their code.
+
+use crate::plugin::hex_digest;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Whether a component came from the cache or was compiled just now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Deserialized from a verified cache entry.
+    Cached,
+    /// Compiled (and, when possible, written to the cache).
+    Compiled,
+}
+
+/// A directory of precompiled components for one engine configuration.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+    engine_tag: String,
+}
+
+impl ArtifactCache {
+    /// Uses `dir`, creating it owner-only if needed.
+    pub fn open(dir: impl Into<PathBuf>, engine: &Engine) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(ArtifactCache {
+            dir,
+            engine_tag: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    /// The directory this cache writes to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry(&self, digest: &str) -> (PathBuf, PathBuf) {
+        let base = format!("{digest}-{}", self.engine_tag);
+        (
+            self.dir.join(format!("{base}.cwasm")),
+            self.dir.join(format!("{base}.sha256")),
+        )
+    }
+
+    /// The compiled component for `bytes` (whose SHA-256 is `digest`): from
+    /// the cache when a verified entry exists, else compiled and stored.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: &str,
+    ) -> wasmtime::Result<(Component, Origin)> {
+        let (artifact, checksum) = self.entry(digest);
+        if let Some(component) = self.load_verified(engine, &artifact, &checksum) {
+            return Ok((component, Origin::Cached));
+        }
+        let compiled = engine.precompile_component(bytes)?;
+        if let Err(err) = store(&artifact, &checksum, &compiled) {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot write the precompiled component cache");
+        }
+        // SAFETY: `compiled` was produced by this engine a moment ago and
+        // never left this process.
+        let component = unsafe { Component::deserialize(engine, &compiled)? };
+        Ok((component, Origin::Compiled))
+    }
+
+    fn load_verified(
+        &self,
+        engine: &Engine,
+        artifact: &Path,
+        checksum: &Path,
+    ) -> Option<Component> {
+        let bytes = std::fs::read(artifact).ok()?;
+        let expected = std::fs::read_to_string(checksum).ok();
+        if expected.as_deref().map(str::trim) != Some(hex_digest(&bytes).as_str()) {
+            tracing::warn!(entry = %artifact.display(), "precompiled component fails its checksum; rebuilding");
+            return None;
+        }
+        // SAFETY: the bytes are exactly those this process family wrote for
+        // this digest (checked above, in a directory only our user can
+        // write), and wasmtime refuses artifacts from an incompatible engine.
+        match unsafe { Component::deserialize(engine, &bytes) } {
+            Ok(component) => Some(component),
+            Err(err) => {
+                tracing::warn!(entry = %artifact.display(), error = %format!("{err:#}"), "stale precompiled component; rebuilding");
+                None
+            }
+        }
+    }
+}
+
+/// Writes the artifact and its checksum through temporary files and
+/// renames, so a reader never sees half an entry.
+fn store(artifact: &Path, checksum: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    let tmp = artifact.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, compiled)?;
+    std::fs::rename(&tmp, artifact)?;
+    let tmp = checksum.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, hex_digest(compiled))?;
+    std::fs::rename(&tmp, checksum)
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/keybust` or its platform equivalent.
+pub fn default_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|dir| dir.join("keybust"))
+}

@@ -1,0 +1,114 @@
+//! Reloading the `--component` file: when it changes on disk, and on SIGHUP.
+//!
+//! Deploy tools and editors rarely write a file in place: they write a new
+//! file and rename it over the old one, which replaces the inode a watch on
+//! the file itself would follow. So the watch is on the parent directory,
+//! filtered by file name, and events are debounced: a burst of writes and
+//! renames becomes one reload once the directory has been quiet for
+//! [`DEBOUNCE`]. A reload whose bytes equal the serving version does nothing.
+
+use crate::server::Gateway;
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Quiet time after the last change before the file is re-read.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Why the file did not become the serving component.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The component file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes do not make a component that can serve.
+    #[error("{path}: {source}")]
+    Load {
+        /// The component file.
+        path: String,
+        /// Why.
+        source: crate::plugin::LoadError,
+    },
+}
+
+/// Re-reads `path` and swaps it in if it differs from what serves now.
+/// Returns whether a swap happened.
+pub async fn reload(gateway: &Gateway, path: &Path) -> Result<bool, ReloadError> {
+    let shown = path.display().to_string();
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|source| ReloadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+    if crate::plugin::hex_digest(&bytes) == gateway.slot().current().digest() {
+        return Ok(false);
+    }
+    gateway
+        .slot()
+        .replace(bytes, shown.clone())
+        .await
+        .map(|_| true)
+        .map_err(|source| ReloadError::Load {
+            path: shown,
+            source,
+        })
+}
+
+async fn reload_and_log(gateway: &Gateway, path: &Path, why: &str) {
+    match reload(gateway, path).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!(why, "component file unchanged"),
+        Err(err) => {
+            tracing::error!(why, error = %err, "component reload failed; the current component keeps serving")
+        }
+    }
+}
+
+/// Watches `path` and reloads it after each burst of changes. The returned
+/// watcher must be kept alive for as long as the watch should last.
+pub fn watch(gateway: Arc<Gateway>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(ToOwned::to_owned);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until no event has arrived for DEBOUNCE.
+            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            reload_and_log(&gateway, &path, "file changed").await;
+        }
+    });
+    Ok(watcher)
+}
+
+/// Reloads `path` on every SIGHUP.
+#[cfg(unix)]
+pub fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reload_and_log(&gateway, &path, "SIGHUP").await;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! The component slot: which version of the component serves now, which
+//! one served before it, and how a new one gets in.
+//!
+//! The current version sits behind an atomic pointer ([`ArcSwap`]). A
+//! request takes its own reference when it starts and runs to its end on
+//! that version, even if a swap lands meanwhile; the old version is freed
+//! when its last request finishes. A new version is compiled (or taken from
+//! the [`ArtifactCache`]), type-checked against our world, and instantiated
+//! once before the swap; if any step fails, the current version keeps
+//! serving and the caller gets the reason.
+
+use crate::artifacts::{ArtifactCache, Origin};
+use crate::capabilities::Capabilities;
+use crate::plugin::{LoadError, Plugin, RequestState};
+use arc_swap::ArcSwap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime::component::Linker;
+
+/// One loaded version of the component.
+pub struct Version {
+    /// The compiled, pre-instantiated component.
+    pub plugin: Plugin,
+    /// Where its bytes came from: `embedded`, a file path, or `admin`.
+    pub source: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl Version {
+    /// SHA-256 of the component's bytes.
+    pub fn digest(&self) -> &str {
+        self.plugin.digest()
+    }
+}
+
+/// What a successful swap did.
+pub struct Swapped {
+    /// The version serving now.
+    pub version: Arc<Version>,
+    /// Whether compilation was skipped thanks to the artifact cache.
+    pub origin: Origin,
+    /// From bytes in hand to the new version serving.
+    pub took: Duration,
+}
+
+/// Why a rollback could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// Only one version has been loaded.
+    #[error("there is no previous version to roll back to")]
+    NoPrevious,
+}
+
+/// The serving version, the previous one, and the machinery to replace them.
+pub struct ComponentSlot {
+    linker: Arc<Linker<RequestState>>,
+    artifacts: Option<ArtifactCache>,
+    capabilities: Arc<Capabilities>,
+    current: ArcSwap<Version>,
+    previous: Mutex<Option<Arc<Version>>>,
+    swapping: tokio::sync::Mutex<()>,
+}
+
+impl ComponentSlot {
+    /// Loads the first version; keybust does not start without one.
+    pub async fn new(
+        linker: Linker<RequestState>,
+        artifacts: Option<ArtifactCache>,
+        capabilities: Arc<Capabilities>,
+        bytes: Vec<u8>,
+        source: String,
+    ) -> Result<Self, LoadError> {
+        let linker = Arc::new(linker);
+        let (version, _) =
+            prepare(&linker, artifacts.as_ref(), &capabilities, bytes, source).await?;
+        capabilities.metrics.serving(version.digest());
+        Ok(ComponentSlot {
+            linker,
+            artifacts,
+            capabilities,
+            current: ArcSwap::from_pointee(version),
+            previous: Mutex::new(None),
+            swapping: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The version new requests run on.
+    pub fn current(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    /// The version a rollback would return to.
+    pub fn previous(&self) -> Option<Arc<Version>> {
+        self.lock_previous().clone()
+    }
+
+    /// The capabilities every version runs with.
+    pub fn capabilities(&self) -> &Arc<Capabilities> {
+        &self.capabilities
+    }
+
+    fn lock_previous(&self) -> std::sync::MutexGuard<'_, Option<Arc<Version>>> {
+        self.previous
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Validates `bytes` and, if they pass, makes them the serving version.
+    pub async fn replace(&self, bytes: Vec<u8>, source: String) -> Result<Swapped, LoadError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let started = Instant::now();
+        let prepared = prepare(
+            &self.linker,
+            self.artifacts.as_ref(),
+            &self.capabilities,
+            bytes,
+            source,
+        )
+        .await;
+        let (version, origin) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                self.capabilities.metrics.swap(false, None);
+                return Err(err);
+            }
+        };
+        let version = Arc::new(version);
+        let old = self.current.swap(version.clone());
+        *self.lock_previous() = Some(old);
+        let took = started.elapsed();
+        self.capabilities.metrics.swap(true, Some(version.digest()));
+        tracing::info!(
+            digest = version.digest(),
+            source = version.source,
+            ?origin,
+            took_ms = took.as_secs_f64() * 1000.0,
+            "component swapped in"
+        );
+        Ok(Swapped {
+            version,
+            origin,
+            took,
+        })
+    }
+
+    /// Puts the previous version back; the replaced one becomes "previous".
+    pub async fn rollback(&self) -> Result<Arc<Version>, RollbackError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let mut previous = self.lock_previous();
+        let back = previous.take().ok_or(RollbackError::NoPrevious)?;
+        *previous = Some(self.current.swap(back.clone()));
+        drop(previous);
+        self.capabilities.metrics.swap(true, Some(back.digest()));
+        tracing::info!(digest = back.digest(), "rolled back");
+        Ok(back)
+    }
+}
+
+async fn prepare(
+    linker: &Arc<Linker<RequestState>>,
+    artifacts: Option<&ArtifactCache>,
+    capabilities: &Arc<Capabilities>,
+    bytes: Vec<u8>,
+    source: String,
+) -> Result<(Version, Origin), LoadError> {
+    let compile_linker = linker.clone();
+    let artifacts = artifacts.cloned();
+    // Compiling takes hundreds of milliseconds of CPU: keep it off the
+    // threads that serve requests.
+    let (plugin, origin) = tokio::task::spawn_blocking(move || {
+        Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes)
+    })
+    .await
+    .map_err(|err| LoadError::Compile(format!("compilation did not finish: {err}")))??;
+    plugin.probe(capabilities.clone()).await?;
+    Ok((
+        Version {
+            plugin,
+            source,
+            loaded_at: SystemTime::now(),
+        },
+        origin,
+    ))
+}

@@ -1,0 +1,317 @@
+//! Swapping the component in place: the admin API, the watched file and
+//! SIGHUP, under load, with bad components refused.
+
+mod support;
+
+use keybust::plugin::{EMBEDDED_COMPONENT, hex_digest};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::{Answer, Backend, Options, Stack, hashes};
+
+const ADMIN_TOKEN: &str = "test-admin-token-5be0";
+
+fn variant(tag: &str) -> Vec<u8> {
+    support::variant::variant(EMBEDDED_COMPONENT, tag)
+}
+
+/// Writes `bytes` to `path` the way deploy tools do: a new file renamed over the old.
+fn deploy(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("wasm.partial");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn component(stack: &Stack) -> Value {
+    let text = reqwest::get(stack.keybust.admin_url("/admin/component"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn put(stack: &Stack, token: Option<&str>, bytes: Vec<u8>) -> Answer {
+    let mut request = stack
+        .http
+        .put(stack.keybust.admin_url("/admin/component"))
+        .body(bytes);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    Answer::of(request.send().await.unwrap()).await
+}
+
+async fn wait_for_digest(stack: &Stack, digest: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if component(stack).await["digest"] == digest {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "digest never became {digest}:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn with_admin_token(extra: Vec<String>) -> Options {
+    let mut args = vec!["--admin-token".to_owned(), ADMIN_TOKEN.to_owned()];
+    args.extend(extra);
+    Options {
+        args,
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_api_describes_swaps_and_rolls_back() {
+    let stack = Stack::with(Backend::Embedded, with_admin_token(vec![])).await;
+    let first = component(&stack).await;
+    assert_eq!(first["digest"], hex_digest(EMBEDDED_COMPONENT));
+    assert_eq!(first["source"], "embedded");
+    assert!(first["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(first["previous_digest"], Value::Null);
+
+    let next = variant("one");
+    let answer = put(&stack, Some(ADMIN_TOKEN), next.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let swapped: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(swapped["digest"], hex_digest(&next));
+    assert_eq!(swapped["source"], "admin");
+    assert_eq!(swapped["previous_digest"], hex_digest(EMBEDDED_COMPONENT));
+    assert_eq!(component(&stack).await["digest"], hex_digest(&next));
+    // It serves.
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+
+    let answer = Answer::of(
+        stack
+            .http
+            .post(stack.keybust.admin_url("/admin/component/rollback"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let now = component(&stack).await;
+    assert_eq!(now["digest"], hex_digest(EMBEDDED_COMPONENT));
+    assert_eq!(now["previous_digest"], hex_digest(&next));
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_components_are_refused_and_the_old_one_keeps_serving() {
+    let stack = Stack::with(Backend::Embedded, with_admin_token(vec![])).await;
+    let digest = hex_digest(EMBEDDED_COMPONENT);
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            "not a valid component",
+        ),
+        ("core module", core_module, "not a valid component"),
+        (
+            "component for another world",
+            empty_component,
+            "does not fit",
+        ),
+        (
+            "truncated component",
+            EMBEDDED_COMPONENT[..EMBEDDED_COMPONENT.len() / 2].to_vec(),
+            "not a valid component",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let answer = put(&stack, Some(ADMIN_TOKEN), bytes).await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.body);
+        assert!(answer.body.contains(reason), "{what}: {}", answer.body);
+        assert_eq!(component(&stack).await["digest"], digest, "{what}");
+        Answer::of(stack.invalidate(hashes::OWNED).await)
+            .await
+            .assert_json(200, r#"{"ok":true}"#);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_mutations_need_the_token() {
+    // No token configured: refused.
+    let stack = Stack::start(Backend::Embedded).await;
+    assert_eq!(
+        put(&stack, Some("anything"), variant("x")).await.status,
+        403
+    );
+    let rollback = stack
+        .http
+        .post(stack.keybust.admin_url("/admin/component/rollback"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rollback.status(), 403);
+    // Token configured: missing is 401, wrong is 403.
+    let stack = Stack::with(Backend::Embedded, with_admin_token(vec![])).await;
+    assert_eq!(put(&stack, None, variant("x")).await.status, 401);
+    assert_eq!(
+        put(&stack, Some("wrong-token"), variant("x")).await.status,
+        403
+    );
+    assert_eq!(
+        component(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+    stack.keybust.assert_logs_clean(&[ADMIN_TOKEN]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_is_logged_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoint.wasm");
+    deploy(&path, EMBEDDED_COMPONENT);
+    let options = Options {
+        args: vec!["--component".into(), path.display().to_string()],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    assert_eq!(
+        component(&stack).await["source"],
+        path.display().to_string()
+    );
+    deploy(&path, b"not a component");
+    stack.keybust.assert_logged("component reload failed").await;
+    stack.keybust.assert_logged("not a valid component").await;
+    assert_eq!(
+        component(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+    // SIGHUP re-reads the same bad file and refuses it again.
+    stack.keybust.signal(libc::SIGHUP);
+    stack.keybust.assert_logged("SIGHUP").await;
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+}
+
+/// 32 clients send valid requests for at least 10 s while 50 swaps land,
+/// alternating between two builds, a third each through the admin API,
+/// SIGHUP and the watched file. No request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_swaps_under_load_drop_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoint.wasm");
+    let builds = [variant("a"), variant("b")];
+    let digests = [hex_digest(&builds[0]), hex_digest(&builds[1])];
+    deploy(&path, &builds[0]);
+    let options = with_admin_token(vec!["--component".into(), path.display().to_string()]);
+    let stack = Arc::new(Stack::with(Backend::Redis, options).await);
+    wait_for_digest(&stack, &digests[0]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let (stack, stop, sent) = (stack.clone(), stop.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if answer.status != 200 || answer.body != r#"{"ok":true}"# {
+                    failures.push(format!("{} {}", answer.status, answer.body));
+                }
+            }
+            failures
+        }));
+    }
+
+    let started = Instant::now();
+    // serving: index into `builds`; file: what the file holds.
+    let (mut serving, mut file) = (0usize, 0usize);
+    for step in 0..50 {
+        let next = 1 - serving;
+        match step % 3 {
+            0 => {
+                let answer = put(&stack, Some(ADMIN_TOKEN), builds[next].clone()).await;
+                assert_eq!(answer.status, 200, "{}", answer.body);
+            }
+            1 => {
+                // The file still holds the other build: SIGHUP brings it back.
+                assert_eq!(file, next);
+                stack.keybust.signal(libc::SIGHUP);
+            }
+            _ => {
+                deploy(&path, &builds[next]);
+                file = next;
+            }
+        }
+        serving = next;
+        wait_for_digest(&stack, &digests[serving]).await;
+    }
+    let swaps_took = started.elapsed();
+    while started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.await.unwrap());
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 500, "only {sent} requests in 10 s");
+    assert_eq!(component(&stack).await["digest"], digests[serving]);
+
+    let metrics = reqwest::get(stack.keybust.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok_swaps = metric_value(
+        &metrics,
+        "keybust_component_swaps_total",
+        &[("result", "ok")],
+    );
+    assert_eq!(ok_swaps, Some(50.0), "swaps took {swaps_took:?}\n{metrics}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "keybust_component_swaps_total",
+            &[("result", "failed")]
+        ),
+        None
+    );
+}
+
+fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .iter()
+        .find(|sample| {
+            sample.metric == name && labels.iter().all(|(k, v)| sample.labels.get(k) == Some(*v))
+        })
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
