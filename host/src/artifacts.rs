@@ -123,3 +123,79 @@ fn store(artifact: &Path, checksum: &Path, compiled: &[u8]) -> std::io::Result<(
 pub fn default_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|dir| dir.join("keybust"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::EMBEDDED_COMPONENT;
+
+    fn setup() -> (tempfile::TempDir, Engine, ArtifactCache, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = ArtifactCache::open(dir.path(), &engine).unwrap();
+        (dir, engine, cache, hex_digest(EMBEDDED_COMPONENT))
+    }
+
+    #[test]
+    fn second_load_comes_from_the_cache() {
+        let (_dir, engine, cache, digest) = setup();
+        let (_, origin) = cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        assert_eq!(origin, Origin::Compiled);
+        let (_, origin) = cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        assert_eq!(origin, Origin::Cached);
+    }
+
+    #[test]
+    fn corrupt_entry_is_rebuilt() {
+        let (_dir, engine, cache, digest) = setup();
+        cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        let (artifact, _) = cache.entry(&digest);
+        let mut bytes = std::fs::read(&artifact).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&artifact, bytes).unwrap();
+        let (_, origin) = cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        assert_eq!(origin, Origin::Compiled);
+        let (_, origin) = cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        assert_eq!(origin, Origin::Cached);
+    }
+
+    #[test]
+    fn stale_entry_with_a_valid_checksum_is_rebuilt() {
+        let (_dir, engine, cache, digest) = setup();
+        let (artifact, checksum) = cache.entry(&digest);
+        // Right checksum, but not something this engine produced.
+        let bogus = b"\x7fELF not a wasmtime artifact".to_vec();
+        store(&artifact, &checksum, &bogus).unwrap();
+        let (_, origin) = cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        assert_eq!(origin, Origin::Compiled);
+    }
+
+    #[test]
+    fn another_engine_configuration_gets_its_own_entries() {
+        let (dir, engine, cache, digest) = setup();
+        cache
+            .load_or_compile(&engine, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        let mut config = wasmtime::Config::new();
+        config.cranelift_opt_level(wasmtime::OptLevel::None);
+        let other = Engine::new(&config).unwrap();
+        let other_cache = ArtifactCache::open(dir.path(), &other).unwrap();
+        let (_, origin) = other_cache
+            .load_or_compile(&other, EMBEDDED_COMPONENT, &digest)
+            .unwrap();
+        assert_eq!(origin, Origin::Compiled);
+    }
+}
