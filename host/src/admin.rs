@@ -10,8 +10,8 @@
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
 
 use crate::config::Secret;
+use crate::endpoint::Endpoint;
 use crate::plugin::json_response;
-use crate::server::Gateway;
 use crate::slot::Version;
 use bytes::Bytes;
 use http::Method;
@@ -26,16 +26,16 @@ pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 /// Answers one admin request.
 pub async fn handle(
-    gateway: &Gateway,
+    endpoint: &Endpoint,
     admin_token: Option<&Secret>,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<HyperOutgoingBody> {
     let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(200, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") => readiness(gateway),
+        (&Method::GET, "/readyz") => readiness(endpoint),
         (&Method::GET, "/metrics") => {
-            let mut response = json_response(200, gateway.capabilities().metrics.encode());
+            let mut response = json_response(200, endpoint.capabilities().metrics.encode());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -44,7 +44,7 @@ pub async fn handle(
             );
             response
         }
-        (&Method::GET, "/admin/component") => component_json(gateway, 200, None),
+        (&Method::GET, "/admin/component") => component_json(endpoint, 200, None),
         (&Method::PUT, "/admin/component") => {
             if let Err(refusal) = authorize(admin_token, &request) {
                 return refusal.response();
@@ -63,13 +63,13 @@ pub async fn handle(
                     );
                 }
             };
-            match gateway
+            match endpoint
                 .slot()
                 .replace(body.to_vec(), "admin".to_owned())
                 .await
             {
                 Ok(swapped) => component_json(
-                    gateway,
+                    endpoint,
                     200,
                     Some(json!({
                         "compiled": swapped.origin == crate::artifacts::Origin::Compiled,
@@ -86,8 +86,8 @@ pub async fn handle(
             if let Err(refusal) = authorize(admin_token, &request) {
                 return refusal.response();
             }
-            match gateway.slot().rollback().await {
-                Ok(_) => component_json(gateway, 200, None),
+            match endpoint.slot().rollback().await {
+                Ok(_) => component_json(endpoint, 200, None),
                 Err(err) => error(409, &err.to_string()),
             }
         }
@@ -103,8 +103,8 @@ fn error(status: u16, message: &str) -> hyper::Response<HyperOutgoingBody> {
     json_response(status, json!({ "error": message }).to_string())
 }
 
-fn readiness(gateway: &Gateway) -> hyper::Response<HyperOutgoingBody> {
-    let reasons = gateway.capabilities().unready_reasons();
+fn readiness(endpoint: &Endpoint) -> hyper::Response<HyperOutgoingBody> {
+    let reasons = endpoint.capabilities().unready_reasons();
     if reasons.is_empty() {
         json_response(200, r#"{"status":"ready"}"#)
     } else {
@@ -124,11 +124,11 @@ fn describe(version: &Version) -> serde_json::Value {
 }
 
 fn component_json(
-    gateway: &Gateway,
+    endpoint: &Endpoint,
     status: u16,
     extra: Option<serde_json::Value>,
 ) -> hyper::Response<HyperOutgoingBody> {
-    let slot = gateway.slot();
+    let slot = endpoint.slot();
     let mut body = describe(&slot.current());
     body["previous_digest"] = match slot.previous() {
         Some(previous) => json!(previous.digest()),

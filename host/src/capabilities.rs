@@ -76,6 +76,13 @@ impl Capabilities {
         })
     }
 
+    /// Replaces the cache, for embedders with a backend of their own
+    /// (any [`crate::cache::CacheBackend`], wrapped with [`Cache::new`]).
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = cache;
+        self
+    }
+
     /// Why requests cannot succeed yet, if they cannot: for readiness checks.
     pub fn unready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();

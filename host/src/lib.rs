@@ -21,6 +21,62 @@
 //!   component and answers everything else itself; [`admin`] serves health,
 //!   readiness, metrics and the component API on a second listener.
 
+//!
+//! # Embedding keybust in your own gateway
+//!
+//! The whole endpoint, ready to serve `hyper` requests:
+//!
+//! ```no_run
+//! use keybust::capabilities::Capabilities;
+//! use keybust::endpoint::{ENDPOINT_PATH, Endpoint};
+//! use std::sync::Arc;
+//!
+//! # async fn demo(request: hyper::Request<hyper::body::Incoming>) -> anyhow::Result<()> {
+//! // CONVEX_*, CLERK_*, REDIS_URL / UPSTASH_*, VERCEL_*: as in the README.
+//! let capabilities = Arc::new(Capabilities::from_env()?);
+//! // Or Endpoint::from_file(capabilities, path) for a component on disk.
+//! let endpoint = Endpoint::embedded(capabilities).await?;
+//! if request.uri().path() == ENDPOINT_PATH {
+//!     let response = endpoint.route(request).await;
+//!     # drop(response);
+//! }
+//! // Swap in a new build later, without a restart:
+//! // endpoint.slot().replace(bytes, "my-deploy".into()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Or only the capabilities, added to a [`wasmtime::component::Linker`] you
+//! own, for a component you instantiate yourself. Your store data implements
+//! [`capabilities::CapabilitiesView`], the way it implements
+//! `wasmtime_wasi::WasiView`:
+//!
+//! ```no_run
+//! use keybust::capabilities::{self, Capabilities, CapabilitiesView};
+//! use wasmtime::component::Linker;
+//!
+//! struct MyState {
+//!     keybust: std::sync::Arc<Capabilities>,
+//!     // ... your WASI and wasi:http contexts ...
+//! }
+//!
+//! impl CapabilitiesView for MyState {
+//!     fn capabilities(&self) -> &Capabilities {
+//!         &self.keybust
+//!     }
+//! }
+//!
+//! # fn demo(engine: &wasmtime::Engine) -> wasmtime::Result<()> {
+//! let mut linker = Linker::<MyState>::new(engine);
+//! capabilities::add_to_linker(&mut linker)?;
+//! // ... plus wasmtime_wasi::p2::add_to_linker_async and
+//! // wasmtime_wasi_http::p2::add_only_http_to_linker_async ...
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The contract those imports implement is documented in `wit/README.md`.
+
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -30,6 +86,7 @@ pub mod capabilities;
 pub mod config;
 pub mod convex;
 pub mod dev;
+pub mod endpoint;
 pub mod metrics;
 pub mod origins;
 pub mod plugin;

@@ -2,12 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use keybust::artifacts::{self, ArtifactCache};
+use keybust::artifacts;
 use keybust::capabilities::Capabilities;
 use keybust::config::Secret;
+use keybust::endpoint::{ENDPOINT_PATH, Endpoint};
 use keybust::plugin;
-use keybust::server::{self, ENDPOINT_PATH, Gateway};
-use keybust::slot::ComponentSlot;
+use keybust::server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -115,24 +115,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Loads the first component into a new slot.
-async fn new_gateway(
+/// Loads the first component; keybust does not start without one.
+async fn new_endpoint(
     capabilities: Arc<Capabilities>,
     component: Option<&PathBuf>,
     common: &CommonArgs,
-) -> anyhow::Result<Gateway> {
-    let engine = plugin::new_engine()?;
-    let linker = plugin::new_linker(&engine)?;
-    let artifacts = match common.cache_dir.clone().or_else(artifacts::default_dir) {
-        Some(dir) => match ArtifactCache::open(&dir, &engine) {
-            Ok(cache) => Some(cache),
-            Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err, "precompiled component cache disabled");
-                None
-            }
-        },
-        None => None,
-    };
+) -> anyhow::Result<Endpoint> {
+    let cache_dir = common.cache_dir.clone().or_else(artifacts::default_dir);
     let (bytes, source) = match component {
         Some(path) => (
             std::fs::read(path)
@@ -141,17 +130,21 @@ async fn new_gateway(
         ),
         None => (plugin::EMBEDDED_COMPONENT.to_vec(), "embedded".to_owned()),
     };
-    let slot = ComponentSlot::new(linker, artifacts, capabilities, bytes, source.clone())
-        .await
-        .with_context(|| format!("cannot load component {source}"))?;
-    tracing::info!(source, digest = slot.current().digest(), "component loaded");
-    Ok(Gateway::new(slot))
+    let endpoint =
+        Endpoint::load(capabilities, bytes, source.clone(), cache_dir.as_deref()).await?;
+    tracing::info!(
+        source,
+        digest = endpoint.slot().current().digest(),
+        "component loaded"
+    );
+    Ok(endpoint)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let capabilities = Arc::new(Capabilities::from_env().context("invalid configuration")?);
-    let gateway = Arc::new(new_gateway(capabilities, args.component.as_ref(), &args.common).await?);
-    for reason in gateway.capabilities().unready_reasons() {
+    let endpoint =
+        Arc::new(new_endpoint(capabilities, args.component.as_ref(), &args.common).await?);
+    for reason in endpoint.capabilities().unready_reasons() {
         tracing::warn!("{reason}: the endpoint cannot succeed until it is");
     }
     let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
@@ -161,8 +154,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _watcher = match &args.component {
         Some(path) => {
             #[cfg(unix)]
-            keybust::reload::reload_on_sighup(gateway.clone(), path.clone())?;
-            match keybust::reload::watch(gateway.clone(), path.clone()) {
+            keybust::reload::reload_on_sighup(endpoint.clone(), path.clone())?;
+            match keybust::reload::watch(endpoint.clone(), path.clone()) {
                 Ok(watcher) => Some(watcher),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot watch the component file; SIGHUP still reloads it");
@@ -177,7 +170,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let listener = server::bind(args.listen).await?;
     let admin = server::bind(args.admin_listen).await?;
-    run(gateway, listener, Some((admin, admin_token)), &args.common).await
+    run(endpoint, listener, Some((admin, admin_token)), &args.common).await
 }
 
 /// Without a component file, SIGHUP has nothing to re-read; it must not kill the process.
@@ -202,7 +195,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the dev stand-ins")?;
     let capabilities = Arc::new(Capabilities::from_settings(&env.settings)?);
-    let gateway = Arc::new(new_gateway(capabilities, None, &args.common).await?);
+    let endpoint = Arc::new(new_endpoint(capabilities, None, &args.common).await?);
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!(
@@ -213,11 +206,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "curl -i -X POST http://{addr}{ENDPOINT_PATH} \\\n  -H 'Authorization: Bearer {}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"keyHash\":\"{}\"}}'\n",
         env.token, env.key_hash
     );
-    run(gateway, listener, None, &args.common).await
+    run(endpoint, listener, None, &args.common).await
 }
 
 async fn run(
-    gateway: Arc<Gateway>,
+    endpoint: Arc<Endpoint>,
     listener: tokio::net::TcpListener,
     admin: Option<(tokio::net::TcpListener, Option<Secret>)>,
     common: &CommonArgs,
@@ -225,22 +218,22 @@ async fn run(
     let grace = Duration::from_secs(common.shutdown_grace);
     if let Some((admin, token)) = admin {
         println!("admin listening on http://{}", admin.local_addr()?);
-        let gateway = gateway.clone();
+        let endpoint = endpoint.clone();
         let token = Arc::new(token);
         tokio::spawn(server::serve(
             admin,
             move |request| {
-                let gateway = gateway.clone();
+                let endpoint = endpoint.clone();
                 let token = token.clone();
-                async move { keybust::admin::handle(&gateway, token.as_ref().as_ref(), request).await }
+                async move { keybust::admin::handle(&endpoint, token.as_ref().as_ref(), request).await }
             },
             std::future::pending(),
             grace,
         ));
     }
     let handler = move |request| {
-        let gateway = gateway.clone();
-        async move { gateway.route(request).await }
+        let endpoint = endpoint.clone();
+        async move { endpoint.route(request).await }
     };
     // Printed last: once it appears, every listener is accepting.
     println!("listening on http://{}", listener.local_addr()?);

@@ -7,7 +7,7 @@
 //! renames becomes one reload once the directory has been quiet for
 //! [`DEBOUNCE`]. A reload whose bytes equal the serving version does nothing.
 
-use crate::server::Gateway;
+use crate::endpoint::Endpoint;
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub enum ReloadError {
 
 /// Re-reads `path` and swaps it in if it differs from what serves now.
 /// Returns whether a swap happened.
-pub async fn reload(gateway: &Gateway, path: &Path) -> Result<bool, ReloadError> {
+pub async fn reload(endpoint: &Endpoint, path: &Path) -> Result<bool, ReloadError> {
     let shown = path.display().to_string();
     let bytes = tokio::fs::read(path)
         .await
@@ -47,10 +47,10 @@ pub async fn reload(gateway: &Gateway, path: &Path) -> Result<bool, ReloadError>
             path: shown.clone(),
             source,
         })?;
-    if crate::plugin::hex_digest(&bytes) == gateway.slot().current().digest() {
+    if crate::plugin::hex_digest(&bytes) == endpoint.slot().current().digest() {
         return Ok(false);
     }
-    gateway
+    endpoint
         .slot()
         .replace(bytes, shown.clone())
         .await
@@ -61,8 +61,8 @@ pub async fn reload(gateway: &Gateway, path: &Path) -> Result<bool, ReloadError>
         })
 }
 
-async fn reload_and_log(gateway: &Gateway, path: &Path, why: &str) {
-    match reload(gateway, path).await {
+async fn reload_and_log(endpoint: &Endpoint, path: &Path, why: &str) {
+    match reload(endpoint, path).await {
         Ok(true) => {}
         Ok(false) => tracing::debug!(why, "component file unchanged"),
         Err(err) => {
@@ -73,7 +73,7 @@ async fn reload_and_log(gateway: &Gateway, path: &Path, why: &str) {
 
 /// Watches `path` and reloads it after each burst of changes. The returned
 /// watcher must be kept alive for as long as the watch should last.
-pub fn watch(gateway: Arc<Gateway>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(endpoint: Arc<Endpoint>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -94,7 +94,7 @@ pub fn watch(gateway: Arc<Gateway>, path: PathBuf) -> notify::Result<notify::Rec
         while rx.recv().await.is_some() {
             // Debounce: wait until no event has arrived for DEBOUNCE.
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            reload_and_log(&gateway, &path, "file changed").await;
+            reload_and_log(&endpoint, &path, "file changed").await;
         }
     });
     Ok(watcher)
@@ -102,12 +102,12 @@ pub fn watch(gateway: Arc<Gateway>, path: PathBuf) -> notify::Result<notify::Rec
 
 /// Reloads `path` on every SIGHUP.
 #[cfg(unix)]
-pub fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) -> std::io::Result<()> {
+pub fn reload_on_sighup(endpoint: Arc<Endpoint>, path: PathBuf) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            reload_and_log(&gateway, &path, "SIGHUP").await;
+            reload_and_log(&endpoint, &path, "SIGHUP").await;
         }
     });
     Ok(())

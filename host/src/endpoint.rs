@@ -1,0 +1,180 @@
+//! The keybust endpoint as one value: a component slot plus what every
+//! request goes through around it (routing, request ids, the access log,
+//! metrics). This is the type to embed: build it from capabilities and a
+//! component, then hand it `hyper::Request`s.
+
+use crate::artifacts::ArtifactCache;
+use crate::capabilities::Capabilities;
+use crate::plugin::{self, EngineError, LoadError, json_response};
+use crate::slot::ComponentSlot;
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// The only path the component serves.
+pub const ENDPOINT_PATH: &str = "/api/invalidate-user-api-key-cache";
+
+/// Why an endpoint could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// wasmtime could not be set up.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The component file cannot be read.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The component cannot serve.
+    #[error("cannot load component {source_name}: {error}")]
+    Load {
+        /// Where the bytes came from.
+        source_name: String,
+        /// Why.
+        error: LoadError,
+    },
+}
+
+/// The serving side: the component slot and what each request goes through
+/// around it (routing, request ids, the access log, metrics).
+pub struct Endpoint {
+    slot: ComponentSlot,
+}
+
+impl Endpoint {
+    /// Serves whatever `slot` holds.
+    pub fn new(slot: ComponentSlot) -> Self {
+        Endpoint { slot }
+    }
+
+    /// The component slot, for swaps.
+    pub fn slot(&self) -> &ComponentSlot {
+        &self.slot
+    }
+
+    /// The capabilities given to the component.
+    pub fn capabilities(&self) -> &Arc<Capabilities> {
+        self.slot.capabilities()
+    }
+
+    /// Answers one request: the endpoint's path goes to the component, any
+    /// other path gets 404 from the host. Every answer carries `x-request-id`
+    /// (the client's, or a new one) and gets one access-log line.
+    pub async fn route<B>(&self, request: hyper::Request<B>) -> hyper::Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let started = Instant::now();
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .filter(|value| is_usable_request_id(value.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        // The request runs to its end on the version current now.
+        let version = self.slot.current();
+        let mut response = if path == ENDPOINT_PATH {
+            version
+                .plugin
+                .handle(self.capabilities().clone(), request)
+                .await
+        } else {
+            json_response(404, r#"{"error":"Not found"}"#)
+        };
+        let took = started.elapsed();
+        let status = response.status().as_u16();
+        self.capabilities().metrics.request(status, took);
+        tracing::info!(
+            target: "keybust::access",
+            %method,
+            path,
+            status,
+            latency_ms = took.as_secs_f64() * 1000.0,
+            digest = &version.digest()[..12],
+            request_id = request_id.to_str().unwrap_or_default(),
+        );
+        response.headers_mut().insert(REQUEST_ID, request_id);
+        response
+    }
+}
+
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Client-chosen request ids are kept when they are short and printable.
+fn is_usable_request_id(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A process-unique request id: a random per-process prefix and a counter.
+fn new_request_id() -> http::HeaderValue {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    http::HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
+}
+
+/// Building an endpoint.
+impl Endpoint {
+    /// Serves the component built from `guest/` and embedded in this crate.
+    pub async fn embedded(capabilities: Arc<Capabilities>) -> Result<Self, EndpointError> {
+        Self::load(
+            capabilities,
+            plugin::EMBEDDED_COMPONENT.to_vec(),
+            "embedded".to_owned(),
+            None,
+        )
+        .await
+    }
+
+    /// Serves the component in the file at `path`.
+    pub async fn from_file(
+        capabilities: Arc<Capabilities>,
+        path: &Path,
+    ) -> Result<Self, EndpointError> {
+        let shown = path.display().to_string();
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| EndpointError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+        Self::load(capabilities, bytes, shown, None).await
+    }
+
+    /// Serves the component `bytes`, labelled `source`, keeping precompiled
+    /// code in `cache_dir` when given (see [`ArtifactCache`]).
+    pub async fn load(
+        capabilities: Arc<Capabilities>,
+        bytes: Vec<u8>,
+        source: String,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, EndpointError> {
+        let engine = plugin::new_engine()?;
+        let artifacts = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "precompiled component cache disabled");
+                None
+            }
+        });
+        let linker = plugin::new_linker(&engine)?;
+        let slot = ComponentSlot::new(linker, artifacts, capabilities, bytes, source.clone())
+            .await
+            .map_err(|error| EndpointError::Load {
+                source_name: source,
+                error,
+            })?;
+        Ok(Endpoint::new(slot))
+    }
+}

@@ -1,0 +1,80 @@
+//! The example gateway in `examples/gateway.rs` builds, serves its own
+//! routes, and serves keybust at the endpoint's path.
+
+mod support;
+
+#[path = "../examples/gateway.rs"]
+#[allow(dead_code, reason = "the example's main is not used here")]
+mod gateway;
+
+use keybust::capabilities::Capabilities;
+use keybust::config::Settings;
+use keybust::endpoint::Endpoint;
+use serde_json::json;
+use std::sync::Arc;
+use support::{FakeConvex, Issuer, hashes};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_gateway_mounts_keybust_beside_its_own_routes() {
+    let convex = FakeConvex::start().await;
+    let issuer = Issuer::start().await;
+    let vars = [
+        ("CONVEX_SITE_URL", convex.url()),
+        ("CONVEX_SERVER_SHARED_SECRET", support::SECRET.to_owned()),
+        ("CLERK_JWT_ISSUER_DOMAIN", issuer.url()),
+    ];
+    let settings = Settings::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let capabilities = Arc::new(Capabilities::from_settings(&settings).unwrap());
+    let endpoint = Arc::new(Endpoint::embedded(capabilities).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway::serve(listener, endpoint));
+
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "gateway ok");
+    let hello = client
+        .get(format!("{base}/api/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hello.text().await.unwrap(),
+        r#"{"hello":"from your own route"}"#
+    );
+    let missing = client.get(format!("{base}/nowhere")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.text().await.unwrap(),
+        "no such route in this gateway"
+    );
+
+    let response = client
+        .post(format!("{base}{}", support::ENDPOINT))
+        .bearer_auth(issuer.token())
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
+    let unauthenticated = client
+        .post(format!("{base}{}", support::ENDPOINT))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eq!(convex.calls().len(), 1);
+}
