@@ -11,6 +11,7 @@ mod variant;
 use keybust::artifacts::ArtifactCache;
 use keybust::capabilities::Capabilities;
 use keybust::config::Settings;
+use keybust::limits::Limits;
 use keybust::plugin::{self, EMBEDDED_COMPONENT};
 use keybust::slot::ComponentSlot;
 use std::sync::Arc;
@@ -41,7 +42,8 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_lookup(|_| None)?;
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
-    let engine = plugin::new_engine()?;
+    let limits = Limits::default();
+    let engine = plugin::new_engine(&limits)?;
     let linker = plugin::new_linker(&engine)?;
     let dir = tempfile::tempdir()?;
     let artifacts = ArtifactCache::open(dir.path(), &engine)?;
@@ -49,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         linker,
         Some(artifacts),
         capabilities,
+        Arc::new(limits),
         EMBEDDED_COMPONENT.to_vec(),
         "embedded".into(),
     )

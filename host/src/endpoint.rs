@@ -5,10 +5,11 @@
 
 use crate::artifacts::ArtifactCache;
 use crate::capabilities::Capabilities;
+use crate::limits::Limits;
 use crate::plugin::{self, EngineError, LoadError, json_response};
-use crate::slot::ComponentSlot;
+use crate::slot::{ComponentSlot, Version};
 use bytes::Bytes;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -16,6 +17,15 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// The only path the component serves.
 pub const ENDPOINT_PATH: &str = "/api/invalidate-user-api-key-cache";
+
+/// How an endpoint is built: where precompiled code goes, and its bounds.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointConfig {
+    /// Directory for precompiled components ([`ArtifactCache`]); none: compile every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Bounds on guests, requests and connections.
+    pub limits: Limits,
+}
 
 /// Why an endpoint could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +55,14 @@ pub enum EndpointError {
 /// around it (routing, request ids, the access log, metrics).
 pub struct Endpoint {
     slot: ComponentSlot,
+    admission: tokio::sync::Semaphore,
 }
 
 impl Endpoint {
     /// Serves whatever `slot` holds.
     pub fn new(slot: ComponentSlot) -> Self {
-        Endpoint { slot }
+        let admission = tokio::sync::Semaphore::new(slot.limits().max_concurrent_requests);
+        Endpoint { slot, admission }
     }
 
     /// The component slot, for swaps.
@@ -68,7 +80,7 @@ impl Endpoint {
     /// (the client's, or a new one) and gets one access-log line.
     pub async fn route<B>(&self, request: hyper::Request<B>) -> hyper::Response<HyperOutgoingBody>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let started = Instant::now();
@@ -83,10 +95,7 @@ impl Endpoint {
         // The request runs to its end on the version current now.
         let version = self.slot.current();
         let mut response = if path == ENDPOINT_PATH {
-            version
-                .plugin
-                .handle(self.capabilities().clone(), request)
-                .await
+            self.admit_and_handle(&version, request).await
         } else {
             json_response(404, r#"{"error":"Not found"}"#)
         };
@@ -104,6 +113,37 @@ impl Endpoint {
         );
         response.headers_mut().insert(REQUEST_ID, request_id);
         response
+    }
+}
+
+impl Endpoint {
+    /// Runs the request once a concurrency slot is free; past the queue
+    /// timeout, answers 503 with `Retry-After` instead of piling up.
+    async fn admit_and_handle<B>(
+        &self,
+        version: &Version,
+        request: hyper::Request<B>,
+    ) -> hyper::Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let queue_timeout = self.slot.limits().queue_timeout;
+        let _permit = match tokio::time::timeout(queue_timeout, self.admission.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let mut busy = json_response(503, r#"{"error":"Service unavailable"}"#);
+                busy.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return busy;
+            }
+        };
+        version
+            .plugin
+            .handle(self.capabilities().clone(), request)
+            .await
     }
 }
 
@@ -132,7 +172,7 @@ impl Endpoint {
             capabilities,
             plugin::EMBEDDED_COMPONENT.to_vec(),
             "embedded".to_owned(),
-            None,
+            &EndpointConfig::default(),
         )
         .await
     }
@@ -149,19 +189,18 @@ impl Endpoint {
                 path: shown.clone(),
                 source,
             })?;
-        Self::load(capabilities, bytes, shown, None).await
+        Self::load(capabilities, bytes, shown, &EndpointConfig::default()).await
     }
 
-    /// Serves the component `bytes`, labelled `source`, keeping precompiled
-    /// code in `cache_dir` when given (see [`ArtifactCache`]).
+    /// Serves the component `bytes`, labelled `source`, as `config` says.
     pub async fn load(
         capabilities: Arc<Capabilities>,
         bytes: Vec<u8>,
         source: String,
-        cache_dir: Option<&Path>,
+        config: &EndpointConfig,
     ) -> Result<Self, EndpointError> {
-        let engine = plugin::new_engine()?;
-        let artifacts = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
+        let engine = plugin::new_engine(&config.limits)?;
+        let artifacts = config.cache_dir.as_deref().and_then(|dir| match ArtifactCache::open(dir, &engine) {
             Ok(cache) => Some(cache),
             Err(err) => {
                 tracing::warn!(dir = %dir.display(), error = %err, "precompiled component cache disabled");
@@ -169,12 +208,20 @@ impl Endpoint {
             }
         });
         let linker = plugin::new_linker(&engine)?;
-        let slot = ComponentSlot::new(linker, artifacts, capabilities, bytes, source.clone())
-            .await
-            .map_err(|error| EndpointError::Load {
-                source_name: source,
-                error,
-            })?;
+        let limits = Arc::new(config.limits.clone());
+        let slot = ComponentSlot::new(
+            linker,
+            artifacts,
+            capabilities,
+            limits,
+            bytes,
+            source.clone(),
+        )
+        .await
+        .map_err(|error| EndpointError::Load {
+            source_name: source,
+            error,
+        })?;
         Ok(Endpoint::new(slot))
     }
 }

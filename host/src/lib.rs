@@ -87,6 +87,7 @@ pub mod config;
 pub mod convex;
 pub mod dev;
 pub mod endpoint;
+pub mod limits;
 pub mod metrics;
 pub mod origins;
 pub mod plugin;

@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keybust::artifacts;
 use keybust::capabilities::Capabilities;
 use keybust::config::Secret;
-use keybust::endpoint::{ENDPOINT_PATH, Endpoint};
+use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
+use keybust::limits::Limits;
 use keybust::plugin;
 use keybust::server;
 use std::net::SocketAddr;
@@ -82,9 +83,77 @@ struct CommonArgs {
     #[arg(long, env = "KEYBUST_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
-    /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
-    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value_t = 30)]
-    shutdown_grace: u64,
+    /// Time in-flight requests get to finish after SIGTERM or ctrl-c (e.g. 30s).
+    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Linear memory one guest instance may use, in bytes; past it the guest traps (500).
+    #[arg(long, env = "KEYBUST_MAX_INSTANCE_MEMORY", default_value_t = Limits::default().max_instance_memory)]
+    max_instance_memory: usize,
+
+    /// Guest execution time per request (host calls excluded); past it, 504 (e.g. 1s, 250ms).
+    #[arg(long, env = "KEYBUST_GUEST_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    guest_timeout: Duration,
+
+    /// Wall-clock bound on one request, host calls included; past it, 504.
+    #[arg(long, env = "KEYBUST_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+
+    /// Requests handled at once; more wait up to --queue-timeout, then get 503 + Retry-After.
+    #[arg(long, env = "KEYBUST_MAX_CONCURRENT_REQUESTS", default_value_t = Limits::default().max_concurrent_requests, value_parser = clap::value_parser!(usize))]
+    max_concurrent_requests: usize,
+
+    /// How long a request waits for a free slot.
+    #[arg(long, env = "KEYBUST_QUEUE_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    queue_timeout: Duration,
+
+    /// Open client connections; further ones wait in the listen backlog.
+    #[arg(long, env = "KEYBUST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+
+    /// How long a client may take to send its request head (against slowloris).
+    #[arg(long, env = "KEYBUST_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+
+    /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
+    #[arg(long, env = "KEYBUST_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    max_header_bytes: usize,
+}
+
+impl CommonArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        anyhow::ensure!(
+            self.max_concurrent_requests > 0,
+            "--max-concurrent-requests must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_requests < plugin::MAX_INSTANCES as usize,
+            "--max-concurrent-requests must stay below {} (the instance pool)",
+            plugin::MAX_INSTANCES
+        );
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        Ok(Limits {
+            max_instance_memory: self.max_instance_memory,
+            guest_timeout: self.guest_timeout,
+            request_timeout: self.request_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            queue_timeout: self.queue_timeout,
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_timeout,
+            max_header_bytes: self.max_header_bytes,
+            ..Limits::default()
+        })
+    }
+
+    fn endpoint_config(&self) -> anyhow::Result<EndpointConfig> {
+        Ok(EndpointConfig {
+            cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
+            limits: self.limits()?,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,7 +190,7 @@ async fn new_endpoint(
     component: Option<&PathBuf>,
     common: &CommonArgs,
 ) -> anyhow::Result<Endpoint> {
-    let cache_dir = common.cache_dir.clone().or_else(artifacts::default_dir);
+    let config = common.endpoint_config()?;
     let (bytes, source) = match component {
         Some(path) => (
             std::fs::read(path)
@@ -130,8 +199,7 @@ async fn new_endpoint(
         ),
         None => (plugin::EMBEDDED_COMPONENT.to_vec(), "embedded".to_owned()),
     };
-    let endpoint =
-        Endpoint::load(capabilities, bytes, source.clone(), cache_dir.as_deref()).await?;
+    let endpoint = Endpoint::load(capabilities, bytes, source.clone(), &config).await?;
     tracing::info!(
         source,
         digest = endpoint.slot().current().digest(),
@@ -215,7 +283,8 @@ async fn run(
     admin: Option<(tokio::net::TcpListener, Option<Secret>)>,
     common: &CommonArgs,
 ) -> anyhow::Result<()> {
-    let grace = Duration::from_secs(common.shutdown_grace);
+    let grace = common.shutdown_grace;
+    let limits = endpoint.slot().limits().clone();
     if let Some((admin, token)) = admin {
         println!("admin listening on http://{}", admin.local_addr()?);
         let endpoint = endpoint.clone();
@@ -229,6 +298,7 @@ async fn run(
             },
             std::future::pending(),
             grace,
+            Limits::default(),
         ));
     }
     let handler = move |request| {
@@ -237,7 +307,14 @@ async fn run(
     };
     // Printed last: once it appears, every listener is accepting.
     println!("listening on http://{}", listener.local_addr()?);
-    server::serve(listener, handler, shutdown_signal(), grace).await;
+    server::serve(
+        listener,
+        handler,
+        shutdown_signal(),
+        grace,
+        (*limits).clone(),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! graceful stop. What a request gets is decided by the handler given to
 //! [`serve`]: [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`].
 
+use crate::limits::Limits;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -10,12 +11,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests.
@@ -24,13 +23,24 @@ pub async fn serve<F, Fut>(
     handler: F,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: Limits,
 ) where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<HyperOutgoingBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    // At the connection limit, stop accepting: further clients wait in the
+    // kernel's listen backlog instead of costing memory here.
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -51,7 +61,8 @@ pub async fn serve<F, Fut>(
         });
         let connection = http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
@@ -59,6 +70,7 @@ pub async fn serve<F, Fut>(
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown())

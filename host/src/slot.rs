@@ -11,6 +11,7 @@
 
 use crate::artifacts::{ArtifactCache, Origin};
 use crate::capabilities::Capabilities;
+use crate::limits::Limits;
 use crate::plugin::{LoadError, Plugin, RequestState};
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,7 @@ pub struct ComponentSlot {
     linker: Arc<Linker<RequestState>>,
     artifacts: Option<ArtifactCache>,
     capabilities: Arc<Capabilities>,
+    limits: Arc<Limits>,
     current: ArcSwap<Version>,
     previous: Mutex<Option<Arc<Version>>>,
     swapping: tokio::sync::Mutex<()>,
@@ -68,17 +70,26 @@ impl ComponentSlot {
         linker: Linker<RequestState>,
         artifacts: Option<ArtifactCache>,
         capabilities: Arc<Capabilities>,
+        limits: Arc<Limits>,
         bytes: Vec<u8>,
         source: String,
     ) -> Result<Self, LoadError> {
         let linker = Arc::new(linker);
-        let (version, _) =
-            prepare(&linker, artifacts.as_ref(), &capabilities, bytes, source).await?;
+        let (version, _) = prepare(
+            &linker,
+            artifacts.as_ref(),
+            &capabilities,
+            &limits,
+            bytes,
+            source,
+        )
+        .await?;
         capabilities.metrics.serving(version.digest());
         Ok(ComponentSlot {
             linker,
             artifacts,
             capabilities,
+            limits,
             current: ArcSwap::from_pointee(version),
             previous: Mutex::new(None),
             swapping: tokio::sync::Mutex::new(()),
@@ -93,6 +104,11 @@ impl ComponentSlot {
     /// The version a rollback would return to.
     pub fn previous(&self) -> Option<Arc<Version>> {
         self.lock_previous().clone()
+    }
+
+    /// The bounds every version runs under.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// The capabilities every version runs with.
@@ -114,6 +130,7 @@ impl ComponentSlot {
             &self.linker,
             self.artifacts.as_ref(),
             &self.capabilities,
+            &self.limits,
             bytes,
             source,
         )
@@ -161,15 +178,17 @@ async fn prepare(
     linker: &Arc<Linker<RequestState>>,
     artifacts: Option<&ArtifactCache>,
     capabilities: &Arc<Capabilities>,
+    limits: &Arc<Limits>,
     bytes: Vec<u8>,
     source: String,
 ) -> Result<(Version, Origin), LoadError> {
+    let limits = limits.clone();
     let compile_linker = linker.clone();
     let artifacts = artifacts.cloned();
     // Compiling takes hundreds of milliseconds of CPU: keep it off the
     // threads that serve requests.
     let (plugin, origin) = tokio::task::spawn_blocking(move || {
-        Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes)
+        Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes, limits)
     })
     .await
     .map_err(|err| LoadError::Compile(format!("compilation did not finish: {err}")))??;
