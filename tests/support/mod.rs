@@ -445,6 +445,38 @@ impl UpstashFront {
 }
 
 // ---------------------------------------------------------------------------
+// Misbehaving components
+
+/// The component built from `tests/programs`, compiled once per test binary
+/// (into the same target directory the host's build script uses for the guest).
+pub fn test_programs() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let target_dir = root.join("target").join("guest");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "keybust-test-programs",
+            ])
+            .args(["--target", "wasm32-wasip2", "--target-dir"])
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("cannot run cargo to build tests/programs");
+        assert!(status.success(), "building tests/programs failed");
+        std::fs::read(target_dir.join("wasm32-wasip2/release/keybust_test_programs.wasm")).unwrap()
+    })
+}
+
+// ---------------------------------------------------------------------------
 // keybust itself
 
 /// The `keybust` binary, started with an explicit environment and killed on drop.

@@ -1,0 +1,293 @@
+//! Bad builds, hostile clients and sandbox walls: the host answers, stays
+//! bounded, and keeps serving good requests alongside.
+
+mod support;
+
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Answer, Backend, Options, Stack, hashes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// keybust serving the misbehaving test programs, with short time budgets.
+async fn programs() -> (Arc<Stack>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("programs.wasm");
+    let bytes = tokio::task::spawn_blocking(support::test_programs)
+        .await
+        .unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let options = Options {
+        args: vec![
+            "--component".into(),
+            path.display().to_string(),
+            "--guest-timeout".into(),
+            "300ms".into(),
+            "--request-timeout".into(),
+            "3s".into(),
+        ],
+        ..Options::default()
+    };
+    (Arc::new(Stack::with(Backend::Embedded, options).await), dir)
+}
+
+async fn mode(stack: &Stack, mode: &str) -> Answer {
+    let url = format!("{}?mode={mode}", support::ENDPOINT);
+    Answer::of(
+        stack
+            .request(reqwest::Method::POST, &url)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// While `bad` runs, good requests keep getting answered promptly.
+async fn good_requests_alongside(stack: &Arc<Stack>, bad: &'static str) -> (Answer, Duration) {
+    let started = Instant::now();
+    let misbehaving = {
+        let stack = stack.clone();
+        tokio::spawn(async move { mode(&stack, bad).await })
+    };
+    for _ in 0..10 {
+        let t = Instant::now();
+        mode(stack, "ok").await.assert_json(200, r#"{"ok":true}"#);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "a good request took {:?} beside {bad}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = misbehaving.await.unwrap();
+    (answer, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_guest_gets_500_and_the_host_serves_on() {
+    let (stack, _dir) = programs().await;
+    let (answer, _) = good_requests_alongside(&stack, "trap").await;
+    answer.assert_json(500, r#"{"error":"Internal error"}"#);
+    stack.keybust.assert_logged("guest failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
+    let (stack, _dir) = programs().await;
+    let (answer, took) = good_requests_alongside(&stack, "loop").await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    assert!(took < Duration::from_secs(2), "the loop ran for {took:?}");
+    stack.keybust.assert_logged("execution time budget").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocating_past_the_memory_cap_traps() {
+    let (stack, _dir) = programs().await;
+    let (answer, _) = good_requests_alongside(&stack, "alloc").await;
+    answer.assert_json(500, r#"{"error":"Internal error"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_response_streams_without_blocking_others() {
+    let (stack, _dir) = programs().await;
+    let (answer, _) = good_requests_alongside(&stack, "huge").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), 64 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_import_loop_is_bounded() {
+    let (stack, _dir) = programs().await;
+    let (answer, took) = good_requests_alongside(&stack, "imports").await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    assert!(
+        took < Duration::from_secs(4),
+        "the import loop ran for {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_sees_no_env_args_files_sockets_or_network() {
+    let (stack, _dir) = programs().await;
+    let answer = mode(&stack, "snoop").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(seen["env"], 0, "{seen}");
+    assert_eq!(seen["args"], 0, "{seen}");
+    assert_eq!(seen["secret"], false, "{seen}");
+    assert_eq!(seen["file"], false, "{seen}");
+    assert_eq!(seen["dir"], false, "{seen}");
+    assert_eq!(seen["tcp"], false, "{seen}");
+    assert_eq!(seen["outbound"], false, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_cap_too_small_for_the_component_stops_startup_clearly() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keybust"))
+        .args(["serve", "--max-instance-memory", "65536"])
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_CACHE_DIR", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot load component embedded"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exceeds the limit"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_concurrency_limit_gets_503_with_retry_after() {
+    let options = Options {
+        args: vec![
+            "--max-concurrent-requests".into(),
+            "2".into(),
+            "--queue-timeout".into(),
+            "50ms".into(),
+        ],
+        ..Options::default()
+    };
+    let stack = Arc::new(Stack::with(Backend::Embedded, options).await);
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        let stack = stack.clone();
+        requests.push(tokio::spawn(async move {
+            let response = stack.invalidate(hashes::OWNED_DELAYED).await;
+            let retry = response.headers().get("retry-after").cloned();
+            (Answer::of(response).await, retry)
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for request in requests {
+        let (answer, retry) = request.await.unwrap();
+        match answer.status {
+            200 => ok += 1,
+            503 => {
+                busy += 1;
+                assert_eq!(answer.body, r#"{"error":"Service unavailable"}"#);
+                assert_eq!(retry.unwrap(), "1");
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert_eq!((ok, busy), (2, 4));
+}
+
+async fn raw(stack: &Stack) -> TcpStream {
+    let stream = TcpStream::connect(stack.keybust.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+async fn read_all(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_past_the_bound_is_413_without_reading_it_all() {
+    let stack = Stack::start(Backend::Embedded).await;
+    let mut stream = raw(&stack).await;
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        support::ENDPOINT,
+        stack.issuer.token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+    // 72 KiB, more than the 64 KiB bound; the client never finishes the body.
+    for _ in 0..9 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let response = read_all(&mut stream, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(
+        response.contains(r#"{"error":"Payload too large"}"#),
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let options = Options {
+        args: vec!["--header-timeout".into(), "300ms".into()],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let mut stream = raw(&stack).await;
+    stream
+        .write_all(b"POST /api/invalidate-user-api-key-cache HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = read_all(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "held for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 408"),
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let stack = Stack::start(Backend::Embedded).await;
+    let response = stack
+        .request(reqwest::Method::POST, support::ENDPOINT)
+        .header("x-padding", "p".repeat(40 << 10))
+        .send()
+        .await;
+    match response {
+        Ok(response) => assert_eq!(response.status(), 431),
+        // hyper may also just close the connection.
+        Err(err) => assert!(
+            err.is_request() || err.is_connect() || err.is_body(),
+            "{err}"
+        ),
+    }
+    // Still serving.
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_for_a_free_one() {
+    let options = Options {
+        args: vec!["--max-connections".into(), "2".into()],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let first = raw(&stack).await;
+    let second = raw(&stack).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = stack
+        .http
+        .post(stack.keybust.url(support::ENDPOINT))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(waiting.is_err(), "a third connection was served at once");
+    drop(first);
+    let served = stack
+        .http
+        .post(stack.keybust.url(support::ENDPOINT))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 401);
+    drop(second);
+}

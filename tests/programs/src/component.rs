@@ -1,0 +1,99 @@
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "keybust:gateway/endpoint",
+    with: {
+        "wasi:http/types@0.2.12": wasip2::http::types,
+        "wasi:io/error@0.2.12": wasip2::io::error,
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+    },
+});
+
+struct Programs;
+
+export!(Programs);
+
+fn respond(out: ResponseOutparam, status: u16, chunks: impl Iterator<Item = Vec<u8>>) {
+    let headers = Fields::from_list(&[("content-type".to_owned(), b"application/json".to_vec())])
+        .unwrap_or_else(|_| Fields::new());
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let body = response.body().expect("fresh response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    {
+        let stream = body.write().expect("fresh body has a stream");
+        for chunk in chunks {
+            for piece in chunk.chunks(4096) {
+                if stream.blocking_write_and_flush(piece).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+fn snoop() -> String {
+    let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    let args: Vec<String> = std::env::args().collect();
+    let secret = std::env::var("CONVEX_SERVER_SHARED_SECRET").ok();
+    let file = std::fs::read_to_string("/etc/hostname").is_ok();
+    let dir = std::fs::read_dir("/").is_ok();
+    let tcp = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
+    let outbound = {
+        let request = OutgoingRequest::new(Fields::new());
+        let _ = request.set_scheme(Some(&Scheme::Http));
+        let _ = request.set_authority(Some("127.0.0.1:9"));
+        match wasip2::http::outgoing_handler::handle(request, None) {
+            Err(_) => false,
+            Ok(future) => {
+                future.subscribe().block();
+                matches!(future.get(), Some(Ok(Ok(_))))
+            }
+        }
+    };
+    format!(
+        "{{\"env\":{},\"args\":{},\"secret\":{},\"file\":{file},\"dir\":{dir},\"tcp\":{tcp},\"outbound\":{outbound}}}",
+        env.len(),
+        args.len(),
+        secret.is_some(),
+    )
+}
+
+impl exports::wasi::http::incoming_handler::Guest for Programs {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let query = request.path_with_query().unwrap_or_default();
+        let mode = query
+            .split_once("mode=")
+            .map(|(_, mode)| mode.split('&').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        match mode.as_str() {
+            "trap" => panic!("trapping on purpose"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "huge" => respond(out, 200, (0..1024).map(|_| vec![b'x'; 64 << 10])),
+            "imports" => loop {
+                std::hint::black_box(keybust::gateway::origins::is_allowed("https://x.example"));
+            },
+            "snoop" => respond(out, 200, std::iter::once(snoop().into_bytes())),
+            _ => respond(out, 200, std::iter::once(br#"{"ok":true}"#.to_vec())),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! One component that fits the `keybust:gateway/endpoint` world and
+//! misbehaves on request, so the host's tests can show it survives every
+//! kind of bad build. The query string picks the behaviour:
+//!
+//! | `?mode=` | what the guest does |
+//! |---|---|
+//! | `ok` (or none) | answers 200 `{"ok":true}` |
+//! | `trap` | traps at once |
+//! | `loop` | loops forever |
+//! | `alloc` | allocates past any reasonable memory cap |
+//! | `huge` | streams a 64 MiB response body |
+//! | `imports` | calls a host import in a tight loop, forever |
+//! | `snoop` | reports what it can see of the host: env, args, files, sockets, outbound HTTP |
+
+#[cfg(target_arch = "wasm32")]
+mod component;
