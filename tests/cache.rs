@@ -179,3 +179,67 @@ async fn unusable_cache_settings_stop_startup_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_fails_fast_and_recovers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stack = Arc::new(tokio::sync::Mutex::new(Stack::start(Backend::Redis).await));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (http, url, token) = {
+        let s = stack.lock().await;
+        (
+            s.http.clone(),
+            s.keybust.url(support::ENDPOINT),
+            s.issuer.token(),
+        )
+    };
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (http, url, token, stop) = (http.clone(), url.clone(), token.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .body(format!(r#"{{"keyHash":"{}"}}"#, hashes::OWNED))
+                    .send()
+                    .await
+                    .unwrap();
+                seen.push((response.status().as_u16(), started.elapsed()));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.lock().await.redis.as_mut().unwrap().stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.lock().await.redis.as_mut().unwrap().restart();
+    // Back to 200s without restarting keybust.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = Answer::of(stack.lock().await.invalidate(hashes::OWNED).await).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for client in clients {
+        for (status, took) in client.await.unwrap() {
+            *statuses.entry(status).or_default() += 1;
+            assert!(matches!(status, 200 | 503), "unexpected {status}");
+            assert!(
+                took < Duration::from_secs(2),
+                "a request hung for {took:?} ({status})"
+            );
+        }
+    }
+    assert!(statuses.get(&503).is_some_and(|n| *n > 0), "{statuses:?}");
+    assert!(statuses.get(&200).is_some_and(|n| *n > 0), "{statuses:?}");
+}

@@ -291,3 +291,31 @@ async fn connections_past_the_limit_wait_for_a_free_one() {
     assert_eq!(served.status(), 401);
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_cuts_a_guest_waiting_on_a_host_call() {
+    // Dropping a guest call in the middle of a host call must not panic
+    // (RUSTSEC-2026-0022) nor stop the host serving.
+    let options = Options {
+        args: vec!["--request-timeout".into(), "1s".into()],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let started = Instant::now();
+    let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    stack.keybust.assert_logged("request timeout").await;
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    assert!(
+        !stack.keybust.logs().contains("panicked"),
+        "{}",
+        stack.keybust.logs()
+    );
+}
