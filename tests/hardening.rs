@@ -319,3 +319,15 @@ async fn the_request_timeout_cuts_a_guest_waiting_on_a_host_call() {
         stack.keybust.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_cannot_grow_http_fields_without_bound() {
+    let (stack, _dir) = programs().await;
+    let (answer, _) = good_requests_alongside(&stack, "fields").await;
+    // Past the fields bound wasmtime traps the guest (RUSTSEC-2026-0021).
+    answer.assert_json(500, r#"{"error":"Internal error"}"#);
+    stack
+        .keybust
+        .assert_logged("total size of fields exceeds limit")
+        .await;
+}

@@ -93,6 +93,21 @@ impl exports::wasi::http::incoming_handler::Guest for Programs {
                 std::hint::black_box(keybust::gateway::origins::is_allowed("https://x.example"));
             },
             "snoop" => respond(out, 200, std::iter::once(snoop().into_bytes())),
+            "fields" => {
+                // Grow one fields resource until the host refuses (it traps us).
+                let fields = Fields::new();
+                let mut accepted = 0u64;
+                while accepted < 1_000_000 {
+                    let name = format!("x-field-{accepted}");
+                    if fields.append(&name, &vec![b'v'; 64]).is_err() {
+                        break;
+                    }
+                    accepted += 1;
+                }
+                drop(fields);
+                let body = format!("{{\"accepted\":{accepted}}}");
+                respond(out, 200, std::iter::once(body.into_bytes()))
+            }
             _ => respond(out, 200, std::iter::once(br#"{"ok":true}"#.to_vec())),
         }
     }

@@ -11,6 +11,7 @@
 //! | `huge` | streams a 64 MiB response body |
 //! | `imports` | calls a host import in a tight loop, forever |
 //! | `snoop` | reports what it can see of the host: env, args, files, sockets, outbound HTTP |
+//! | `fields` | grows one `wasi:http` fields resource until the host refuses |
 
 #[cfg(target_arch = "wasm32")]
 mod component;
