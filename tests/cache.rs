@@ -102,19 +102,7 @@ async fn redis_recovers_after_a_restart_without_restarting_keybust() {
 
     stack.redis.as_mut().unwrap().restart();
     stack.seed(hashes::OWNED);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keybust did not reconnect: {}",
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Stack::wait_for_ok(|| async { Answer::of(stack.invalidate(hashes::OWNED).await).await }).await;
     assert_eq!(stack.cached(hashes::OWNED), Some(false));
 }
 
@@ -132,19 +120,7 @@ async fn redis_down_at_start_then_up() {
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     redis.restart();
     redis.set(&format!("user-api-key:{}", hashes::OWNED), "x");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keybust did not connect: {}",
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Stack::wait_for_ok(|| async { Answer::of(stack.invalidate(hashes::OWNED).await).await }).await;
     assert!(!redis.exists(&format!("user-api-key:{}", hashes::OWNED)));
 }
 
@@ -218,15 +194,10 @@ async fn redis_killed_under_load_fails_fast_and_recovers() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.lock().await.redis.as_mut().unwrap().restart();
     // Back to 200s without restarting keybust.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = Answer::of(stack.lock().await.invalidate(hashes::OWNED).await).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no recovery: {}", answer.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Stack::wait_for_ok(|| async {
+        Answer::of(stack.lock().await.invalidate(hashes::OWNED).await).await
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();

@@ -725,6 +725,29 @@ impl Stack {
         }
     }
 
+    /// Repeats `send` until it answers 200, failing after ten seconds: for
+    /// recoveries that take a reconnect or two.
+    pub async fn wait_for_ok<F, Fut>(mut send: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Answer>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = send().await;
+            if answer.status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {}: {}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The full cache key for a hash.
     pub fn cache_key(&self, hash: &str) -> String {
         format!("{}user-api-key:{hash}", self.prefix)
