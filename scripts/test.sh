@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with only rustup and cargo:
 # installs what the tests need (the wasm target, redis-server), then runs
-# every unit and integration test in the workspace.
+# every unit and integration test in the workspace, then a smoke run of the
+# load benchmark (status codes only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ fi
 rustup target add wasm32-wasip2 >/dev/null
 
 cargo test --release --workspace --locked "$@"
+
+./bench/run.sh --smoke
