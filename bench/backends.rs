@@ -13,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|secret| secret.expose().to_owned())
         .unwrap_or_default();
-    println!("CONVEX_SITE_URL={}", convex.site_url.clone().unwrap_or_default());
+    println!(
+        "CONVEX_SITE_URL={}",
+        convex.site_url.clone().unwrap_or_default()
+    );
     println!("CONVEX_SERVER_SHARED_SECRET={secret}");
     println!(
         "CLERK_JWT_ISSUER_DOMAIN={}",
