@@ -47,6 +47,14 @@ pub fn new_engine(limits: &Limits) -> Result<Engine, EngineError> {
         .total_tables(MAX_INSTANCES * 2)
         .total_stacks(MAX_INSTANCES)
         .max_memory_size(limits.max_instance_memory);
+    // Keep the first pages of a freed slot resident and reset them in place
+    // instead of handing them back to the kernel. The guest's initial memory
+    // is just over 1 MiB; measured on this workload (preflight, one core),
+    // 2 MiB gave about 1.5x the throughput of the defaults, 1 MiB about 1.35x.
+    pooling
+        .linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(1 << 16)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = match Engine::new(&config) {
         Ok(engine) => engine,
