@@ -139,21 +139,42 @@ async fn upstash_wrong_token_is_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unusable_cache_settings_stop_startup_with_a_clear_error() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keybust"))
-        .arg("serve")
-        .env_clear()
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("UPSTASH_REDIS_REST_TOKEN must be set together"),
-        "{stderr}"
-    );
+async fn unusable_settings_stop_startup_with_a_clear_error() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")],
+            "UPSTASH_REDIS_REST_TOKEN must be set together",
+        ),
+        (
+            &[("REDIS_URL", "http://127.0.0.1:6379")],
+            "REDIS_URL: must start with redis://",
+        ),
+        (
+            &[("CONVEX_SITE_URL", "example.convex.site")],
+            "CONVEX_SITE_URL: must start with http:// or https://",
+        ),
+        (
+            &[("CONVEX_SERVER_SHARED_SECRET", "line\nbreak")],
+            "CONVEX_SERVER_SHARED_SECRET: must be printable ASCII",
+        ),
+    ];
+    for (vars, message) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keybust"))
+            .arg("serve")
+            .env_clear()
+            .env("KEYBUST_LISTEN", "127.0.0.1:0")
+            .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{vars:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{vars:?}: {stderr}");
+        assert!(
+            !stderr.contains("line\nbreak") && !stderr.contains("break"),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

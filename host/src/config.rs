@@ -153,9 +153,20 @@ impl Settings {
                 .filter(|value| !value.is_empty())
         };
 
+        let site_url = get("CONVEX_SITE_URL").map(|url| url.trim_end_matches('/').to_owned());
+        if let Some(url) = &site_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "CONVEX_SITE_URL",
+                reason: "must start with http:// or https://".into(),
+            });
+        }
         let convex = ConvexSettings {
-            site_url: get("CONVEX_SITE_URL").map(|url| url.trim_end_matches('/').to_owned()),
-            shared_secret: get("CONVEX_SERVER_SHARED_SECRET").map(Secret::new),
+            site_url,
+            shared_secret: get("CONVEX_SERVER_SHARED_SECRET")
+                .map(|secret| header_safe("CONVEX_SERVER_SHARED_SECRET", secret))
+                .transpose()?,
             timeout: CONVEX_TIMEOUT,
         };
 
@@ -185,7 +196,7 @@ impl Settings {
             ) {
                 (Some(url), Some(token)) => CacheBackendSettings::Upstash {
                     url: url.trim_end_matches('/').to_owned(),
-                    token: Secret::new(token),
+                    token: header_safe("UPSTASH_REDIS_REST_TOKEN", token)?,
                 },
                 (Some(_), None) | (None, Some(_)) => {
                     return Err(ConfigError::Invalid {
@@ -254,6 +265,19 @@ pub fn deploy_prefix(vercel_env: Option<&str>, commit_sha: Option<&str>) -> Stri
                 .unwrap_or("dev");
             format!("{env}:{sha}:")
         }
+    }
+}
+
+/// A secret sent in an HTTP header must be printable ASCII; saying so at
+/// start beats a 503 on every request.
+fn header_safe(name: &'static str, value: String) -> Result<Secret, ConfigError> {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Ok(Secret::new(value))
+    } else {
+        Err(ConfigError::Invalid {
+            name,
+            reason: "must be printable ASCII (it is sent in an HTTP header)".into(),
+        })
     }
 }
 
@@ -349,6 +373,20 @@ mod tests {
         assert_eq!(
             s.origins.patterns.len(),
             DEFAULT_ORIGIN_PATTERNS.len() + DEVELOPMENT_ORIGIN_PATTERNS.len()
+        );
+    }
+
+    #[test]
+    fn unusable_convex_settings_are_refused() {
+        assert!(settings(&[("CONVEX_SITE_URL", "example.convex.site")]).is_err());
+        let err = settings(&[("CONVEX_SERVER_SHARED_SECRET", "s\u{7f}cret")]).unwrap_err();
+        assert!(!err.to_string().contains("cret"), "{err}");
+        assert!(
+            settings(&[
+                ("CONVEX_SITE_URL", "https://x.convex.site/"),
+                ("CONVEX_SERVER_SHARED_SECRET", "ok-secret")
+            ])
+            .is_ok()
         );
     }
 
