@@ -402,3 +402,60 @@ async fn redis_down_is_503() {
 async fn upstash_errors_are_503() {
     cache_failure_is_503(Backend::Upstash).await
 }
+
+/// The CORS settings reach the guest: an explicit allow-list replaces the
+/// defaults, production drops localhost, and the fallback origin is configurable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_settings_change_what_is_allowed() {
+    async fn preflight(stack: &Stack, origin: Option<&str>) -> Answer {
+        let mut request = stack.request(Method::OPTIONS, support::ENDPOINT);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        Answer::of(request.send().await.unwrap()).await
+    }
+    let options = Options {
+        env: vec![
+            (
+                "KEYBUST_ALLOWED_ORIGINS",
+                r"^https://app\.example$".to_owned(),
+            ),
+            ("KEYBUST_DEFAULT_ORIGIN", "https://app.example".to_owned()),
+        ],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    preflight(&stack, Some("https://app.example"))
+        .await
+        .assert_cors("https://app.example");
+    assert_eq!(preflight(&stack, Some(DEFAULT_ORIGIN)).await.status, 403);
+    assert_eq!(
+        preflight(&stack, Some("http://localhost:3000"))
+            .await
+            .status,
+        403
+    );
+    preflight(&stack, None)
+        .await
+        .assert_cors("https://app.example");
+
+    let options = Options {
+        env: vec![("NODE_ENV", "production".to_owned())],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    assert_eq!(
+        preflight(&stack, Some("http://localhost:3000"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        preflight(&stack, Some("http://127.0.0.1:8080"))
+            .await
+            .status,
+        403
+    );
+    preflight(&stack, Some(ALLOWED)).await.assert_cors(ALLOWED);
+    preflight(&stack, None).await.assert_cors(DEFAULT_ORIGIN);
+}
