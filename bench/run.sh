@@ -6,14 +6,18 @@
 #   preflight  CORS OPTIONS from an allowed origin
 # keybust is pinned to CPU 0; wrk, redis-server and the Convex/JWKS stand-ins
 # to CPU 1. Then the same policy compiled natively (bench/native.rs), with the
-# same host capabilities, is driven the same way. Prints req/s, p50, p99, the
-# keybust/native ratio and peak RSS, and fails if any answer has another
-# status than the path's own.
+# same host capabilities, is driven the same way, and `wasmtime serve` with a
+# hello-world component (bench/hello) as the baseline for the preflight path.
+# Prints req/s, p50, p99, keybust/native, keybust-preflight/wasmtime-serve and
+# peak RSS, and fails if any answer has another status than the path's own.
+# Tools: bench/setup.sh (wrk, redis-server, wasmtime-cli 48 on first use).
 #
 # Usage: bench/run.sh [--smoke]
 #   --smoke   a few seconds, few connections: proves the harness and the status
-#             codes, measures nothing (part of scripts/test.sh)
-# Knobs: BENCH_DURATION (10s), BENCH_CONNECTIONS (64), BENCH_RUST_LOG (info)
+#             codes, measures nothing (part of scripts/test.sh); skips
+#             wasmtime serve, so it needs no wasmtime-cli build
+# Knobs: BENCH_DURATION (10s), BENCH_CONNECTIONS (64), BENCH_PEAK_CONNECTIONS
+#        (256, the full path once more for peak RSS), BENCH_RUST_LOG (info)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,15 +27,11 @@ duration=${BENCH_DURATION:-10s}
 connections=${BENCH_CONNECTIONS:-64}
 if [ "$smoke" = 1 ]; then duration=2s; connections=4; fi
 
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "bench/run.sh: installing ${need[*]} from Debian's packages" >&2
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if [ "$smoke" = 1 ]; then
+  bench/setup.sh --without-wasmtime
+else
+  wasmtime=$(bench/setup.sh | tail -n 1)
+  cargo build --release --locked -q -p keybust-bench-hello --target wasm32-wasip2
 fi
 
 cargo build --release --locked -q -p keybust-host --bin keybust --example bench-backends --example bench-native
@@ -71,12 +71,46 @@ set -a
 . "$work/backends.env"
 set +a
 
-declare -A expected=([full]=200 [401]=401 [422]=422 [preflight]=204)
-declare -A RPS P50 P99 STATUSES
-declare -A RSS
+declare -A expected=([full]=200 [401]=401 [422]=422 [preflight]=204 [hello]=200)
+declare -A RPS P50 P99 STATUSES RSS
 failed=0
+peak_connections=${BENCH_PEAK_CONNECTIONS:-256}
+if [ "$smoke" = 1 ]; then peak_connections=8; fi
 
-# measure NAME COMMAND...: serve with COMMAND pinned to CPU 0, drive every path.
+# drive NAME PATH CONNECTIONS URL: one wrk run of one request shape; records
+# req/s, p50 and p99 under NAME:PATH, and fails the run on any other status.
+drive() {
+  local name=$1 path=$2 conns=$3 url=$4 shape=$2
+  if [ "$path" = hello ]; then shape=preflight; fi
+  local out
+  out=$(BENCH_PATH=$shape taskset -c "$load_cpu" wrk -t1 -c"$conns" -d"$duration" --latency -s bench/request.lua "$url")
+  local key="$name:$path"
+  if [ "$conns" != "$connections" ]; then key="$key@$conns"; fi
+  RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  STATUSES[$key]=$(sed -n 's/^STATUSES //p' <<<"$out")
+  P50[$key]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$out")
+  P99[$key]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$out")
+  local want="${expected[$path]}"
+  local statuses="${STATUSES[$key]}"
+  if [ -z "$statuses" ] || tr ' ' '\n' <<<"$statuses" | grep -qv "^${want}="; then
+    echo "bench/run.sh: $key answered other statuses than $want: $statuses" >&2
+    failed=1
+  fi
+  if grep -q "Socket errors" <<<"$out"; then
+    echo "bench/run.sh: $key: $(grep 'Socket errors' <<<"$out")" >&2
+    failed=1
+  fi
+}
+
+# stop NAME PID: records the process's peak RSS (MiB) and stops it.
+stop() {
+  RSS[$1]=$(awk '/^VmHWM:/ {print int($2 / 1024)}' "/proc/$2/status")
+  kill "$2"
+  wait "$2" 2>/dev/null || true
+}
+
+# measure NAME COMMAND...: serve with COMMAND pinned to CPU 0, drive every
+# path, then the full path once more at the peak connection count.
 measure() {
   local name=$1
   shift
@@ -84,43 +118,51 @@ measure() {
     KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_CACHE_DIR="$work/cache" \
     taskset -c 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
   local pid=$!
-  pids+=($pid)
+  pids+=("$pid")
   wait_for "$work/$name.out" "^listening on"
   local url
   url="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"
   for path in full 401 422 preflight; do
-    local out
-    out=$(BENCH_PATH=$path taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"$duration" --latency -s bench/request.lua "$url")
-    RPS[$name:$path]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    STATUSES[$name:$path]=$(sed -n 's/^STATUSES //p' <<<"$out")
-    P50[$name:$path]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$out")
-    P99[$name:$path]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$out")
-    local want="${expected[$path]}"
-    local statuses="${STATUSES[$name:$path]}"
-    if [ -z "$statuses" ] || tr ' ' '\n' <<<"$statuses" | grep -qv "^${want}="; then
-      echo "bench/run.sh: $name $path answered other statuses than $want: $statuses" >&2
-      failed=1
-    fi
-    if grep -q "Socket errors" <<<"$out"; then
-      echo "bench/run.sh: $name $path: $(grep 'Socket errors' <<<"$out")" >&2
-      failed=1
-    fi
+    drive "$name" "$path" "$connections" "$url"
   done
-  RSS[$name]=$(awk '/^VmHWM:/ {print int($2 / 1024)}' "/proc/$pid/status")
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
+  drive "$name" full "$peak_connections" "$url"
+  stop "$name" "$pid"
 }
 
 measure keybust target/release/keybust serve
 measure native target/release/examples/bench-native
 
-echo "connections: $connections, duration: $duration per path; server on CPU 0, load on CPU $load_cpu"
-printf '%-10s %12s %10s %10s %12s %10s  %s\n' path "keybust r/s" p50 p99 "native r/s" "ratio" statuses
+# The baseline for the preflight path: `wasmtime serve` (default settings)
+# answering every request from a hello-world wasi:http component.
+if [ "$smoke" = 0 ]; then
+  port=$(( 20000 + RANDOM % 20000 ))
+  taskset -c 0 "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
+    target/wasm32-wasip2/release/keybust_bench_hello.wasm >"$work/wasmtime.out" 2>"$work/wasmtime.err" &
+  pid=$!
+  pids+=("$pid")
+  wait_for "$work/wasmtime.err" "Serving HTTP on"
+  drive wasmtime hello "$connections" "http://127.0.0.1:$port/"
+  stop wasmtime "$pid"
+fi
+
+ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'; }
+
+echo "connections: $connections, duration: $duration per run; server on CPU 0, load on CPU $load_cpu"
+printf '%-10s %12s %10s %10s %12s %10s  %s\n' path "keybust r/s" p50 p99 "native r/s" "k/native" statuses
 for path in full 401 422 preflight; do
-  awk -v path="$path" -v k="${RPS[keybust:$path]}" -v n="${RPS[native:$path]}" \
-    -v p50="${P50[keybust:$path]}" -v p99="${P99[keybust:$path]}" -v st="${STATUSES[keybust:$path]}" \
-    'BEGIN { printf "%-10s %12.0f %8.2fms %8.2fms %12.0f %9.2fx  %s\n", path, k, p50 / 1000, p99 / 1000, n, (n > 0 ? k / n : 0), st }'
+  printf '%-10s %12.0f %10s %10s %12.0f %10s  %s\n' "$path" "${RPS[keybust:$path]}" \
+    "$(ms "${P50[keybust:$path]}")" "$(ms "${P99[keybust:$path]}")" "${RPS[native:$path]}" \
+    "$(ratio "${RPS[keybust:$path]}" "${RPS[native:$path]}")" "${STATUSES[keybust:$path]}"
 done
-echo "peak RSS: keybust ${RSS[keybust]} MiB, native ${RSS[native]} MiB"
+key="full@$peak_connections"
+printf '%-10s %12.0f %10s %10s %12.0f %10s  %s\n' "$key" "${RPS[keybust:$key]}" \
+  "$(ms "${P50[keybust:$key]}")" "$(ms "${P99[keybust:$key]}")" "${RPS[native:$key]}" \
+  "$(ratio "${RPS[keybust:$key]}" "${RPS[native:$key]}")" "${STATUSES[keybust:$key]}"
+if [ "$smoke" = 0 ]; then
+  echo "wasmtime serve hello: $(printf '%.0f' "${RPS[wasmtime:hello]}") r/s, p99 $(ms "${P99[wasmtime:hello]}");" \
+    "keybust preflight / wasmtime serve hello: $(ratio "${RPS[keybust:preflight]}" "${RPS[wasmtime:hello]}")"
+fi
+echo "peak RSS (whole run, up to $peak_connections connections): keybust ${RSS[keybust]} MiB, native ${RSS[native]} MiB${RSS[wasmtime]:+, wasmtime serve ${RSS[wasmtime]} MiB}"
 if [ "$smoke" = 1 ]; then echo "smoke run: status codes checked, timings not meaningful"; fi
 exit "$failed"

@@ -1,0 +1,89 @@
+//! Per-request cost in isolation, without HTTP or a load generator: a fresh
+//! store and instance of the endpoint component, then the same plus one CORS
+//! preflight answered by it (wasi:http request in, response and body out).
+//! One thread, after a warm-up; prints min, median and p90 of each.
+//!
+//! Run: `cargo bench -p keybust-host --bench instance`
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use keybust::capabilities::Capabilities;
+use keybust::config::Settings;
+use keybust::endpoint::ENDPOINT_PATH;
+use keybust::limits::Limits;
+use keybust::plugin::{self, EMBEDDED_COMPONENT};
+use keybust::slot::ComponentSlot;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WARMUP: usize = 2_000;
+const ROUNDS: usize = 20_000;
+
+fn report(name: &str, mut samples: Vec<Duration>, target: Duration) {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    let median = at(0.5);
+    println!(
+        "{name:>24}: n={} min={:>8.2?} median={:>8.2?} p90={:>8.2?}  target median <= {target:?} ({:.2}x of target)",
+        samples.len(),
+        samples[0],
+        median,
+        at(0.9),
+        median.as_secs_f64() / target.as_secs_f64(),
+    );
+}
+
+fn preflight() -> hyper::Request<Empty<Bytes>> {
+    hyper::Request::builder()
+        .method("OPTIONS")
+        .uri(ENDPOINT_PATH)
+        .header("origin", "https://worldmonitor.app")
+        .header("access-control-request-method", "POST")
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_lookup(|_| None)?;
+    let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
+    let limits = Arc::new(Limits::default());
+    let engine = plugin::new_engine(&limits)?;
+    let linker = plugin::new_linker(&engine)?;
+    let slot = ComponentSlot::new(
+        linker,
+        None,
+        capabilities.clone(),
+        limits,
+        EMBEDDED_COMPONENT.to_vec(),
+        "embedded".into(),
+    )
+    .await?;
+    let plugin = slot.current().plugin.clone();
+
+    let mut instantiate = Vec::with_capacity(ROUNDS);
+    for round in 0..WARMUP + ROUNDS {
+        let started = Instant::now();
+        plugin.probe(capabilities.clone()).await?;
+        if round >= WARMUP {
+            instantiate.push(started.elapsed());
+        }
+    }
+
+    let mut handled = Vec::with_capacity(ROUNDS);
+    for round in 0..WARMUP + ROUNDS {
+        let started = Instant::now();
+        let response = plugin.handle(capabilities.clone(), preflight()).await;
+        let status = response.status();
+        response.into_body().collect().await?;
+        if round >= WARMUP {
+            handled.push(started.elapsed());
+        }
+        anyhow::ensure!(status == 204, "preflight answered {status}");
+    }
+
+    println!("endpoint component ({} bytes), one thread:", EMBEDDED_COMPONENT.len());
+    report("instantiate", instantiate, Duration::from_micros(10));
+    report("instantiate + preflight", handled, Duration::from_micros(30));
+    Ok(())
+}
