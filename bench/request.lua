@@ -23,6 +23,9 @@ elseif path == "preflight" then
   wrk.method = "OPTIONS"
   wrk.headers["Origin"] = "https://worldmonitor.app"
   wrk.headers["Access-Control-Request-Method"] = "POST"
+elseif path == "404" then
+  -- Another path: answered by the host alone, the guest never runs.
+  endpoint = "/not-the-endpoint"
 end
 wrk.path = endpoint
 

@@ -4,10 +4,13 @@
 #   401        no token
 #   422        valid token, bad keyHash
 #   preflight  CORS OPTIONS from an allowed origin
-# keybust is pinned to CPU 0; wrk, redis-server and the Convex/JWKS stand-ins
-# to CPU 1. Then the same policy compiled natively (bench/native.rs), with the
-# same host capabilities, is driven the same way, and `wasmtime serve` with a
-# hello-world component (bench/hello) as the baseline for the preflight path.
+#   404        another path, answered by the host alone: the HTTP layer's cost
+#              (routing, access log, metrics) without the guest
+# The servers are pinned to CPU 0; wrk, redis-server and the Convex/JWKS
+# stand-ins to CPU 1. Beside keybust run the same policy compiled natively
+# (bench/native.rs) with the same host capabilities, and `wasmtime serve` with
+# a hello-world component (bench/hello), the baseline for the preflight path.
+# Each round drives them in turn, path by path.
 # Prints req/s, p50, p99, keybust/native, keybust-preflight/wasmtime-serve and
 # peak RSS, and fails if any answer has another status than the path's own.
 # Tools: bench/setup.sh (wrk, redis-server, wasmtime-cli 48 on first use).
@@ -16,16 +19,19 @@
 #   --smoke   a few seconds, few connections: proves the harness and the status
 #             codes, measures nothing (part of scripts/test.sh); skips
 #             wasmtime serve, so it needs no wasmtime-cli build
-# Knobs: BENCH_DURATION (10s), BENCH_CONNECTIONS (64), BENCH_PEAK_CONNECTIONS
-#        (256, the full path once more for peak RSS), BENCH_RUST_LOG (info)
+# Knobs: BENCH_DURATION (5s per run), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
+#        BENCH_PEAK_CONNECTIONS (256: the full path once more, for peak RSS),
+#        BENCH_RUST_LOG (info: keybust writes its access log, as in production)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0
 if [ "${1:-}" = "--smoke" ]; then smoke=1; fi
-duration=${BENCH_DURATION:-10s}
+duration=${BENCH_DURATION:-5s}
 connections=${BENCH_CONNECTIONS:-64}
-if [ "$smoke" = 1 ]; then duration=2s; connections=4; fi
+peak_connections=${BENCH_PEAK_CONNECTIONS:-256}
+rounds=${BENCH_ROUNDS:-3}
+if [ "$smoke" = 1 ]; then duration=2s; connections=4; peak_connections=8; rounds=1; fi
 
 if [ "$smoke" = 1 ]; then
   bench/setup.sh --without-wasmtime
@@ -71,27 +77,42 @@ set -a
 . "$work/backends.env"
 set +a
 
-declare -A expected=([full]=200 [401]=401 [422]=422 [preflight]=204 [hello]=200)
-declare -A RPS P50 P99 STATUSES RSS
+declare -A expected=([full]=200 [401]=401 [422]=422 [preflight]=204 [404]=404 [hello]=200)
+declare -A URL PID RPS P50 P99 STATUSES RSS IPI
 failed=0
-peak_connections=${BENCH_PEAK_CONNECTIONS:-256}
-if [ "$smoke" = 1 ]; then peak_connections=8; fi
 
-# drive NAME PATH CONNECTIONS URL: one wrk run of one request shape; records
-# req/s, p50 and p99 under NAME:PATH, and fails the run on any other status.
+# start NAME COMMAND...: runs COMMAND
+# pinned to CPU 0 (idle until driven).
+start() {
+  local name=$1
+  shift
+  RUST_LOG=${BENCH_RUST_LOG:-info} REDIS_URL="redis://127.0.0.1:$redis_port" \
+    KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_CACHE_DIR="$work/cache" \
+    taskset -c 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  PID[$name]=$!
+  pids+=("$!")
+}
+
+# drive NAME PATH CONNECTIONS: one wrk run of one request shape against NAME;
+# appends req/s, p50 and p99 (µs) to NAME:PATH[@CONNECTIONS], and fails the
+# run on any status other than the path's own.
 drive() {
-  local name=$1 path=$2 conns=$3 url=$4 shape=$2
+  local name=$1 path=$2 conns=$3 shape=$2
   if [ "$path" = hello ]; then shape=preflight; fi
-  local out
-  out=$(BENCH_PATH=$shape taskset -c "$load_cpu" wrk -t1 -c"$conns" -d"$duration" --latency -s bench/request.lua "$url")
+  local out calls_before calls_after
+  calls_before=$(function_calls)
+  out=$(BENCH_PATH=$shape taskset -c "$load_cpu" wrk -t1 -c"$conns" -d"$duration" --latency -s bench/request.lua "${URL[$name]}")
+  calls_after=$(function_calls)
   local key="$name:$path"
   if [ "$conns" != "$connections" ]; then key="$key@$conns"; fi
-  RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  STATUSES[$key]=$(sed -n 's/^STATUSES //p' <<<"$out")
-  P50[$key]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$out")
-  P99[$key]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$out")
+  local statuses
+  statuses=$(sed -n 's/^STATUSES //p' <<<"$out")
+  IPI[$key]+="$(tr ' ' '\n' <<<"$statuses" | awk -F= -v d=$((calls_after - calls_before)) '{ n += $2 } END { printf "%.2f", (n ? d / n : 0) }') "
+  RPS[$key]+="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") "
+  P50[$key]+="$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$out") "
+  P99[$key]+="$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$out") "
+  STATUSES[$key]=$statuses
   local want="${expected[$path]}"
-  local statuses="${STATUSES[$key]}"
   if [ -z "$statuses" ] || tr ' ' '\n' <<<"$statuses" | grep -qv "^${want}="; then
     echo "bench/run.sh: $key answered other statuses than $want: $statuses" >&2
     failed=1
@@ -102,67 +123,64 @@ drive() {
   fi
 }
 
-# stop NAME PID: records the process's peak RSS (MiB) and stops it.
-stop() {
-  RSS[$1]=$(awk '/^VmHWM:/ {print int($2 / 1024)}' "/proc/$2/status")
-  kill "$2"
-  wait "$2" 2>/dev/null || true
-}
+# Function-call interrupts taken by the load CPU so far: on Linux these are
+# mostly cross-CPU wakeups, here of wrk by the server's responses.
+function_calls() { awk -v col=$((load_cpu + 2)) '$1 == "CAL:" { print $col }' /proc/interrupts; }
 
-# measure NAME COMMAND...: serve with COMMAND pinned to CPU 0, drive every
-# path, then the full path once more at the peak connection count.
-measure() {
-  local name=$1
-  shift
-  RUST_LOG=${BENCH_RUST_LOG:-info} REDIS_URL="redis://127.0.0.1:$redis_port" \
-    KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_CACHE_DIR="$work/cache" \
-    taskset -c 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  local pid=$!
-  pids+=("$pid")
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }'; }
+ms() { awk -v us="$(median "$1")" 'BEGIN { printf "%.2fms", us / 1000 }'; }
+ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'; }
+rps() { printf '%.0f' "$(median "$1")"; }
+
+start keybust target/release/keybust serve
+start native target/release/examples/bench-native
+for name in keybust native; do
   wait_for "$work/$name.out" "^listening on"
-  local url
-  url="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"
-  for path in full 401 422 preflight; do
-    drive "$name" "$path" "$connections" "$url"
-  done
-  drive "$name" full "$peak_connections" "$url"
-  stop "$name" "$pid"
-}
-
-measure keybust target/release/keybust serve
-measure native target/release/examples/bench-native
-
-# The baseline for the preflight path: `wasmtime serve` (default settings)
-# answering every request from a hello-world wasi:http component.
+  URL[$name]="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"
+done
+# The baseline for the preflight path: `wasmtime serve` (its default
+# settings) answering every request from a hello-world wasi:http component.
+servers=(keybust native)
 if [ "$smoke" = 0 ]; then
   port=$(( 20000 + RANDOM % 20000 ))
-  taskset -c 0 "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
-    target/wasm32-wasip2/release/keybust_bench_hello.wasm >"$work/wasmtime.out" 2>"$work/wasmtime.err" &
-  pid=$!
-  pids+=("$pid")
+  start wasmtime "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
+    target/wasm32-wasip2/release/keybust_bench_hello.wasm
   wait_for "$work/wasmtime.err" "Serving HTTP on"
-  drive wasmtime hello "$connections" "http://127.0.0.1:$port/"
-  stop wasmtime "$pid"
+  URL[wasmtime]="http://127.0.0.1:$port/"
+  servers+=(wasmtime)
 fi
 
-ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'; }
-
-echo "connections: $connections, duration: $duration per run; server on CPU 0, load on CPU $load_cpu"
-printf '%-10s %12s %10s %10s %12s %10s  %s\n' path "keybust r/s" p50 p99 "native r/s" "k/native" statuses
-for path in full 401 422 preflight; do
-  printf '%-10s %12.0f %10s %10s %12.0f %10s  %s\n' "$path" "${RPS[keybust:$path]}" \
-    "$(ms "${P50[keybust:$path]}")" "$(ms "${P99[keybust:$path]}")" "${RPS[native:$path]}" \
-    "$(ratio "${RPS[keybust:$path]}" "${RPS[native:$path]}")" "${STATUSES[keybust:$path]}"
+# Side by side: each round drives every server in turn on the same path, so
+# the machine's drift hits them alike; medians over the rounds are reported.
+for path in full 401 422 preflight 404; do
+  for _ in $(seq 1 "$rounds"); do
+    drive keybust "$path" "$connections"
+    drive native "$path" "$connections"
+    if [ "$path" = preflight ] && [ "$smoke" = 0 ]; then drive wasmtime hello "$connections"; fi
+  done
 done
-key="full@$peak_connections"
-printf '%-10s %12.0f %10s %10s %12.0f %10s  %s\n' "$key" "${RPS[keybust:$key]}" \
-  "$(ms "${P50[keybust:$key]}")" "$(ms "${P99[keybust:$key]}")" "${RPS[native:$key]}" \
-  "$(ratio "${RPS[keybust:$key]}" "${RPS[native:$key]}")" "${STATUSES[keybust:$key]}"
+# Peak RSS is taken after the full path at many connections.
+drive keybust full "$peak_connections"
+drive native full "$peak_connections"
+for name in "${servers[@]}"; do
+  RSS[$name]=$(awk '/^VmHWM:/ {print int($2 / 1024)}' "/proc/${PID[$name]}/status")
+done
+
+echo "connections: $connections; $rounds round(s) of $duration per server and path, medians shown; server on CPU 0, load on CPU $load_cpu"
+printf '%-10s %12s %10s %10s %12s %10s  %s\n' path "keybust r/s" p50 p99 "native r/s" "k/native" "statuses (last round)"
+row() { # key label
+  printf '%-10s %12s %10s %10s %12s %10s  %s\n' "$2" "$(rps "${RPS[keybust:$1]}")" \
+    "$(ms "${P50[keybust:$1]}")" "$(ms "${P99[keybust:$1]}")" "$(rps "${RPS[native:$1]}")" \
+    "$(ratio "${RPS[keybust:$1]}" "${RPS[native:$1]}")" "${STATUSES[keybust:$1]}"
+}
+for path in full 401 422 preflight 404; do row "$path" "$path"; done
+row "full@$peak_connections" "full@$peak_connections"
+echo "keybust full-path req/s per round: ${RPS[keybust:full]}; native: ${RPS[native:full]}"
 if [ "$smoke" = 0 ]; then
-  echo "wasmtime serve hello: $(printf '%.0f' "${RPS[wasmtime:hello]}") r/s, p99 $(ms "${P99[wasmtime:hello]}");" \
+  echo "wasmtime serve hello: $(rps "${RPS[wasmtime:hello]}") r/s, p99 $(ms "${P99[wasmtime:hello]}");" \
     "keybust preflight / wasmtime serve hello: $(ratio "${RPS[keybust:preflight]}" "${RPS[wasmtime:hello]}")"
 fi
+echo "wakeups of the load CPU per request (function-call IPIs), preflight: keybust $(median "${IPI[keybust:preflight]}"), native $(median "${IPI[native:preflight]}")${IPI[wasmtime:hello]:+, wasmtime serve $(median "${IPI[wasmtime:hello]}")}; full: keybust $(median "${IPI[keybust:full]}"), native $(median "${IPI[native:full]}")"
 echo "peak RSS (whole run, up to $peak_connections connections): keybust ${RSS[keybust]} MiB, native ${RSS[native]} MiB${RSS[wasmtime]:+, wasmtime serve ${RSS[wasmtime]} MiB}"
 if [ "$smoke" = 1 ]; then echo "smoke run: status codes checked, timings not meaningful"; fi
 exit "$failed"

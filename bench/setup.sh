@@ -29,7 +29,7 @@ if [ "$with_wasmtime" = 0 ]; then exit 0; fi
 root=target/bench-tools
 version=48.0.8
 wasmtime="$root/bin/wasmtime"
-if ! { [ -x "$wasmtime" ] && "$wasmtime" --version | grep -q "^wasmtime $version "; }; then
+if ! { [ -x "$wasmtime" ] && "$wasmtime" --version | grep -q "^wasmtime $version\( \|$\)"; }; then
   echo "bench/setup.sh: building wasmtime-cli $version (serve only) into $root" >&2
   # serve needs component-model-async to compile in 48.0.8.
   cargo install --quiet --locked --force --root "$root" --target-dir "$root/build" \

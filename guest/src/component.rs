@@ -87,11 +87,19 @@ fn read_body(request: &IncomingRequest, limit: usize) -> Result<Vec<u8>, BodyErr
 
 /// Writes a policy response through the outparam.
 fn send(response: policy::Response, out: ResponseOutparam) {
-    let entries: Vec<(String, Vec<u8>)> = response
+    let mut entries: Vec<(String, Vec<u8>)> = response
         .headers
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.into_bytes()))
         .collect();
+    // The body is known in full: a length lets the client skip chunked
+    // decoding, and the host checks that exactly this much is written.
+    if !response.body.is_empty() {
+        entries.push((
+            "content-length".to_owned(),
+            response.body.len().to_string().into_bytes(),
+        ));
+    }
     let headers = match Fields::from_list(&entries) {
         Ok(headers) => headers,
         Err(_) => Fields::new(),

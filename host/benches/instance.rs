@@ -36,7 +36,7 @@ fn report(name: &str, mut samples: Vec<Duration>, target: Duration) {
 fn preflight() -> hyper::Request<Empty<Bytes>> {
     hyper::Request::builder()
         .method("OPTIONS")
-        .uri(ENDPOINT_PATH)
+        .uri(format!("http://localhost{ENDPOINT_PATH}"))
         .header("origin", "https://worldmonitor.app")
         .header("access-control-request-method", "POST")
         .body(Empty::new())
@@ -82,8 +82,15 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status == 204, "preflight answered {status}");
     }
 
-    println!("endpoint component ({} bytes), one thread:", EMBEDDED_COMPONENT.len());
+    println!(
+        "endpoint component ({} bytes), one thread:",
+        EMBEDDED_COMPONENT.len()
+    );
     report("instantiate", instantiate, Duration::from_micros(10));
-    report("instantiate + preflight", handled, Duration::from_micros(30));
+    report(
+        "instantiate + preflight",
+        handled,
+        Duration::from_micros(30),
+    );
     Ok(())
 }

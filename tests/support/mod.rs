@@ -822,11 +822,17 @@ impl Answer {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 
-    /// Asserts status and exact JSON body, and that it is labelled JSON.
+    /// Asserts status and exact JSON body, and that it is labelled JSON and
+    /// sent with its length rather than chunked.
     pub fn assert_json(&self, status: u16, body: &str) {
         assert_eq!(self.status, status, "body: {}", self.body);
         assert_eq!(self.body, body);
         assert_eq!(self.header("content-type"), Some("application/json"));
+        assert_eq!(
+            self.header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        assert_eq!(self.header("transfer-encoding"), None);
     }
 
     /// Asserts the CORS headers for an allowed request.

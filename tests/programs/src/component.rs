@@ -19,9 +19,23 @@ struct Programs;
 
 export!(Programs);
 
-fn respond(out: ResponseOutparam, status: u16, chunks: impl Iterator<Item = Vec<u8>>) {
-    let headers = Fields::from_list(&[("content-type".to_owned(), b"application/json".to_vec())])
-        .unwrap_or_else(|_| Fields::new());
+/// Answers with a body known in full, its length declared, as the endpoint does.
+fn respond_sized(out: ResponseOutparam, status: u16, body: Vec<u8>) {
+    let length = body.len();
+    respond(out, status, Some(length), std::iter::once(body));
+}
+
+fn respond(
+    out: ResponseOutparam,
+    status: u16,
+    length: Option<usize>,
+    chunks: impl Iterator<Item = Vec<u8>>,
+) {
+    let mut entries = vec![("content-type".to_owned(), b"application/json".to_vec())];
+    if let Some(length) = length {
+        entries.push(("content-length".to_owned(), length.to_string().into_bytes()));
+    }
+    let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
     let response = OutgoingResponse::new(headers);
     let _ = response.set_status_code(status);
     let body = response.body().expect("fresh response has a body");
@@ -88,27 +102,27 @@ impl exports::wasi::http::incoming_handler::Guest for Programs {
                     std::hint::black_box(&hoard);
                 }
             }
-            "huge" => respond(out, 200, (0..1024).map(|_| vec![b'x'; 64 << 10])),
+            "huge" => respond(out, 200, None, (0..1024).map(|_| vec![b'x'; 64 << 10])),
             "imports" => loop {
                 std::hint::black_box(keybust::gateway::origins::is_allowed("https://x.example"));
             },
-            "snoop" => respond(out, 200, std::iter::once(snoop().into_bytes())),
+            "snoop" => respond_sized(out, 200, snoop().into_bytes()),
             "fields" => {
                 // Grow one fields resource until the host refuses (it traps us).
                 let fields = Fields::new();
                 let mut accepted = 0u64;
                 while accepted < 1_000_000 {
                     let name = format!("x-field-{accepted}");
-                    if fields.append(&name, &vec![b'v'; 64]).is_err() {
+                    if fields.append(&name, &[b'v'; 64]).is_err() {
                         break;
                     }
                     accepted += 1;
                 }
                 drop(fields);
                 let body = format!("{{\"accepted\":{accepted}}}");
-                respond(out, 200, std::iter::once(body.into_bytes()))
+                respond_sized(out, 200, body.into_bytes())
             }
-            _ => respond(out, 200, std::iter::once(br#"{"ok":true}"#.to_vec())),
+            _ => respond_sized(out, 200, br#"{"ok":true}"#.to_vec()),
         }
     }
 }
