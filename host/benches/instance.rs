@@ -1,7 +1,9 @@
-//! Per-request cost in isolation, without HTTP or a load generator: a fresh
-//! store and instance of the endpoint component, then the same plus one CORS
-//! preflight answered by it (wasi:http request in, response and body out).
-//! One thread, after a warm-up; prints min, median and p90 of each.
+//! Per-request cost in isolation, without HTTP or a load generator:
+//! instantiating the endpoint component into a fresh store (the store made
+//! and dropped outside the timing), the whole store lifecycle around it, and
+//! a request end to end: instantiate plus one CORS preflight answered by the
+//! component (wasi:http request in, response and body out) as keybust runs
+//! it. One thread, after a warm-up; prints min, median and p90 of each.
 //!
 //! Run: `cargo bench -p keybust-host --bench instance`
 
@@ -24,7 +26,7 @@ fn report(name: &str, mut samples: Vec<Duration>, target: Duration) {
     let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
     let median = at(0.5);
     println!(
-        "{name:>24}: n={} min={:>8.2?} median={:>8.2?} p90={:>8.2?}  target median <= {target:?} ({:.2}x of target)",
+        "{name:>27}: n={} min={:>8.2?} median={:>8.2?} p90={:>8.2?}  target median <= {target:?} ({:.2}x of target)",
         samples.len(),
         samples[0],
         median,
@@ -54,19 +56,36 @@ async fn main() -> anyhow::Result<()> {
         linker,
         None,
         capabilities.clone(),
-        limits,
+        limits.clone(),
         EMBEDDED_COMPONENT.to_vec(),
         "embedded".into(),
     )
     .await?;
     let plugin = slot.current().plugin.clone();
 
+    let pre = plugin.proxy_pre();
     let mut instantiate = Vec::with_capacity(ROUNDS);
+    for round in 0..WARMUP + ROUNDS {
+        let mut store = plugin::new_store(pre.engine(), capabilities.clone(), &limits);
+        let started = Instant::now();
+        let proxy = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        let took = started.elapsed();
+        drop(proxy);
+        drop(store);
+        if round >= WARMUP {
+            instantiate.push(took);
+        }
+    }
+
+    let mut lifecycle = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
         let started = Instant::now();
         plugin.probe(capabilities.clone()).await?;
         if round >= WARMUP {
-            instantiate.push(started.elapsed());
+            lifecycle.push(started.elapsed());
         }
     }
 
@@ -87,6 +106,11 @@ async fn main() -> anyhow::Result<()> {
         EMBEDDED_COMPONENT.len()
     );
     report("instantiate", instantiate, Duration::from_micros(10));
+    report(
+        "store + instantiate + drop",
+        lifecycle,
+        Duration::from_micros(10),
+    );
     report(
         "instantiate + preflight",
         handled,

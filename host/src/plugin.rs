@@ -302,6 +302,12 @@ impl Plugin {
             .map_err(|err| LoadError::Instantiate(format!("{err:#}")))
     }
 
+    /// The checked, pre-instantiated component, for hosts (and benchmarks)
+    /// that drive instances themselves; pair it with [`new_store`].
+    pub fn proxy_pre(&self) -> &ProxyPre<RequestState> {
+        &self.pre
+    }
+
     /// SHA-256 of the component's bytes, lower-case hex.
     pub fn digest(&self) -> &str {
         &self.digest
