@@ -68,12 +68,10 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..WARMUP + ROUNDS {
         let mut store = plugin::new_store(pre.engine(), capabilities.clone(), &limits);
         let started = Instant::now();
-        let proxy = pre
-            .instantiate_async(&mut store)
+        pre.instantiate_async(&mut store)
             .await
             .map_err(|err| anyhow::anyhow!("{err:#}"))?;
         let took = started.elapsed();
-        drop(proxy);
         drop(store);
         if round >= WARMUP {
             instantiate.push(took);
