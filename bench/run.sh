@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# keybust under load, four request paths, side by side in one run:
+# keybust under load, five request paths, side by side in one run:
 #   full       valid token, Convex says the caller owns the key, Redis DEL runs
 #   401        no token
 #   422        valid token, bad keyHash
