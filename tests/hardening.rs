@@ -12,6 +12,10 @@ use tokio::net::TcpStream;
 
 /// keybust serving the misbehaving test programs, with short time budgets.
 async fn programs() -> (Arc<Stack>, tempfile::TempDir) {
+    programs_with(&[]).await
+}
+
+async fn programs_with(extra_args: &[&str]) -> (Arc<Stack>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("programs.wasm");
     let bytes = tokio::task::spawn_blocking(support::test_programs)
@@ -26,7 +30,10 @@ async fn programs() -> (Arc<Stack>, tempfile::TempDir) {
             "300ms".into(),
             "--request-timeout".into(),
             "3s".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra_args.iter().map(|arg| arg.to_string()))
+        .collect(),
         ..Options::default()
     };
     (Arc::new(Stack::with(Backend::Embedded, options).await), dir)
@@ -80,6 +87,21 @@ async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
     answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
     assert!(took < Duration::from_secs(2), "the loop ran for {took:?}");
     stack.keybust.assert_logged("execution time budget").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_thread_an_endless_loop_still_yields_to_other_requests() {
+    // One thread runs every request: the loop must give it back each tick.
+    let (stack, _dir) = programs_with(&["--worker-threads", "1"]).await;
+    let (answer, took) = good_requests_alongside(&stack, "loop").await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    assert!(took < Duration::from_secs(2), "the loop ran for {took:?}");
+    let (answer, took) = good_requests_alongside(&stack, "imports").await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    assert!(
+        took < Duration::from_secs(4),
+        "the import loop ran for {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

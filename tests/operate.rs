@@ -194,7 +194,22 @@ async fn json_logs_are_one_object_per_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
-    let stack = Arc::new(Stack::start(Backend::Embedded).await);
+    drains_on_sigterm(Options::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_concurrent_requests_and_drains() {
+    drains_on_sigterm(Options {
+        env: vec![("KEYBUST_WORKER_THREADS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+}
+
+/// Sixteen requests in flight at once (each waits a second on Convex), then
+/// SIGTERM: every one is answered and keybust exits 0.
+async fn drains_on_sigterm(options: Options) {
+    let stack = Arc::new(Stack::with(Backend::Embedded, options).await);
     // Each of these spends a second in the owner lookup.
     let mut in_flight = Vec::new();
     for _ in 0..16 {

@@ -22,6 +22,12 @@ struct Cli {
     #[arg(long, env = "KEYBUST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
+    /// Threads that serve requests. With one, a single thread runs
+    /// everything, without hand-offs between threads; with more, a
+    /// work-stealing pool. Default: the CPUs this process may run on.
+    #[arg(long, env = "KEYBUST_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -167,16 +173,31 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = new_runtime(cli.worker_threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Dev(args) => dev(args).await,
         }
     })
+}
+
+/// One thread when there is one core to run on (or the operator asks for
+/// it), a work-stealing pool otherwise.
+fn new_runtime(worker_threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = worker_threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
 }
 
 fn init_logging(format: LogFormat) {
