@@ -80,12 +80,28 @@ async fn a_trapping_guest_gets_500_and_the_host_serves_on() {
     stack.keybust.assert_logged("guest failed").await;
 }
 
+/// A guest spinning in wasm code gets 504 within its CPU budget, and good
+/// requests beside it are served meanwhile.
+async fn endless_loop_is_stopped(stack: &Arc<Stack>) {
+    let (answer, took) = good_requests_alongside(stack, "loop").await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    assert!(took < Duration::from_secs(2), "the loop ran for {took:?}");
+}
+
+/// The same for a guest spinning on host calls.
+async fn import_loop_is_bounded(stack: &Arc<Stack>) {
+    let (answer, took) = good_requests_alongside(stack, "imports").await;
+    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    assert!(
+        took < Duration::from_secs(4),
+        "the import loop ran for {took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
     let (stack, _dir) = programs().await;
-    let (answer, took) = good_requests_alongside(&stack, "loop").await;
-    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
-    assert!(took < Duration::from_secs(2), "the loop ran for {took:?}");
+    endless_loop_is_stopped(&stack).await;
     stack.keybust.assert_logged("execution time budget").await;
 }
 
@@ -93,15 +109,8 @@ async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
 async fn on_one_thread_an_endless_loop_still_yields_to_other_requests() {
     // One thread runs every request: the loop must give it back each tick.
     let (stack, _dir) = programs_with(&["--worker-threads", "1"]).await;
-    let (answer, took) = good_requests_alongside(&stack, "loop").await;
-    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
-    assert!(took < Duration::from_secs(2), "the loop ran for {took:?}");
-    let (answer, took) = good_requests_alongside(&stack, "imports").await;
-    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
-    assert!(
-        took < Duration::from_secs(4),
-        "the import loop ran for {took:?}"
-    );
+    endless_loop_is_stopped(&stack).await;
+    import_loop_is_bounded(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,12 +131,7 @@ async fn a_huge_response_streams_without_blocking_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tight_import_loop_is_bounded() {
     let (stack, _dir) = programs().await;
-    let (answer, took) = good_requests_alongside(&stack, "imports").await;
-    answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
-    assert!(
-        took < Duration::from_secs(4),
-        "the import loop ran for {took:?}"
-    );
+    import_loop_is_bounded(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
