@@ -26,7 +26,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0
-if [ "${1:-}" = "--smoke" ]; then smoke=1; fi
+case "${1:-}" in
+  "") ;;
+  --smoke) smoke=1 ;;
+  *) echo "usage: bench/run.sh [--smoke]" >&2; exit 2 ;;
+esac
 duration=${BENCH_DURATION:-5s}
 connections=${BENCH_CONNECTIONS:-64}
 peak_connections=${BENCH_PEAK_CONNECTIONS:-256}
@@ -124,8 +128,9 @@ drive() {
 }
 
 # Function-call interrupts taken by the load CPU so far: on Linux these are
-# mostly cross-CPU wakeups, here of wrk by the server's responses.
-function_calls() { awk -v col=$((load_cpu + 2)) '$1 == "CAL:" { print $col }' /proc/interrupts; }
+# mostly cross-CPU wakeups, here of wrk by the server's responses. Kernels
+# that do not count them under "CAL:" (not x86) read 0 throughout.
+function_calls() { awk -v col=$((load_cpu + 2)) '$1 == "CAL:" { n = $col } END { print n + 0 }' /proc/interrupts; }
 
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }'; }
 ms() { awk -v us="$(median "$1")" 'BEGIN { printf "%.2fms", us / 1000 }'; }
@@ -163,6 +168,11 @@ done
 drive keybust full "$peak_connections"
 drive native full "$peak_connections"
 for name in "${servers[@]}"; do
+  if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+    echo "bench/run.sh: $name exited during the run; its stderr ends with:" >&2
+    tail -n 20 "$work/$name.err" >&2
+    exit 1
+  fi
   RSS[$name]=$(awk '/^VmHWM:/ {print int($2 / 1024)}' "/proc/${PID[$name]}/status")
 done
 

@@ -11,7 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_wasmtime=1
-if [ "${1:-}" = "--without-wasmtime" ]; then with_wasmtime=0; fi
+case "${1:-}" in
+  "") ;;
+  --without-wasmtime) with_wasmtime=0 ;;
+  *) echo "usage: bench/setup.sh [--without-wasmtime]" >&2; exit 2 ;;
+esac
 
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
