@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use keybust::capabilities::Capabilities;
 use keybust::endpoint::ENDPOINT_PATH;
-use keybust::limits::MAX_BODY_BYTES;
 use keybust_guest::policy::{self, BodyError, RequestHead};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,10 +36,7 @@ impl policy::Capabilities for NativeCaps<'_> {
     fn validate_session(&self, token: &str) -> Result<String, policy::SessionError> {
         self.runtime
             .block_on(self.caps.sessions.validate(token))
-            .map_err(|err| match err {
-                keybust::session::SessionError::Invalid => policy::SessionError::Invalid,
-                keybust::session::SessionError::Unverifiable => policy::SessionError::Unverifiable,
-            })
+            .map_err(Into::into)
     }
 
     fn convex_post(
@@ -48,25 +44,16 @@ impl policy::Capabilities for NativeCaps<'_> {
         path: &str,
         body: &[u8],
     ) -> Result<policy::ConvexResponse, policy::ConvexError> {
-        use keybust::convex::ConvexError as E;
         self.runtime
             .block_on(self.caps.convex.post(path, body.to_vec()))
-            .map(|answer| policy::ConvexResponse {
-                status: answer.status,
-                body: answer.body.to_vec(),
-            })
-            .map_err(|err| match err {
-                E::NotConfigured => policy::ConvexError::NotConfigured,
-                E::ForbiddenPath => policy::ConvexError::ForbiddenPath,
-                E::Timeout => policy::ConvexError::Timeout,
-                E::Transport => policy::ConvexError::Transport,
-            })
+            .map(Into::into)
+            .map_err(Into::into)
     }
 
     fn cache_delete(&self, key: &str) -> Result<(), policy::CacheError> {
         self.runtime
             .block_on(self.caps.cache.delete(key))
-            .map_err(|_| policy::CacheError::Unavailable)
+            .map_err(Into::into)
     }
 
     fn warn(&self, message: &str) {
@@ -140,7 +127,6 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    assert_eq!(MAX_BODY_BYTES, policy::MAX_BODY_BYTES);
     let caps = Arc::new(Capabilities::from_env()?);
     let addr = std::env::var("KEYBUST_LISTEN").unwrap_or_else(|_| "127.0.0.1:8787".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;

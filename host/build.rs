@@ -1,13 +1,24 @@
-//! Builds the endpoint component from `guest/` for `wasm32-wasip2`, so the
-//! `keybust` binary can embed it and `cargo build` needs nothing more.
+//! Embeds the endpoint component in the `keybust` binary: the one built
+//! from `guest/` for `wasm32-wasip2`, or a prebuilt one named by
+//! `KEYBUST_GUEST_WASM` (offline and container builds).
 
 use std::env;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const GUEST_TARGET: &str = "wasm32-wasip2";
+use std::path::PathBuf;
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=KEYBUST_GUEST_WASM");
+    if let Some(prebuilt) = env::var_os("KEYBUST_GUEST_WASM").filter(|path| !path.is_empty()) {
+        let prebuilt = PathBuf::from(prebuilt);
+        assert!(
+            prebuilt.is_file(),
+            "KEYBUST_GUEST_WASM names {}, which is not a file",
+            prebuilt.display()
+        );
+        println!("cargo:rerun-if-changed={}", prebuilt.display());
+        println!("cargo:rustc-env=KEYBUST_GUEST_WASM={}", prebuilt.display());
+        return;
+    }
+
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("host/ lives in the workspace");
     for input in [
@@ -19,79 +30,10 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
-
-    ensure_target_installed();
-
-    // A separate target directory: a nested cargo on the outer build's
+    // A target directory of its own: a nested cargo on the outer build's
     // directory would wait forever on the lock the outer build holds.
     let target_dir = root.join("target").join("guest");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "keybust-guest"])
-        .args(["--target", GUEST_TARGET])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // Settings meant for the host build (clippy's wrapper, host rustflags,
-    // coverage instrumentation) must not leak into the wasm build.
-    for var in [
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_LLVM_COV",
-        "LLVM_PROFILE_FILE",
-    ] {
-        build.env_remove(var);
-    }
-    let status = build
-        .status()
-        .expect("could not run cargo to build the guest component");
-    assert!(
-        status.success(),
-        "building the guest component (keybust-guest for {GUEST_TARGET}) failed"
-    );
-
-    let wasm = target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join("keybust_guest.wasm");
-    assert!(wasm.exists(), "{} was not produced", wasm.display());
+    let wasm = keybust_wasm_build::build_component(root, "keybust-guest", &target_dir)
+        .unwrap_or_else(|err| panic!("{err}"));
     println!("cargo:rustc-env=KEYBUST_GUEST_WASM={}", wasm.display());
-}
-
-/// Installs the wasm target through rustup when the toolchain lacks it, the
-/// way `rust-toolchain.toml` asks for it.
-fn ensure_target_installed() {
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let sysroot = Command::new(&rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    let installed = sysroot
-        .as_deref()
-        .map(|root| target_libdir(root).exists())
-        .unwrap_or(false);
-    if installed {
-        return;
-    }
-    let status = Command::new("rustup")
-        .args(["target", "add", GUEST_TARGET])
-        .status();
-    match status {
-        Ok(status) if status.success() => {}
-        _ => panic!(
-            "the {GUEST_TARGET} target is missing and `rustup target add {GUEST_TARGET}` failed; install it and build again"
-        ),
-    }
-}
-
-fn target_libdir(sysroot: &Path) -> PathBuf {
-    sysroot.join("lib").join("rustlib").join(GUEST_TARGET)
 }

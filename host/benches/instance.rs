@@ -9,11 +9,11 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use keybust::capabilities::Capabilities;
-use keybust::config::Settings;
+use keybust::capabilities::{Capabilities, Settings};
 use keybust::endpoint::ENDPOINT_PATH;
+use keybust::engine;
 use keybust::limits::Limits;
-use keybust::plugin::{self, EMBEDDED_COMPONENT};
+use keybust::plugin::EMBEDDED_COMPONENT;
 use keybust::slot::ComponentSlot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,11 +47,11 @@ fn preflight() -> hyper::Request<Empty<Bytes>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::from_lookup(|_| None)?;
+    let settings = Settings::default();
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     let limits = Arc::new(Limits::default());
-    let engine = plugin::new_engine(&limits)?;
-    let linker = plugin::new_linker(&engine)?;
+    let engine = engine::new_engine(&limits)?;
+    let linker = engine::new_linker(&engine)?;
     let slot = ComponentSlot::new(
         linker,
         None,
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let pre = plugin.proxy_pre();
     let mut instantiate = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
-        let mut store = plugin::new_store(pre.engine(), capabilities.clone(), &limits);
+        let mut store = keybust::store::new_store(pre.engine(), capabilities.clone(), &limits);
         let started = Instant::now();
         pre.instantiate_async(&mut store)
             .await

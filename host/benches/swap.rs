@@ -5,14 +5,14 @@
 //!
 //! Run: `cargo bench -p keybust-host --bench swap`
 
-#[path = "../../tests/support/variant.rs"]
+#[path = "../../tests/all/support/variant.rs"]
 mod variant;
 
 use keybust::artifacts::ArtifactCache;
-use keybust::capabilities::Capabilities;
-use keybust::config::Settings;
+use keybust::capabilities::{Capabilities, Settings};
+use keybust::engine;
 use keybust::limits::Limits;
-use keybust::plugin::{self, EMBEDDED_COMPONENT};
+use keybust::plugin::EMBEDDED_COMPONENT;
 use keybust::slot::ComponentSlot;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +40,11 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::from_lookup(|_| None)?;
+    let settings = Settings::default();
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     let limits = Limits::default();
-    let engine = plugin::new_engine(&limits)?;
-    let linker = plugin::new_linker(&engine)?;
+    let engine = engine::new_engine(&limits)?;
+    let linker = engine::new_linker(&engine)?;
     let dir = tempfile::tempdir()?;
     let artifacts = ArtifactCache::open(dir.path(), &engine)?;
     let slot = ComponentSlot::new(

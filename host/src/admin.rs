@@ -9,9 +9,9 @@
 //! | `PUT /admin/component` | swap in the body's component (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
 
+use crate::body::{ResponseBody, json_response};
 use crate::config::Secret;
 use crate::endpoint::Endpoint;
-use crate::plugin::json_response;
 use crate::slot::Version;
 use bytes::Bytes;
 use http::Method;
@@ -19,7 +19,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// The largest component the admin API accepts.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -29,7 +28,7 @@ pub async fn handle(
     endpoint: &Endpoint,
     admin_token: Option<&Secret>,
     request: hyper::Request<Incoming>,
-) -> hyper::Response<HyperOutgoingBody> {
+) -> hyper::Response<ResponseBody> {
     let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(200, r#"{"status":"ok"}"#),
@@ -99,11 +98,11 @@ pub async fn handle(
     }
 }
 
-fn error(status: u16, message: &str) -> hyper::Response<HyperOutgoingBody> {
+fn error(status: u16, message: &str) -> hyper::Response<ResponseBody> {
     json_response(status, json!({ "error": message }).to_string())
 }
 
-fn readiness(endpoint: &Endpoint) -> hyper::Response<HyperOutgoingBody> {
+fn readiness(endpoint: &Endpoint) -> hyper::Response<ResponseBody> {
     let reasons = endpoint.capabilities().unready_reasons();
     if reasons.is_empty() {
         json_response(200, r#"{"status":"ready"}"#)
@@ -127,7 +126,7 @@ fn component_json(
     endpoint: &Endpoint,
     status: u16,
     extra: Option<serde_json::Value>,
-) -> hyper::Response<HyperOutgoingBody> {
+) -> hyper::Response<ResponseBody> {
     let slot = endpoint.slot();
     let mut body = describe(&slot.current());
     body["previous_digest"] = match slot.previous() {
@@ -152,7 +151,7 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn response(self) -> hyper::Response<HyperOutgoingBody> {
+    fn response(self) -> hyper::Response<ResponseBody> {
         match self {
             Refusal::Disabled => error(
                 403,

@@ -8,7 +8,7 @@
 //! is rebuilt. The directory is created owner-only: whoever can write to it
 //! can make keybust run their code.
 
-use crate::plugin::hex_digest;
+use sha2::{Digest, Sha256};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
@@ -119,6 +119,18 @@ fn store(artifact: &Path, checksum: &Path, compiled: &[u8]) -> std::io::Result<(
     std::fs::rename(&tmp, checksum)
 }
 
+/// Lower-case hex SHA-256 of `bytes`: how components are named everywhere
+/// (the admin API, metrics, logs, and the entries of this cache).
+pub fn hex_digest(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
 /// The default cache directory: `$XDG_CACHE_HOME/keybust` or its platform equivalent.
 pub fn default_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|dir| dir.join("keybust"))
@@ -127,7 +139,10 @@ pub fn default_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::EMBEDDED_COMPONENT;
+
+    /// The component the host embeds (the same bytes as
+    /// `plugin::EMBEDDED_COMPONENT`).
+    static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("KEYBUST_GUEST_WASM"));
 
     fn setup() -> (tempfile::TempDir, Engine, ArtifactCache, String) {
         let dir = tempfile::tempdir().unwrap();

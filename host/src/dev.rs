@@ -5,7 +5,13 @@
 //! Clerk-style issuer publishing the JWKS of a signing key generated at
 //! start. The cache is the embedded store.
 
-use crate::config::Settings;
+use crate::capabilities::Settings;
+use crate::capabilities::convex::ConvexSettings;
+use crate::capabilities::session::ClerkSettings;
+use crate::config::Secret;
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
+use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -14,9 +20,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::traits::PublicKeyParts;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,22 +43,24 @@ pub struct DevEnvironment {
 
 /// Starts the stand-ins on loopback and returns settings that use them.
 pub async fn start() -> anyhow::Result<DevEnvironment> {
-    let secret = random_hex(16);
-    let key_hash = random_hex(32);
+    let secret = random_hex(16)?;
+    let key_hash = random_hex(32)?;
     let convex_addr = spawn_server(convex_stand_in(secret.clone(), key_hash.clone())).await?;
 
-    let signing_key =
-        tokio::task::spawn_blocking(|| rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048))
-            .await??;
-    let kid = format!("dev-{}", random_hex(4));
+    // Generating an RSA key takes a moment of CPU: keep it off the runtime.
+    let signing_key = tokio::task::spawn_blocking(|| KeyPair::generate(KeySize::Rsa2048))
+        .await?
+        .map_err(|_| anyhow::anyhow!("cannot generate the dev signing key"))?;
+    let public = PublicKeyComponents::<Vec<u8>>::from(signing_key.public_key());
+    let kid = format!("dev-{}", random_hex(4)?);
     let jwks = serde_json::json!({
         "keys": [{
             "kty": "RSA",
             "use": "sig",
             "alg": "RS256",
             "kid": kid,
-            "n": URL_SAFE_NO_PAD.encode(signing_key.n().to_bytes_be()),
-            "e": URL_SAFE_NO_PAD.encode(signing_key.e().to_bytes_be()),
+            "n": URL_SAFE_NO_PAD.encode(&public.n),
+            "e": URL_SAFE_NO_PAD.encode(&public.e),
         }]
     })
     .to_string();
@@ -72,19 +77,27 @@ pub async fn start() -> anyhow::Result<DevEnvironment> {
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(kid);
-    let der = signing_key.to_pkcs1_der()?;
+    let pkcs8 = signing_key
+        .as_der()
+        .map_err(|_| anyhow::anyhow!("cannot encode the dev signing key"))?;
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref()));
     let token = jsonwebtoken::encode(
         &header,
         &claims,
-        &jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())?,
     )?;
 
-    let vars = HashMap::from([
-        ("CONVEX_SITE_URL", format!("http://{convex_addr}")),
-        ("CONVEX_SERVER_SHARED_SECRET", secret),
-        ("CLERK_JWT_ISSUER_DOMAIN", issuer),
-    ]);
-    let settings = Settings::from_lookup(|name| vars.get(name).cloned())?;
+    let settings = Settings {
+        convex: ConvexSettings {
+            site_url: Some(format!("http://{convex_addr}")),
+            shared_secret: Some(Secret::new(secret)),
+        },
+        clerk: ClerkSettings {
+            issuer: Some(issuer),
+            ..ClerkSettings::default()
+        },
+        ..Settings::default()
+    };
     Ok(DevEnvironment {
         settings,
         token,
@@ -171,9 +184,9 @@ async fn spawn_server(handler: Handler) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
+/// `bytes` random bytes from the operating system, as lower-case hex.
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -4,16 +4,17 @@
 //! component, then hand it `hyper::Request`s.
 
 use crate::artifacts::ArtifactCache;
+use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
+use crate::engine::{self, EngineError};
 use crate::limits::Limits;
-use crate::plugin::{self, EngineError, LoadError, json_response};
+use crate::plugin::{self, LoadError};
 use crate::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// The only path the component serves.
 pub const ENDPOINT_PATH: &str = "/api/invalidate-user-api-key-cache";
@@ -55,6 +56,14 @@ pub enum EndpointError {
 /// around it (routing, request ids, the access log, metrics).
 pub struct Endpoint {
     slot: ComponentSlot,
+    /// Admission: one permit per request that may run a guest at once
+    /// (`--max-concurrent-requests`, kept below the instance pool so a
+    /// pooling slot is always free for an admitted request). A request
+    /// waits for a permit at most `--queue-timeout`, then gets 503 with
+    /// `Retry-After`: under overload clients get a fast, retryable answer
+    /// instead of a queue that grows without bound. The permit is held
+    /// for as long as the request's guest runs and released when it is
+    /// dropped; the semaphore is fair, so waiters are admitted in order.
     admission: tokio::sync::Semaphore,
 }
 
@@ -78,7 +87,7 @@ impl Endpoint {
     /// Answers one request: the endpoint's path goes to the component, any
     /// other path gets 404 from the host. Every answer carries `x-request-id`
     /// (the client's, or a new one) and gets one access-log line.
-    pub async fn route<B>(&self, request: hyper::Request<B>) -> hyper::Response<HyperOutgoingBody>
+    pub async fn route<B>(&self, request: hyper::Request<B>) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -123,7 +132,7 @@ impl Endpoint {
         &self,
         version: &Version,
         request: hyper::Request<B>,
-    ) -> hyper::Response<HyperOutgoingBody>
+    ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -158,7 +167,12 @@ fn is_usable_request_id(value: &[u8]) -> bool {
 fn new_request_id() -> http::HeaderValue {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(rand::random);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // A failed fill leaves a zero prefix: ids stay unique within the process.
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        u32::from_ne_bytes(bytes)
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     http::HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}"))
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
@@ -199,7 +213,7 @@ impl Endpoint {
         source: String,
         config: &EndpointConfig,
     ) -> Result<Self, EndpointError> {
-        let engine = plugin::new_engine(&config.limits)?;
+        let engine = engine::new_engine(&config.limits)?;
         let artifacts = config.cache_dir.as_deref().and_then(|dir| match ArtifactCache::open(dir, &engine) {
             Ok(cache) => Some(cache),
             Err(err) => {
@@ -207,7 +221,7 @@ impl Endpoint {
                 None
             }
         });
-        let linker = plugin::new_linker(&engine)?;
+        let linker = engine::new_linker(&engine)?;
         let limits = Arc::new(config.limits.clone());
         let slot = ComponentSlot::new(
             linker,
@@ -223,5 +237,14 @@ impl Endpoint {
             error,
         })?;
         Ok(Endpoint::new(slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host routes this path to the guest; the guest's policy names it too.
+    #[test]
+    fn the_path_is_the_guests() {
+        assert_eq!(super::ENDPOINT_PATH, keybust_guest::policy::ENDPOINT_PATH);
     }
 }

@@ -11,8 +11,9 @@
 //!   implements them on the host, where the secrets live; the guest gets no
 //!   environment, no files and no sockets.
 //! * **Plugin** — [`plugin::Plugin`] is a component compiled once and
-//!   pre-instantiated against our [`wasmtime::component::Linker`]; every
-//!   request runs in a fresh `Store` from the pooling allocator.
+//!   pre-instantiated against the [`wasmtime::component::Linker`] that
+//!   [`engine::new_linker`] builds; every request runs in a fresh `Store`
+//!   ([`store::new_store`]) from the pooling allocator.
 //! * **Slot** — [`slot::ComponentSlot`] holds the serving version behind an
 //!   atomic pointer; a new one (admin API, file change, SIGHUP) is compiled,
 //!   checked and instantiated once before it replaces the old one, and
@@ -75,23 +76,34 @@
 //! # }
 //! ```
 //!
-//! The contract those imports implement is documented in `wit/README.md`.
+//! The contract those imports implement is documented in `wit/README.md`;
+//! the endpoint's own rules, in `docs/contract.md`.
 
 #![deny(missing_docs)]
 
-pub mod admin;
-pub mod artifacts;
-pub mod cache;
-pub mod capabilities;
+// The contract: settings shared by every capability, and the bounds.
 pub mod config;
-pub mod convex;
-pub mod dev;
-pub mod endpoint;
+pub mod deadlines;
 pub mod limits;
-pub mod metrics;
-pub mod origins;
+
+// What the component may ask of its host.
+pub mod capabilities;
+
+// The component's lifecycle: compiled and linked once, a fresh store per
+// request, swapped in place.
+pub mod artifacts;
+pub mod engine;
 pub mod plugin;
 pub mod reload;
-pub mod server;
-pub mod session;
 pub mod slot;
+pub mod store;
+
+// Serving.
+pub mod admin;
+pub mod body;
+pub mod endpoint;
+pub mod metrics;
+pub mod server;
+
+// `keybust dev`: the whole flow on one machine.
+pub mod dev;

@@ -4,7 +4,12 @@
 //! strangers: a bad build or a hostile client must cost a bounded amount of
 //! memory, CPU and time, and never take the host down.
 
+use crate::config::parse_duration;
 use std::time::Duration;
+
+/// Instances that may be alive at once; the pooling allocator reserves this
+/// many slots, and admitted requests stay below it.
+pub const MAX_INSTANCES: u32 = 1000;
 
 /// How often the engine's epoch advances; the granularity of the guest's CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -33,11 +38,6 @@ pub struct Limits {
     pub max_field_bytes: usize,
 }
 
-/// The request body bound (SPEC §1 row 15). The guest answers 413 past it
-/// (`guest/src/policy.rs`); the host passes it at most one byte more, so
-/// nothing past the bound is ever buffered.
-pub const MAX_BODY_BYTES: usize = 64 << 10;
-
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -58,5 +58,90 @@ impl Limits {
     /// Epoch ticks of guest execution per request.
     pub fn guest_ticks(&self) -> u64 {
         (self.guest_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// The bounds, as flags with environment twins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Linear memory one guest instance may use, in bytes; past it the guest traps (500).
+    #[arg(long, env = "KEYBUST_MAX_INSTANCE_MEMORY", default_value_t = Limits::default().max_instance_memory)]
+    pub max_instance_memory: usize,
+
+    /// Guest execution time per request (host calls excluded); past it, 504 (e.g. 1s, 250ms).
+    #[arg(long, env = "KEYBUST_GUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub guest_timeout: Duration,
+
+    /// Wall-clock bound on one request, host calls included; past it, 504.
+    #[arg(long, env = "KEYBUST_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Requests handled at once; more wait up to --queue-timeout, then get 503 + Retry-After.
+    #[arg(long, env = "KEYBUST_MAX_CONCURRENT_REQUESTS", default_value_t = Limits::default().max_concurrent_requests)]
+    pub max_concurrent_requests: usize,
+
+    /// How long a request waits for a free slot.
+    #[arg(long, env = "KEYBUST_QUEUE_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
+
+    /// Open client connections; further ones wait in the listen backlog.
+    #[arg(long, env = "KEYBUST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send its request head (against slowloris).
+    #[arg(long, env = "KEYBUST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
+    #[arg(long, env = "KEYBUST_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+}
+
+/// A bound that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// `--max-concurrent-requests` is 0, or not below the instance pool.
+    #[error("--max-concurrent-requests must be between 1 and {}", MAX_INSTANCES - 1)]
+    Concurrency,
+    /// `--max-connections` is 0.
+    #[error("--max-connections must be at least 1")]
+    Connections,
+}
+
+impl LimitArgs {
+    /// The bounds these settings ask for. Admitted requests must stay below
+    /// the instance pool, so an admitted request always finds a slot.
+    pub fn limits(&self) -> Result<Limits, LimitError> {
+        if self.max_concurrent_requests == 0
+            || self.max_concurrent_requests >= MAX_INSTANCES as usize
+        {
+            return Err(LimitError::Concurrency);
+        }
+        if self.max_connections == 0 {
+            return Err(LimitError::Connections);
+        }
+        Ok(Limits {
+            max_instance_memory: self.max_instance_memory,
+            guest_timeout: self.guest_timeout,
+            request_timeout: self.request_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            queue_timeout: self.queue_timeout,
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_timeout,
+            max_header_bytes: self.max_header_bytes,
+            ..Limits::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_lookup;
+
+    #[test]
+    fn flags_default_to_the_documented_values() {
+        let args = parse_lookup::<LimitArgs>(|_| None).unwrap();
+        assert_eq!(args.limits().unwrap(), Limits::default());
     }
 }

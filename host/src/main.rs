@@ -3,10 +3,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use keybust::artifacts;
-use keybust::capabilities::Capabilities;
-use keybust::config::Secret;
+use keybust::capabilities::{Capabilities, SettingsArgs};
+use keybust::config::{Secret, parse_duration};
 use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
-use keybust::limits::Limits;
+use keybust::limits::{LimitArgs, Limits};
 use keybust::plugin;
 use keybust::server;
 use std::net::SocketAddr;
@@ -42,8 +42,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the endpoint, configured from the environment (CONVEX_*, CLERK_*, REDIS_URL, ...).
-    Serve(ServeArgs),
+    /// Serve the endpoint; every setting below also reads its environment twin.
+    Serve(Box<ServeArgs>),
     /// Run the whole flow locally: embedded cache, stand-ins for Convex and the
     /// token issuer, and a ready-to-paste curl that gets a 200.
     Dev(DevArgs),
@@ -70,6 +70,9 @@ struct ServeArgs {
 
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 #[derive(clap::Args)]
@@ -90,74 +93,18 @@ struct CommonArgs {
     cache_dir: Option<PathBuf>,
 
     /// Time in-flight requests get to finish after SIGTERM or ctrl-c (e.g. 30s).
-    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
 
-    /// Linear memory one guest instance may use, in bytes; past it the guest traps (500).
-    #[arg(long, env = "KEYBUST_MAX_INSTANCE_MEMORY", default_value_t = Limits::default().max_instance_memory)]
-    max_instance_memory: usize,
-
-    /// Guest execution time per request (host calls excluded); past it, 504 (e.g. 1s, 250ms).
-    #[arg(long, env = "KEYBUST_GUEST_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    guest_timeout: Duration,
-
-    /// Wall-clock bound on one request, host calls included; past it, 504.
-    #[arg(long, env = "KEYBUST_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
-    request_timeout: Duration,
-
-    /// Requests handled at once; more wait up to --queue-timeout, then get 503 + Retry-After.
-    #[arg(long, env = "KEYBUST_MAX_CONCURRENT_REQUESTS", default_value_t = Limits::default().max_concurrent_requests, value_parser = clap::value_parser!(usize))]
-    max_concurrent_requests: usize,
-
-    /// How long a request waits for a free slot.
-    #[arg(long, env = "KEYBUST_QUEUE_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
-    queue_timeout: Duration,
-
-    /// Open client connections; further ones wait in the listen backlog.
-    #[arg(long, env = "KEYBUST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
-    max_connections: usize,
-
-    /// How long a client may take to send its request head (against slowloris).
-    #[arg(long, env = "KEYBUST_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    header_timeout: Duration,
-
-    /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
-    #[arg(long, env = "KEYBUST_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
-    max_header_bytes: usize,
+    #[command(flatten, next_help_heading = "Limits")]
+    limits: LimitArgs,
 }
 
 impl CommonArgs {
-    fn limits(&self) -> anyhow::Result<Limits> {
-        anyhow::ensure!(
-            self.max_concurrent_requests > 0,
-            "--max-concurrent-requests must be at least 1"
-        );
-        anyhow::ensure!(
-            self.max_concurrent_requests < plugin::MAX_INSTANCES as usize,
-            "--max-concurrent-requests must stay below {} (the instance pool)",
-            plugin::MAX_INSTANCES
-        );
-        anyhow::ensure!(
-            self.max_connections > 0,
-            "--max-connections must be at least 1"
-        );
-        Ok(Limits {
-            max_instance_memory: self.max_instance_memory,
-            guest_timeout: self.guest_timeout,
-            request_timeout: self.request_timeout,
-            max_concurrent_requests: self.max_concurrent_requests,
-            queue_timeout: self.queue_timeout,
-            max_connections: self.max_connections,
-            header_read_timeout: self.header_timeout,
-            max_header_bytes: self.max_header_bytes,
-            ..Limits::default()
-        })
-    }
-
     fn endpoint_config(&self) -> anyhow::Result<EndpointConfig> {
         Ok(EndpointConfig {
             cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
-            limits: self.limits()?,
+            limits: self.limits.limits()?,
         })
     }
 }
@@ -176,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = new_runtime(cli.worker_threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Dev(args) => dev(args).await,
         }
     })
@@ -238,7 +185,8 @@ async fn new_endpoint(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let capabilities = Arc::new(Capabilities::from_env().context("invalid configuration")?);
+    let settings = args.settings.settings().context("invalid configuration")?;
+    let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     let endpoint =
         Arc::new(new_endpoint(capabilities, args.component.as_ref(), &args.common).await?);
     for reason in endpoint.capabilities().unready_reasons() {

@@ -47,7 +47,7 @@ pub async fn reload(endpoint: &Endpoint, path: &Path) -> Result<bool, ReloadErro
             path: shown.clone(),
             source,
         })?;
-    if crate::plugin::hex_digest(&bytes) == endpoint.slot().current().digest() {
+    if crate::artifacts::hex_digest(&bytes) == endpoint.slot().current().digest() {
         return Ok(false);
     }
     endpoint

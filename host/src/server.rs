@@ -2,6 +2,7 @@
 //! graceful stop. What a request gets is decided by the handler given to
 //! [`serve`]: [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`].
 
+use crate::body::ResponseBody;
 use crate::limits::Limits;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -14,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests.
@@ -26,7 +26,7 @@ pub async fn serve<F, Fut>(
     limits: Limits,
 ) where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = hyper::Response<HyperOutgoingBody>> + Send + 'static,
+    Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

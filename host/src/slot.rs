@@ -12,7 +12,8 @@
 use crate::artifacts::{ArtifactCache, Origin};
 use crate::capabilities::Capabilities;
 use crate::limits::Limits;
-use crate::plugin::{LoadError, Plugin, RequestState};
+use crate::plugin::{LoadError, Plugin};
+use crate::store::RequestState;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -59,8 +60,20 @@ pub struct ComponentSlot {
     artifacts: Option<ArtifactCache>,
     capabilities: Arc<Capabilities>,
     limits: Arc<Limits>,
+    /// What new requests run on. Readers never block: a request loads the
+    /// pointer once (a reference count, no lock) and keeps its `Arc` to the
+    /// end, so a swap never waits for requests and never cuts one short.
     current: ArcSwap<Version>,
+    /// The version a rollback returns to: whatever `current` held before
+    /// the last swap. Keeping it alive keeps its compiled code in memory,
+    /// so a rollback is a pointer swap. A `std` mutex: it is held only for
+    /// a read or a replace, never across an `.await`.
     previous: Mutex<Option<Arc<Version>>>,
+    /// One swap or rollback at a time, from any source (admin API, file
+    /// watch, SIGHUP). Held across compilation, so two swaps cannot race
+    /// and each one's "previous" is the version it really replaced. An
+    /// async mutex, because it is held across the compile's `.await`;
+    /// requests never take it.
     swapping: tokio::sync::Mutex<()>,
 }
 
@@ -191,7 +204,9 @@ async fn prepare(
         Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes, limits)
     })
     .await
-    .map_err(|err| LoadError::Compile(format!("compilation did not finish: {err}")))??;
+    .map_err(|err| {
+        LoadError::Compile(wasmtime::Error::from(err).context("compilation did not finish"))
+    })??;
     plugin.probe(capabilities.clone()).await?;
     Ok((
         Version {

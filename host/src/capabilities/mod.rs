@@ -1,16 +1,27 @@
 //! The host side of the `keybust:gateway` imports, and how to add them to a
 //! wasmtime [`Linker`].
 //!
-//! [`Capabilities`] bundles one backend per WIT interface. It is built once
-//! per process and shared by every request; the guest reaches it only
-//! through the four imported interfaces, so no secret crosses into the guest.
+//! One module per WIT interface, each with its settings and backends:
+//! [`convex`], [`session`], [`cache`] and [`origins`]. [`Capabilities`]
+//! bundles them. It is built once per process and shared by every request;
+//! the guest reaches it only through the four imported interfaces, so no
+//! secret crosses into the guest.
 
-use crate::cache::{Cache, CacheError};
-use crate::config::{ConfigError, Settings};
-use crate::convex::{ConvexClient, ConvexError};
+pub mod cache;
+pub mod convex;
+pub mod origins;
+pub mod session;
+mod settings;
+
+pub use self::settings::{Settings, SettingsArgs};
+
+use self::cache::{Cache, CacheError};
+use self::convex::ConvexClient;
+use self::origins::{InvalidOriginPattern, OriginPolicy};
+use self::session::{SessionError, SessionVerifier};
+use crate::config::ConfigError;
+use crate::deadlines::Deadlines;
 use crate::metrics::Metrics;
-use crate::origins::{InvalidOriginPattern, OriginPolicy};
-use crate::session::{SessionError, SessionVerifier};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker};
@@ -25,7 +36,9 @@ pub mod bindings {
     });
 }
 
-use bindings::keybust::gateway::{cache as wit_cache, convex as wit_convex, origins, session};
+use bindings::keybust::gateway::{
+    cache as wit_cache, convex as wit_convex, origins as wit_origins, session as wit_session,
+};
 
 /// Why the capabilities could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -59,25 +72,27 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Builds the capabilities from the process environment (SPEC's variable names).
+    /// Builds the capabilities from the process environment, under the
+    /// variable names `keybust serve --help` lists.
     pub fn from_env() -> Result<Self, SetupError> {
         Self::from_settings(&Settings::from_env()?)
     }
 
     /// Builds the capabilities from explicit settings.
     pub fn from_settings(settings: &Settings) -> Result<Self, SetupError> {
-        let http = outbound_client()?;
+        let deadlines = &settings.deadlines;
+        let http = outbound_client(deadlines)?;
         Ok(Capabilities {
-            convex: ConvexClient::new(&settings.convex, http.clone()),
-            cache: Cache::from_settings(&settings.cache, http.clone())?,
-            sessions: SessionVerifier::new(&settings.clerk, http),
+            convex: ConvexClient::new(&settings.convex, deadlines, http.clone()),
+            cache: Cache::from_settings(&settings.cache, deadlines, http.clone())?,
+            sessions: SessionVerifier::new(&settings.clerk, deadlines, http),
             origins: OriginPolicy::new(&settings.origins)?,
             metrics: Arc::new(Metrics::new()),
         })
     }
 
     /// Replaces the cache, for embedders with a backend of their own
-    /// (any [`crate::cache::CacheBackend`], wrapped with [`Cache::new`]).
+    /// (any [`cache::CacheBackend`], wrapped with [`Cache::new`]).
     pub fn with_cache(mut self, cache: Cache) -> Self {
         self.cache = cache;
         self
@@ -97,13 +112,26 @@ impl Capabilities {
 }
 
 /// One pooled, keep-alive HTTP client for Convex, the JWKS and Upstash.
-fn outbound_client() -> Result<reqwest::Client, reqwest::Error> {
+fn outbound_client(deadlines: &Deadlines) -> Result<reqwest::Client, reqwest::Error> {
+    use_aws_lc_for_tls();
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
+        .connect_timeout(deadlines.connect)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
+}
+
+/// Every TLS client keybust opens (reqwest for Convex, the JWKS and
+/// Upstash; redis-rs for `rediss://`) takes rustls's process-wide crypto
+/// provider. keybust uses aws-lc-rs, the library it already verifies tokens
+/// with; when the embedding process has installed a provider of its own,
+/// that one is kept.
+pub(crate) fn use_aws_lc_for_tls() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another thread installing one is as good.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
 }
 
 /// Gives the linker access to [`Capabilities`] from an embedder's store data,
@@ -138,16 +166,7 @@ impl wit_convex::Host for &Capabilities {
         let result = self.convex.post(&path, body).await;
         let ok = matches!(&result, Ok(response) if (200..300).contains(&response.status));
         self.metrics.capability("convex", ok, started.elapsed());
-        match result {
-            Ok(response) => Ok(wit_convex::ConvexResponse {
-                status: response.status,
-                body: response.body.into(),
-            }),
-            Err(ConvexError::NotConfigured) => Err(wit_convex::ConvexError::NotConfigured),
-            Err(ConvexError::ForbiddenPath) => Err(wit_convex::ConvexError::ForbiddenPath),
-            Err(ConvexError::Timeout) => Err(wit_convex::ConvexError::Timeout),
-            Err(ConvexError::Transport) => Err(wit_convex::ConvexError::Transport),
-        }
+        result.map(Into::into).map_err(Into::into)
     }
 }
 
@@ -157,28 +176,22 @@ impl wit_cache::Host for &Capabilities {
         let result = self.cache.delete(&key).await;
         self.metrics
             .capability("cache", result.is_ok(), started.elapsed());
-        result.map_err(|err| match err {
-            CacheError::Timeout(_) => wit_cache::CacheError::Timeout,
-            CacheError::Unavailable(_) => wit_cache::CacheError::Unavailable,
-        })
+        result.map_err(Into::into)
     }
 }
 
-impl session::Host for &Capabilities {
-    async fn validate(&mut self, token: String) -> Result<String, session::SessionError> {
+impl wit_session::Host for &Capabilities {
+    async fn validate(&mut self, token: String) -> Result<String, wit_session::SessionError> {
         let started = Instant::now();
         let result = self.sessions.validate(&token).await;
         // An invalid token is the capability working; only "cannot verify" is a fault.
         let ok = result != Err(SessionError::Unverifiable);
         self.metrics.capability("session", ok, started.elapsed());
-        result.map_err(|err| match err {
-            SessionError::Invalid => session::SessionError::Invalid,
-            SessionError::Unverifiable => session::SessionError::Unverifiable,
-        })
+        result.map_err(Into::into)
     }
 }
 
-impl origins::Host for &Capabilities {
+impl wit_origins::Host for &Capabilities {
     async fn is_allowed(&mut self, origin: String) -> bool {
         let started = Instant::now();
         let allowed = self.origins.is_allowed(&origin);

@@ -1,18 +1,15 @@
 //! The example gateway in `examples/gateway.rs` builds, serves its own
 //! routes, and serves keybust at the endpoint's path.
 
-mod support;
-
-#[path = "../examples/gateway.rs"]
+#[path = "../../examples/gateway.rs"]
 #[allow(dead_code, reason = "the example's main is not used here")]
 mod gateway;
 
-use keybust::capabilities::Capabilities;
-use keybust::config::Settings;
+use crate::support::{self, FakeConvex, Issuer, hashes};
+use keybust::capabilities::{Capabilities, Settings};
 use keybust::endpoint::Endpoint;
 use serde_json::json;
 use std::sync::Arc;
-use support::{FakeConvex, Issuer, hashes};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_gateway_mounts_keybust_beside_its_own_routes() {
@@ -35,6 +32,7 @@ async fn example_gateway_mounts_keybust_beside_its_own_routes() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(gateway::serve(listener, endpoint));
 
+    support::use_aws_lc_for_tls();
     let client = reqwest::Client::new();
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);

@@ -1,31 +1,81 @@
 //! The `session` capability: Clerk session tokens, verified against the
-//! issuer's JWKS.
+//! issuer's JWKS (contract, "Session tokens").
 //!
 //! Keys are fetched once, kept parsed, and fetched again only when a token
 //! names a key id we do not have, at most once per cooldown: a flood of
 //! tokens with made-up key ids costs one JWKS request, not one per token.
 //! When the issuer is unreachable, keys already fetched keep working.
 
-use crate::config::ClerkSettings;
+use super::bindings::keybust::gateway::session as wit;
+use crate::config::{ConfigError, non_empty, split_list};
+use crate::deadlines::Deadlines;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Clock skew tolerated on `exp` and `nbf`.
+/// Clock skew tolerated on `exp` and `nbf` (contract rule S6).
 pub const CLOCK_TOLERANCE_SECS: u64 = 5;
 
-/// The least time between two JWKS fetches caused by unknown key ids.
-pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
+/// The `aud` every deployment accepts, besides the configured ones.
+pub const DEFAULT_AUDIENCE: &str = "convex";
 
-/// The least time between two JWKS fetches after one failed.
-pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// Who issues session tokens and for whom.
+#[derive(Debug, Clone)]
+pub struct ClerkSettings {
+    /// `CLERK_JWT_ISSUER_DOMAIN`, without a trailing slash; unset: every
+    /// token is refused as unverifiable.
+    pub issuer: Option<String>,
+    /// The `aud` values accepted: always [`DEFAULT_AUDIENCE`], plus
+    /// `CLERK_JWT_AUDIENCE` and `CLERK_PUBLISHABLE_KEY`. A token without
+    /// `aud` is accepted.
+    pub audiences: Vec<String>,
+}
 
-/// How long one JWKS fetch may take.
-pub const JWKS_TIMEOUT: Duration = Duration::from_secs(3);
+impl Default for ClerkSettings {
+    /// No issuer; the default audience only.
+    fn default() -> Self {
+        ClerkSettings {
+            issuer: None,
+            audiences: vec![DEFAULT_AUDIENCE.to_owned()],
+        }
+    }
+}
+
+/// The session-token settings, as flags with environment twins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClerkArgs {
+    /// Token issuer, e.g. https://clerk.example.com; keys come from
+    /// {issuer}/.well-known/jwks.json. Unset: every token is refused (401).
+    #[arg(long, env = "CLERK_JWT_ISSUER_DOMAIN")]
+    pub clerk_jwt_issuer_domain: Option<String>,
+
+    /// Comma-separated `aud` values accepted besides `convex`.
+    #[arg(long, env = "CLERK_JWT_AUDIENCE")]
+    pub clerk_jwt_audience: Option<String>,
+
+    /// Comma-separated `aud` values accepted besides `convex` (Clerk's publishable keys).
+    #[arg(long, env = "CLERK_PUBLISHABLE_KEY")]
+    pub clerk_publishable_key: Option<String>,
+}
+
+impl ClerkArgs {
+    /// The configured audiences are added to `convex`.
+    pub fn settings(&self) -> Result<ClerkSettings, ConfigError> {
+        let mut settings = ClerkSettings {
+            issuer: non_empty(self.clerk_jwt_issuer_domain.clone())
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            ..ClerkSettings::default()
+        };
+        for list in [&self.clerk_jwt_audience, &self.clerk_publishable_key] {
+            settings.audiences.extend(split_list(list.as_deref()));
+        }
+        Ok(settings)
+    }
+}
 
 /// Why a token yielded no user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +88,8 @@ pub enum SessionError {
     Unverifiable,
 }
 
+/// The issuer's keys, parsed, and when they were last fetched (and
+/// whether that fetch worked).
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, Arc<DecodingKey>>,
@@ -49,7 +101,17 @@ pub struct SessionVerifier {
     issuer: Option<String>,
     validation: Validation,
     http: reqwest::Client,
+    deadlines: Deadlines,
+    /// The keys every request reads. A `std` read-write lock: it is only
+    /// ever held for a map lookup or a swap of the whole map, never across
+    /// an `.await`, so readers never wait on the network.
     cache: RwLock<KeyCache>,
+    /// Single flight for refetches. A request whose `kid` is not in
+    /// `cache` takes this lock, looks again (a request ahead of it may
+    /// have fetched the key meanwhile), and only then fetches, if the
+    /// cooldown allows. So a burst of tokens with an unknown `kid` causes
+    /// at most one JWKS request per cooldown, the rest wait behind it and
+    /// read its result; requests with known keys never touch this lock.
     refetch: tokio::sync::Mutex<()>,
 }
 
@@ -62,7 +124,8 @@ struct Claims {
 
 impl SessionVerifier {
     /// Builds a verifier; no network traffic happens until the first token.
-    pub fn new(settings: &ClerkSettings, http: reqwest::Client) -> Self {
+    /// `deadlines` bounds each JWKS fetch and spaces refetches.
+    pub fn new(settings: &ClerkSettings, deadlines: &Deadlines, http: reqwest::Client) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = CLOCK_TOLERANCE_SECS;
         validation.validate_exp = true;
@@ -76,6 +139,7 @@ impl SessionVerifier {
             issuer: settings.issuer.clone(),
             validation,
             http,
+            deadlines: deadlines.clone(),
             cache: RwLock::default(),
             refetch: tokio::sync::Mutex::new(()),
         }
@@ -138,8 +202,8 @@ impl SessionVerifier {
             .last_fetch;
         let may_fetch = match last_fetch {
             None => true,
-            Some((at, true)) => at.elapsed() >= REFETCH_COOLDOWN,
-            Some((at, false)) => at.elapsed() >= RETRY_AFTER_FAILURE,
+            Some((at, true)) => at.elapsed() >= self.deadlines.jwks_refetch_cooldown,
+            Some((at, false)) => at.elapsed() >= self.deadlines.jwks_retry_after_failure,
         };
         if may_fetch {
             let fetched = self.fetch_keys(issuer).await;
@@ -190,7 +254,7 @@ impl SessionVerifier {
                 .await
                 .map_err(|err| format!("not a JWKS: {}", err.without_url()))
         };
-        let set = tokio::time::timeout(JWKS_TIMEOUT, fetch)
+        let set = tokio::time::timeout(self.deadlines.jwks, fetch)
             .await
             .map_err(|_| "timed out".to_owned())??;
         let keys: HashMap<_, _> = set
@@ -206,5 +270,25 @@ impl SessionVerifier {
             return Err("the JWKS holds no usable key".into());
         }
         Ok(keys)
+    }
+}
+
+impl From<SessionError> for wit::SessionError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::Invalid => wit::SessionError::Invalid,
+            SessionError::Unverifiable => wit::SessionError::Unverifiable,
+        }
+    }
+}
+
+#[cfg(feature = "native-policy")]
+impl From<SessionError> for keybust_guest::policy::SessionError {
+    fn from(err: SessionError) -> Self {
+        use keybust_guest::policy::SessionError as Policy;
+        match err {
+            SessionError::Invalid => Policy::Invalid,
+            SessionError::Unverifiable => Policy::Unverifiable,
+        }
     }
 }

@@ -1,14 +1,13 @@
-//! SPEC §2: which Clerk session tokens get through, over real HTTP against
-//! the `keybust` binary and a test-owned JWKS issuer, once per cache backend.
+//! docs/contract.md, Session tokens: which Clerk session tokens get
+//! through, over real HTTP against keybust served in process and a
+//! test-owned JWKS issuer. The rules do not depend on the cache, so they run
+//! on the embedded one.
 
-#[macro_use]
-mod support;
-
+use crate::support::{Backend, Options, Stack, now, primary_key, sign, stranger_key};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
-use support::{Backend, Options, Stack, now, primary_key, sign, stranger_key};
 
 fn with(mut claims: Value, changes: Value) -> Value {
     for (name, value) in changes.as_object().unwrap() {
@@ -25,13 +24,26 @@ fn b64(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
-async fn valid_token_passes(backend: Backend) {
-    let stack = Stack::start(backend).await;
+/// keybust in process, with the settings `options` adds.
+async fn start(options: Options) -> Stack {
+    let options = Options {
+        in_process: true,
+        ..options
+    };
+    Stack::with(Backend::Embedded, options).await
+}
+
+// Rules S1 to S8, all met
+#[tokio::test]
+async fn valid_token_passes() {
+    let stack = start(Options::default()).await;
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
 }
 
-async fn expiry_has_five_seconds_of_tolerance(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S6
+#[tokio::test]
+async fn expiry_has_five_seconds_of_tolerance() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     let expired = sign(
         &with(claims.clone(), json!({ "exp": now() - 30 })),
@@ -47,8 +59,10 @@ async fn expiry_has_five_seconds_of_tolerance(backend: Backend) {
     assert_eq!(stack.status_with_token(&beyond).await, 401);
 }
 
-async fn not_before_has_five_seconds_of_tolerance(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S6
+#[tokio::test]
+async fn not_before_has_five_seconds_of_tolerance() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     let future = sign(
         &with(claims.clone(), json!({ "nbf": now() + 60 })),
@@ -64,8 +78,10 @@ async fn not_before_has_five_seconds_of_tolerance(backend: Backend) {
     assert_eq!(stack.status_with_token(&beyond).await, 401);
 }
 
-async fn exp_is_required_and_numeric(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S6
+#[tokio::test]
+async fn exp_is_required_and_numeric() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     let no_exp = sign(&with(claims.clone(), json!({ "exp": null })), primary_key());
     assert_eq!(stack.status_with_token(&no_exp).await, 401);
@@ -83,8 +99,10 @@ async fn exp_is_required_and_numeric(backend: Backend) {
     assert_eq!(stack.status_with_token(&string_nbf).await, 401);
 }
 
-async fn wrong_issuer_is_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S5
+#[tokio::test]
+async fn wrong_issuer_is_401() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     for iss in [
         json!("https://other.clerk.example"),
@@ -96,8 +114,10 @@ async fn wrong_issuer_is_401(backend: Backend) {
     }
 }
 
-async fn missing_sub_is_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S8
+#[tokio::test]
+async fn missing_sub_is_401() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     for sub in [json!(null), json!(""), json!(42)] {
         let token = sign(&with(claims.clone(), json!({ "sub": sub })), primary_key());
@@ -105,8 +125,10 @@ async fn missing_sub_is_401(backend: Backend) {
     }
 }
 
-async fn alg_none_is_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S1
+#[tokio::test]
+async fn alg_none_is_401() {
+    let stack = start(Options::default()).await;
     let claims = b64(&stack.issuer.claims());
     for header in [
         json!({ "alg": "none", "typ": "JWT" }),
@@ -117,8 +139,10 @@ async fn alg_none_is_401(backend: Backend) {
     }
 }
 
-async fn hs256_is_401_even_with_the_public_key_as_secret(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S1
+#[tokio::test]
+async fn hs256_is_401_even_with_the_public_key_as_secret() {
+    let stack = start(Options::default()).await;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(primary_key().kid.clone());
     for secret in [primary_key().public_pem().into_bytes(), b"secret".to_vec()] {
@@ -132,8 +156,10 @@ async fn hs256_is_401_even_with_the_public_key_as_secret(backend: Backend) {
     }
 }
 
-async fn unknown_kid_and_foreign_key_are_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rules S2, S3 and S4
+#[tokio::test]
+async fn unknown_kid_and_foreign_key_are_401() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     // Signed by a key the issuer does not publish, under its own kid.
     assert_eq!(
@@ -153,8 +179,10 @@ async fn unknown_kid_and_foreign_key_are_401(backend: Backend) {
     assert_eq!(stack.status_with_token(&no_kid).await, 401);
 }
 
-async fn tampered_payload_is_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S4
+#[tokio::test]
+async fn tampered_payload_is_401() {
+    let stack = start(Options::default()).await;
     let token = stack.issuer.token();
     let parts: Vec<&str> = token.split('.').collect();
     let tampered_claims = with(stack.issuer.claims(), json!({ "sub": "user_attacker" }));
@@ -171,7 +199,9 @@ async fn tampered_payload_is_401(backend: Backend) {
     }
 }
 
-async fn audience_rules(backend: Backend) {
+// Rule S7
+#[tokio::test]
+async fn audience_rules() {
     let options = Options {
         env: vec![
             ("CLERK_JWT_AUDIENCE", "aud-one, aud-two".to_owned()),
@@ -179,7 +209,7 @@ async fn audience_rules(backend: Backend) {
         ],
         ..Options::default()
     };
-    let stack = Stack::with(backend, options).await;
+    let stack = start(options).await;
     let claims = stack.issuer.claims();
     let cases = [
         (json!(null), 200),
@@ -197,8 +227,10 @@ async fn audience_rules(backend: Backend) {
     }
 }
 
-async fn audience_defaults_to_convex_only(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S7
+#[tokio::test]
+async fn audience_defaults_to_convex_only() {
+    let stack = start(Options::default()).await;
     let claims = stack.issuer.claims();
     let convex = sign(
         &with(claims.clone(), json!({ "aud": "convex" })),
@@ -209,12 +241,14 @@ async fn audience_defaults_to_convex_only(backend: Backend) {
     assert_eq!(stack.status_with_token(&other).await, 401);
 }
 
-async fn issuer_unset_is_401_and_logged(backend: Backend) {
+// Rule S9
+#[tokio::test]
+async fn issuer_unset_is_401_and_logged() {
     let options = Options {
         without: vec!["CLERK_JWT_ISSUER_DOMAIN"],
         ..Options::default()
     };
-    let stack = Stack::with(backend, options).await;
+    let stack = start(options).await;
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 401);
     stack
         .keybust
@@ -223,8 +257,10 @@ async fn issuer_unset_is_401_and_logged(backend: Backend) {
     assert!(stack.convex.calls().is_empty());
 }
 
-async fn jwks_unreachable_is_401_and_logged(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S9
+#[tokio::test]
+async fn jwks_unreachable_is_401_and_logged() {
+    let stack = start(Options::default()).await;
     stack.issuer.down.store(true, Ordering::SeqCst);
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 401);
     stack
@@ -234,16 +270,20 @@ async fn jwks_unreachable_is_401_and_logged(backend: Backend) {
     stack.keybust.assert_logs_clean(&[&stack.issuer.token()]);
 }
 
-async fn cached_keys_survive_an_issuer_outage(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S3
+#[tokio::test]
+async fn cached_keys_survive_an_issuer_outage() {
+    let stack = start(Options::default()).await;
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
     stack.issuer.down.store(true, Ordering::SeqCst);
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
     assert_eq!(stack.issuer.fetches.load(Ordering::SeqCst), 1);
 }
 
-async fn unknown_kid_flood_does_not_refetch_per_request(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule S3
+#[tokio::test]
+async fn unknown_kid_flood_does_not_refetch_per_request() {
+    let stack = start(Options::default()).await;
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
     let claims = stack.issuer.claims();
     for i in 0..20 {
@@ -256,22 +296,3 @@ async fn unknown_kid_flood_does_not_refetch_per_request(backend: Backend) {
     assert_eq!(stack.issuer.fetches.load(Ordering::SeqCst), 1);
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
 }
-
-each_backend!(
-    valid_token_passes,
-    expiry_has_five_seconds_of_tolerance,
-    not_before_has_five_seconds_of_tolerance,
-    exp_is_required_and_numeric,
-    wrong_issuer_is_401,
-    missing_sub_is_401,
-    alg_none_is_401,
-    hs256_is_401_even_with_the_public_key_as_secret,
-    unknown_kid_and_foreign_key_are_401,
-    tampered_payload_is_401,
-    audience_rules,
-    audience_defaults_to_convex_only,
-    issuer_unset_is_401_and_logged,
-    jwks_unreachable_is_401_and_logged,
-    cached_keys_survive_an_issuer_outage,
-    unknown_kid_flood_does_not_refetch_per_request,
-);

@@ -1,8 +1,6 @@
 //! `keybust dev`: the walkthrough works on a machine with nothing installed.
 
-mod support;
-
-use support::Keybust;
+use crate::support::{self, Keybust};
 
 /// Pulls the URL, the bearer token and the body out of the printed curl.
 fn parse_curl(printed: &[String]) -> (String, String, String) {
@@ -31,6 +29,7 @@ async fn dev_prints_a_curl_that_gets_200() {
         url.starts_with(&format!("http://{}", keybust.addr)),
         "{url}"
     );
+    support::use_aws_lc_for_tls();
     let client = reqwest::Client::new();
     let send = || {
         client

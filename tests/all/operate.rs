@@ -1,11 +1,9 @@
 //! Operating keybust: health, readiness, metrics, request ids and access
 //! logs, and a graceful stop under load.
 
-mod support;
-
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Answer, Backend, Options, Stack, hashes};
 
 fn parse(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap()
@@ -126,7 +124,7 @@ async fn metrics_parse_and_count_what_was_sent() {
         &[("capability", "session"), ("outcome", "ok")],
     );
     assert!(sessions >= Some(30.0), "{sessions:?}\n{}", text.body);
-    let digest = keybust::plugin::hex_digest(keybust::plugin::EMBEDDED_COMPONENT);
+    let digest = keybust::artifacts::hex_digest(keybust::plugin::EMBEDDED_COMPONENT);
     assert_eq!(
         sample(&scrape, "keybust_component_info", &[("digest", &digest)]),
         Some(1.0)

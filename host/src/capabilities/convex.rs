@@ -1,10 +1,50 @@
 //! The `convex` capability: POSTs to Convex HTTP actions with the
 //! deployment's shared secret, which only the host holds.
 
-use crate::config::{ConvexSettings, Secret};
+use super::bindings::keybust::gateway::convex as wit;
+use crate::config::{ConfigError, Secret, header_safe, http_url, non_empty};
+use crate::deadlines::Deadlines;
 use bytes::Bytes;
 use http::HeaderValue;
 use std::time::Duration;
+
+/// Where Convex lives and how to prove we are the gateway. With either
+/// field unset, the endpoint answers 503 (contract rule E8).
+#[derive(Debug, Clone, Default)]
+pub struct ConvexSettings {
+    /// `CONVEX_SITE_URL`, without a trailing slash.
+    pub site_url: Option<String>,
+    /// `CONVEX_SERVER_SHARED_SECRET`.
+    pub shared_secret: Option<Secret>,
+}
+
+/// The Convex settings, as flags with environment twins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConvexArgs {
+    /// Convex deployment's site URL, e.g. https://example.convex.site; unset: 503.
+    #[arg(long, env = "CONVEX_SITE_URL")]
+    pub convex_site_url: Option<String>,
+
+    /// Shared secret sent to Convex as x-convex-shared-secret (prefer the
+    /// environment variable: a flag shows in `ps`).
+    #[arg(long, env = "CONVEX_SERVER_SHARED_SECRET", hide_env_values = true)]
+    pub convex_server_shared_secret: Option<String>,
+}
+
+impl ConvexArgs {
+    /// Checks the values: a URL that is not http(s), or a secret that
+    /// cannot travel in a header, stops keybust at start.
+    pub fn settings(&self) -> Result<ConvexSettings, ConfigError> {
+        Ok(ConvexSettings {
+            site_url: non_empty(self.convex_site_url.clone())
+                .map(|url| http_url("CONVEX_SITE_URL", url))
+                .transpose()?,
+            shared_secret: non_empty(self.convex_server_shared_secret.clone())
+                .map(|secret| header_safe("CONVEX_SERVER_SHARED_SECRET", secret))
+                .transpose()?,
+        })
+    }
+}
 
 /// The most response body the host reads from Convex.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
@@ -44,8 +84,9 @@ pub struct ConvexClient {
 }
 
 impl ConvexClient {
-    /// Uses `http`'s connection pool; `settings` says where and with what secret.
-    pub fn new(settings: &ConvexSettings, http: reqwest::Client) -> Self {
+    /// Uses `http`'s connection pool; `settings` says where and with what
+    /// secret, `deadlines.convex` how long one call may take.
+    pub fn new(settings: &ConvexSettings, deadlines: &Deadlines, http: reqwest::Client) -> Self {
         let secret = settings
             .shared_secret
             .as_ref()
@@ -57,7 +98,7 @@ impl ConvexClient {
         ConvexClient {
             site_url: settings.site_url.clone(),
             secret,
-            timeout: settings.timeout,
+            timeout: deadlines.convex,
             http,
         }
     }
@@ -125,6 +166,49 @@ pub fn is_internal_action(path: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     })
+}
+
+impl From<ConvexError> for wit::ConvexError {
+    fn from(err: ConvexError) -> Self {
+        match err {
+            ConvexError::NotConfigured => wit::ConvexError::NotConfigured,
+            ConvexError::ForbiddenPath => wit::ConvexError::ForbiddenPath,
+            ConvexError::Timeout => wit::ConvexError::Timeout,
+            ConvexError::Transport => wit::ConvexError::Transport,
+        }
+    }
+}
+
+impl From<ConvexResponse> for wit::ConvexResponse {
+    fn from(response: ConvexResponse) -> Self {
+        wit::ConvexResponse {
+            status: response.status,
+            body: response.body.into(),
+        }
+    }
+}
+
+#[cfg(feature = "native-policy")]
+impl From<ConvexError> for keybust_guest::policy::ConvexError {
+    fn from(err: ConvexError) -> Self {
+        use keybust_guest::policy::ConvexError as Policy;
+        match err {
+            ConvexError::NotConfigured => Policy::NotConfigured,
+            ConvexError::ForbiddenPath => Policy::ForbiddenPath,
+            ConvexError::Timeout => Policy::Timeout,
+            ConvexError::Transport => Policy::Transport,
+        }
+    }
+}
+
+#[cfg(feature = "native-policy")]
+impl From<ConvexResponse> for keybust_guest::policy::ConvexResponse {
+    fn from(response: ConvexResponse) -> Self {
+        keybust_guest::policy::ConvexResponse {
+            status: response.status,
+            body: response.body.into(),
+        }
+    }
 }
 
 #[cfg(test)]

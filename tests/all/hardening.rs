@@ -1,12 +1,10 @@
 //! Bad builds, hostile clients and sandbox walls: the host answers, stays
 //! bounded, and keeps serving good requests alongside.
 
-mod support;
-
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Answer, Backend, Options, Stack, hashes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -206,7 +204,7 @@ async fn over_the_concurrency_limit_gets_503_with_retry_after() {
 }
 
 async fn raw(stack: &Stack) -> TcpStream {
-    let stream = TcpStream::connect(stack.keybust.addr).await.unwrap();
+    let stream = TcpStream::connect(stack.keybust.addr()).await.unwrap();
     stream.set_nodelay(true).unwrap();
     stream
 }

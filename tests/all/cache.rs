@@ -1,18 +1,33 @@
-//! SPEC §3: the cache key, its deploy prefix, and the backends, against a
-//! real `redis-server` (directly over RESP, and behind an Upstash-style REST
-//! front).
+//! docs/contract.md, The cache key: the key, its deploy prefix, and the
+//! backends, against a real `redis-server` (directly over RESP, and behind
+//! an Upstash-style REST front), with keybust served in process; and the
+//! settings' failures at startup, which only the `keybust` binary shows.
 
-mod support;
-
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
 use std::time::{Duration, Instant};
-use support::{Answer, Backend, Options, Stack, hashes};
+
+/// keybust in process, with the settings `options` adds.
+async fn in_process(backend: Backend, options: Options) -> Stack {
+    let options = Options {
+        in_process: true,
+        ..options
+    };
+    Stack::with(backend, options).await
+}
 
 async fn prefix_case(backend: Backend, env: Vec<(&'static str, String)>, prefix: &str) {
     let options = Options {
+        in_process: true,
         env,
         prefix: prefix.to_owned(),
         ..Options::default()
     };
+    prefix_deletes_only_the_prefixed_key(backend, options).await;
+}
+
+/// Deletes the prefixed key for an owned hash, and leaves the bare one.
+async fn prefix_deletes_only_the_prefixed_key(backend: Backend, options: Options) {
+    let prefix = options.prefix.clone();
     let stack = Stack::with(backend, options).await;
     let redis = stack.redis.as_ref().unwrap();
     // The same hash without the prefix must survive: only the prefixed key goes.
@@ -29,6 +44,7 @@ async fn prefix_case(backend: Backend, env: Vec<(&'static str, String)>, prefix:
     if !prefix.is_empty() {
         assert!(redis.exists(&bare), "the unprefixed key must stay");
     }
+    stack.keybust.assert_logs_clean(&[]);
 }
 
 async fn prefix_rules(backend: Backend) {
@@ -70,19 +86,35 @@ async fn prefix_rules(backend: Backend) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn redis_prefix_rules() {
     prefix_rules(Backend::Redis).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn upstash_prefix_rules() {
     prefix_rules(Backend::Upstash).await
 }
 
+/// The binary takes the cache's settings (backend and prefix) from its
+/// environment, and its logs, from startup on, keep the Upstash token, the
+/// Convex secret and the key hash to themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_the_cache_settings_from_its_environment() {
+    let options = Options {
+        env: vec![
+            ("VERCEL_ENV", "preview".into()),
+            ("VERCEL_GIT_COMMIT_SHA", "abcdef0123456789".into()),
+        ],
+        prefix: "preview:abcdef01:".to_owned(),
+        ..Options::default()
+    };
+    prefix_deletes_only_the_prefixed_key(Backend::Upstash, options).await;
+}
+
+#[tokio::test]
 async fn redis_recovers_after_a_restart_without_restarting_keybust() {
-    let mut stack = Stack::start(Backend::Redis).await;
+    let mut stack = Stack::in_process(Backend::Redis).await;
     stack.seed(hashes::OWNED);
     Answer::of(stack.invalidate(hashes::OWNED).await)
         .await
@@ -106,7 +138,7 @@ async fn redis_recovers_after_a_restart_without_restarting_keybust() {
     assert_eq!(stack.cached(hashes::OWNED), Some(false));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn redis_down_at_start_then_up() {
     let mut redis = support::Redis::start();
     redis.stop();
@@ -115,7 +147,7 @@ async fn redis_down_at_start_then_up() {
         ..Options::default()
     };
     // keybust starts although Redis is down, and fails closed.
-    let stack = Stack::with(Backend::Embedded, options).await;
+    let stack = in_process(Backend::Embedded, options).await;
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     redis.restart();
@@ -124,13 +156,13 @@ async fn redis_down_at_start_then_up() {
     assert!(!redis.exists(&format!("user-api-key:{}", hashes::OWNED)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn upstash_wrong_token_is_503() {
     let options = Options {
         env: vec![("UPSTASH_REDIS_REST_TOKEN", "not-the-token".to_owned())],
         ..Options::default()
     };
-    let stack = Stack::with(Backend::Upstash, options).await;
+    let stack = in_process(Backend::Upstash, options).await;
     stack.seed(hashes::OWNED);
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
@@ -177,11 +209,15 @@ async fn unusable_settings_stop_startup_with_a_clear_error() {
     }
 }
 
+/// Eight clients keep sending on two threads, which they share with keybust
+/// (nothing here reads its logs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_fails_fast_and_recovers() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let stack = Arc::new(tokio::sync::Mutex::new(Stack::start(Backend::Redis).await));
+    let stack = Arc::new(tokio::sync::Mutex::new(
+        Stack::in_process(Backend::Redis).await,
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let (http, url, token) = {
         let s = stack.lock().await;

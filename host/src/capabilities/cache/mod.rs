@@ -6,13 +6,16 @@
 
 mod embedded;
 mod redis;
+mod settings;
 mod upstash;
 
 pub use self::embedded::EmbeddedCache;
 pub use self::redis::RedisCache;
+pub use self::settings::{CacheArgs, CacheBackendSettings, CacheSettings, deploy_prefix};
 pub use self::upstash::UpstashCache;
 
-use crate::config::{CacheBackendSettings, CacheSettings};
+use super::bindings::keybust::gateway::cache as wit;
+use crate::deadlines::Deadlines;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,24 +54,22 @@ pub struct Cache {
 
 impl Cache {
     /// Builds the backend the settings choose; no connection is made yet.
+    /// Every operation gets `deadlines.cache`.
     pub fn from_settings(
         settings: &CacheSettings,
+        deadlines: &Deadlines,
         http: reqwest::Client,
     ) -> Result<Self, CacheError> {
         let backend: Arc<dyn CacheBackend> = match &settings.backend {
             CacheBackendSettings::Redis { url } => {
-                Arc::new(RedisCache::new(url.expose(), settings.timeout)?)
+                Arc::new(RedisCache::new(url.expose(), deadlines)?)
             }
             CacheBackendSettings::Upstash { url, token } => {
                 Arc::new(UpstashCache::new(url.clone(), token.clone(), http))
             }
             CacheBackendSettings::Embedded => Arc::new(EmbeddedCache::default()),
         };
-        Ok(Self::new(
-            backend,
-            settings.prefix.clone(),
-            settings.timeout,
-        ))
+        Ok(Self::new(backend, settings.prefix.clone(), deadlines.cache))
     }
 
     /// Wraps any backend.
@@ -101,5 +102,25 @@ impl Cache {
             tracing::warn!(backend = self.backend.name(), error = %err, "cache delete failed");
         }
         result
+    }
+}
+
+impl From<CacheError> for wit::CacheError {
+    fn from(err: CacheError) -> Self {
+        match err {
+            CacheError::Timeout(_) => wit::CacheError::Timeout,
+            CacheError::Unavailable(_) => wit::CacheError::Unavailable,
+        }
+    }
+}
+
+#[cfg(feature = "native-policy")]
+impl From<CacheError> for keybust_guest::policy::CacheError {
+    fn from(err: CacheError) -> Self {
+        use keybust_guest::policy::CacheError as Policy;
+        match err {
+            CacheError::Timeout(_) => Policy::Timeout,
+            CacheError::Unavailable(_) => Policy::Unavailable,
+        }
     }
 }

@@ -1,20 +1,20 @@
-//! SPEC §1, row by row, over real HTTP against the `keybust` binary, once per
-//! cache backend.
+//! docs/contract.md, Endpoint rules, rule by rule, over real HTTP against
+//! keybust served in process. Rules whose answer involves the cache (the
+//! ones that must delete, or must not) run once per cache backend; the
+//! others never reach the cache and run on the embedded one.
 
-#[macro_use]
-mod support;
-
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::{Answer, Backend, Options, Stack, hashes};
 
 const ALLOWED: &str = "https://app.worldmonitor.app";
 const DEFAULT_ORIGIN: &str = "https://worldmonitor.app";
 
-// Row 1
-async fn disallowed_origin_is_403_without_cors(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E1
+#[tokio::test]
+async fn disallowed_origin_is_403_without_cors() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     for origin in [
         "https://evil.example",
         "https://worldmonitor.app.evil.example",
@@ -52,9 +52,10 @@ async fn disallowed_origin_is_403_without_cors(backend: Backend) {
     assert!(stack.convex.calls().is_empty());
 }
 
-// Row 2
-async fn preflight_is_204_with_cors(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E2
+#[tokio::test]
+async fn preflight_is_204_with_cors() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     let answer = Answer::of(
         stack
             .request(Method::OPTIONS, support::ENDPOINT)
@@ -82,9 +83,10 @@ async fn preflight_is_204_with_cors(backend: Backend) {
     answer.assert_cors("http://localhost:5173");
 }
 
-// Row 3
-async fn other_methods_are_405(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E3
+#[tokio::test]
+async fn other_methods_are_405() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
         let answer = Answer::of(
             stack
@@ -100,9 +102,10 @@ async fn other_methods_are_405(backend: Backend) {
     }
 }
 
-// Row 4
-async fn missing_or_malformed_bearer_is_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E4
+#[tokio::test]
+async fn missing_or_malformed_bearer_is_401() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     let token = stack.issuer.token();
     let body = json!({ "keyHash": hashes::OWNED }).to_string();
     let headers: [Option<String>; 5] = [
@@ -127,9 +130,10 @@ async fn missing_or_malformed_bearer_is_401(backend: Backend) {
     assert!(stack.convex.calls().is_empty());
 }
 
-// Row 5 (the token rules themselves are in tests/session.rs)
-async fn invalid_token_is_401(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E5 (the token rules themselves are in session.rs)
+#[tokio::test]
+async fn invalid_token_is_401() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     let answer = Answer::of(
         stack
             .post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string())
@@ -141,9 +145,10 @@ async fn invalid_token_is_401(backend: Backend) {
     assert!(stack.convex.calls().is_empty());
 }
 
-// Row 6
-async fn body_that_is_not_json_is_422(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E6
+#[tokio::test]
+async fn body_that_is_not_json_is_422() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     for body in ["", "{", "keyHash=abc", "{\"keyHash\":"] {
         let answer = Answer::of(stack.post(body).await).await;
         answer.assert_json(422, r#"{"error":"Invalid JSON body"}"#);
@@ -151,9 +156,10 @@ async fn body_that_is_not_json_is_422(backend: Backend) {
     }
 }
 
-// Row 7
-async fn invalid_key_hash_is_422(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E7
+#[tokio::test]
+async fn invalid_key_hash_is_422() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     let upper = json!({ "keyHash": hashes::OWNED.replace('1', "A") }).to_string();
     let short = json!({ "keyHash": &hashes::OWNED[1..] }).to_string();
     let long = json!({ "keyHash": format!("{}0", hashes::OWNED) }).to_string();
@@ -178,10 +184,11 @@ async fn invalid_key_hash_is_422(backend: Backend) {
     assert!(stack.convex.calls().is_empty());
 }
 
-// Row 8
+// Rule E8
 async fn convex_not_configured_is_503(backend: Backend) {
     for missing in ["CONVEX_SITE_URL", "CONVEX_SERVER_SHARED_SECRET"] {
         let options = Options {
+            in_process: true,
             without: vec![missing],
             ..Options::default()
         };
@@ -199,9 +206,10 @@ async fn convex_not_configured_is_503(backend: Backend) {
     }
 }
 
-// Row 9
-async fn owner_lookup_request_has_the_contract_shape(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E9
+#[tokio::test]
+async fn owner_lookup_request_has_the_contract_shape() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
     assert_eq!(answer.status, 200);
     let calls = stack.convex.calls();
@@ -214,9 +222,9 @@ async fn owner_lookup_request_has_the_contract_shape(backend: Backend) {
     assert_eq!(call.body, format!(r#"{{"keyHash":"{}"}}"#, hashes::UNKNOWN));
 }
 
-// Row 10
+// Rule E10
 async fn lookup_failures_fail_closed(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::in_process(backend).await;
     for hash in [hashes::STATUS_500, hashes::GARBAGE] {
         stack.seed(hash);
         let answer = Answer::of(stack.invalidate(hash).await).await;
@@ -229,8 +237,9 @@ async fn lookup_failures_fail_closed(backend: Backend) {
     stack.keybust.assert_logs_clean(&[]);
 }
 
+// Rule E10: the lookup's 3 s deadline
 async fn slow_lookup_times_out_at_three_seconds(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::in_process(backend).await;
     stack.seed(hashes::SLOW);
     let started = Instant::now();
     let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
@@ -249,32 +258,36 @@ async fn slow_lookup_times_out_at_three_seconds(backend: Backend) {
     stack.keybust.assert_logs_clean(&[]);
 }
 
-async fn unreachable_or_refusing_convex_fails_closed(backend: Backend) {
+// Rule E10: no answer, or a refusal
+#[tokio::test]
+async fn unreachable_or_refusing_convex_fails_closed() {
     // Nothing listens on the URL.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let options = Options {
+        in_process: true,
         env: vec![("CONVEX_SITE_URL", dead_url)],
         ..Options::default()
     };
-    let stack = Stack::with(backend, options).await;
+    let stack = Stack::with(Backend::Embedded, options).await;
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     // A wrong secret: Convex answers 401, which is a failed lookup.
     let options = Options {
+        in_process: true,
         env: vec![("CONVEX_SERVER_SHARED_SECRET", "wrong-secret".to_owned())],
         ..Options::default()
     };
-    let stack = Stack::with(backend, options).await;
+    let stack = Stack::with(Backend::Embedded, options).await;
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     stack.keybust.assert_logs_clean(&["wrong-secret"]);
 }
 
-// Row 11
+// Rule E11
 async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::in_process(backend).await;
     stack.seed(hashes::UNKNOWN);
     let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
     answer.assert_json(200, r#"{"ok":true}"#);
@@ -282,9 +295,9 @@ async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend) {
     assert_ne!(stack.cached(hashes::UNKNOWN), Some(false));
 }
 
-// Row 12
+// Rule E12
 async fn anyone_but_the_caller_as_owner_is_403(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::in_process(backend).await;
     for hash in [hashes::OTHER_OWNER, hashes::EMPTY_OBJECT, hashes::ARRAY] {
         stack.seed(hash);
         let answer = Answer::of(stack.invalidate(hash).await).await;
@@ -294,9 +307,9 @@ async fn anyone_but_the_caller_as_owner_is_403(backend: Backend) {
     }
 }
 
-// Row 13
+// Rule E13
 async fn owner_match_deletes_the_cache_entry(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::in_process(backend).await;
     stack.seed(hashes::OWNED);
     stack.seed(hashes::OWNED_2);
     assert_ne!(stack.cached(hashes::OWNED), Some(false));
@@ -322,9 +335,9 @@ async fn owner_match_deletes_the_cache_entry(backend: Backend) {
     stack.keybust.assert_logs_clean(&[]);
 }
 
-// Row 14
+// Rule E14
 async fn cache_failure_is_503(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+    let mut stack = Stack::in_process(backend).await;
     match backend {
         Backend::Embedded => unreachable!("an in-process map cannot fail"),
         Backend::Redis => stack.redis.as_mut().unwrap().stop(),
@@ -348,9 +361,10 @@ async fn cache_failure_is_503(backend: Backend) {
     stack.keybust.assert_logs_clean(&[]);
 }
 
-// Row 15
-async fn oversized_body_is_413(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// Rule E15
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     let padding = "x".repeat(70 * 1024);
     let body = json!({ "keyHash": hashes::OWNED, "pad": padding }).to_string();
     let answer = Answer::of(stack.post(body).await).await;
@@ -364,48 +378,39 @@ async fn oversized_body_is_413(backend: Backend) {
     assert!(stack.convex.calls().len() == 1);
 }
 
-// Routing
-async fn other_paths_are_404_from_the_host(backend: Backend) {
-    let stack = Stack::start(backend).await;
+// docs/contract.md, Host routes: other paths
+#[tokio::test]
+async fn other_paths_are_404_from_the_host() {
+    let stack = Stack::in_process(Backend::Embedded).await;
     for path in ["/", "/api/other", "/api/invalidate-user-api-key-cache/x"] {
         let answer = Answer::of(stack.request(Method::POST, path).send().await.unwrap()).await;
         answer.assert_json(404, r#"{"error":"Not found"}"#);
     }
 }
 
+// Where a backend could delete (or must not), each one answers.
 each_backend!(
-    disallowed_origin_is_403_without_cors,
-    preflight_is_204_with_cors,
-    other_methods_are_405,
-    missing_or_malformed_bearer_is_401,
-    invalid_token_is_401,
-    body_that_is_not_json_is_422,
-    invalid_key_hash_is_422,
     convex_not_configured_is_503,
-    owner_lookup_request_has_the_contract_shape,
     lookup_failures_fail_closed,
     slow_lookup_times_out_at_three_seconds,
-    unreachable_or_refusing_convex_fails_closed,
     unknown_hash_is_ok_and_deletes_nothing,
     anyone_but_the_caller_as_owner_is_403,
     owner_match_deletes_the_cache_entry,
-    oversized_body_is_413,
-    other_paths_are_404_from_the_host,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn redis_down_is_503() {
     cache_failure_is_503(Backend::Redis).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn upstash_errors_are_503() {
     cache_failure_is_503(Backend::Upstash).await
 }
 
-/// The CORS settings reach the guest: an explicit allow-list replaces the
+/// docs/contract.md, CORS: the settings reach the guest: an explicit allow-list replaces the
 /// defaults, production drops localhost, and the fallback origin is configurable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn origin_settings_change_what_is_allowed() {
     async fn preflight(stack: &Stack, origin: Option<&str>) -> Answer {
         let mut request = stack.request(Method::OPTIONS, support::ENDPOINT);
@@ -415,6 +420,7 @@ async fn origin_settings_change_what_is_allowed() {
         Answer::of(request.send().await.unwrap()).await
     }
     let options = Options {
+        in_process: true,
         env: vec![
             (
                 "KEYBUST_ALLOWED_ORIGINS",
@@ -440,6 +446,7 @@ async fn origin_settings_change_what_is_allowed() {
         .assert_cors("https://app.example");
 
     let options = Options {
+        in_process: true,
         env: vec![("NODE_ENV", "production".to_owned())],
         ..Options::default()
     };

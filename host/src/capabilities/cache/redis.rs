@@ -1,8 +1,8 @@
 //! Redis over RESP: one multiplexed connection, reconnected on failure.
 
 use super::{BoxFuture, CacheBackend, CacheError};
+use crate::deadlines::Deadlines;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::time::Duration;
 
 /// A Redis server reached through redis-rs's `ConnectionManager`.
 pub struct RedisCache {
@@ -12,15 +12,16 @@ pub struct RedisCache {
 impl RedisCache {
     /// Prepares the connection; it is opened on first use, so a Redis that
     /// is down at start does not stop keybust from starting.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
+    pub fn new(url: &str, deadlines: &Deadlines) -> Result<Self, CacheError> {
+        crate::capabilities::use_aws_lc_for_tls();
         let client = redis::Client::open(url).map_err(|err| {
             CacheError::Unavailable(format!("invalid REDIS_URL: {:?}", err.kind()))
         })?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(deadlines.cache))
+            .set_response_timeout(Some(deadlines.cache))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
+            .set_max_delay(deadlines.redis_reconnect_max_delay);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|err| CacheError::Unavailable(err.to_string()))?;
         Ok(RedisCache { connection })

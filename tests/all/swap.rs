@@ -1,20 +1,19 @@
 //! Swapping the component in place: the admin API, the watched file and
 //! SIGHUP, under load, with bad components refused.
 
-mod support;
-
-use keybust::plugin::{EMBEDDED_COMPONENT, hex_digest};
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use keybust::artifacts::hex_digest;
+use keybust::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{Answer, Backend, Options, Stack, hashes};
 
 const ADMIN_TOKEN: &str = "test-admin-token-5be0";
 
 fn variant(tag: &str) -> Vec<u8> {
-    support::variant::variant(EMBEDDED_COMPONENT, tag)
+    support::variant(EMBEDDED_COMPONENT, tag)
 }
 
 /// Writes `bytes` to `path` the way deploy tools do: a new file renamed over the old.

@@ -1,0 +1,157 @@
+//! Everything the capabilities need, read once at start: each capability's
+//! own settings, gathered, plus the backend [`Deadlines`].
+
+use super::cache::{CacheArgs, CacheSettings};
+use super::convex::{ConvexArgs, ConvexSettings};
+use super::origins::{OriginArgs, OriginSettings};
+use super::session::{ClerkArgs, ClerkSettings};
+use crate::config::{ConfigError, parse_env, parse_lookup};
+use crate::deadlines::{DeadlineArgs, Deadlines};
+
+/// Everything the capabilities need. `Default` is what an empty
+/// environment gives: nothing configured, the in-process cache, the
+/// default origins and deadlines.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The owner lookup.
+    pub convex: ConvexSettings,
+    /// Session tokens.
+    pub clerk: ClerkSettings,
+    /// The cache.
+    pub cache: CacheSettings,
+    /// CORS.
+    pub origins: OriginSettings,
+    /// How long each backend may take.
+    pub deadlines: Deadlines,
+}
+
+/// Every capability setting, as flags with environment twins, grouped
+/// by capability in `--help`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettingsArgs {
+    #[command(flatten, next_help_heading = "Convex owner lookup")]
+    convex: ConvexArgs,
+    #[command(flatten, next_help_heading = "Session tokens")]
+    clerk: ClerkArgs,
+    #[command(flatten, next_help_heading = "Cache")]
+    cache: CacheArgs,
+    #[command(flatten, next_help_heading = "CORS")]
+    origins: OriginArgs,
+    #[command(flatten, next_help_heading = "Backend deadlines")]
+    deadlines: DeadlineArgs,
+}
+
+impl SettingsArgs {
+    /// Checks every value; the first unusable one stops keybust at start.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            convex: self.convex.settings()?,
+            clerk: self.clerk.settings()?,
+            cache: self.cache.settings()?,
+            origins: self.origins.settings()?,
+            deadlines: self.deadlines.deadlines(),
+        })
+    }
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        parse_env::<SettingsArgs>()?.settings()
+    }
+
+    /// Reads the settings through `lookup`, which answers a variable's
+    /// value by its environment name (`CONVEX_SITE_URL`, ...); empty
+    /// values count as unset, except `KEYBUST_CACHE_PREFIX`'s.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        parse_lookup::<SettingsArgs>(lookup)?.settings()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::origins::{DEFAULT_ORIGIN_PATTERNS, DEVELOPMENT_ORIGIN_PATTERNS};
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn nothing_set_is_the_default() {
+        let read = settings(&[]).unwrap();
+        let default = Settings::default();
+        assert_eq!(read.deadlines, default.deadlines);
+        assert_eq!(read.clerk.audiences, default.clerk.audiences);
+        assert_eq!(read.origins.patterns, default.origins.patterns);
+        assert_eq!(read.origins.default_origin, default.origins.default_origin);
+        assert_eq!(read.cache.prefix, default.cache.prefix);
+        assert!(read.convex.site_url.is_none() && read.convex.shared_secret.is_none());
+    }
+
+    #[test]
+    fn audiences_and_origins() {
+        let s = settings(&[
+            ("CLERK_JWT_AUDIENCE", "a, b"),
+            ("CLERK_PUBLISHABLE_KEY", "pk_1"),
+            ("NODE_ENV", "production"),
+        ])
+        .unwrap();
+        assert_eq!(s.clerk.audiences, ["convex", "a", "b", "pk_1"]);
+        assert_eq!(s.origins.patterns.len(), DEFAULT_ORIGIN_PATTERNS.len());
+        let s = settings(&[]).unwrap();
+        assert_eq!(
+            s.origins.patterns.len(),
+            DEFAULT_ORIGIN_PATTERNS.len() + DEVELOPMENT_ORIGIN_PATTERNS.len()
+        );
+    }
+
+    #[test]
+    fn unusable_convex_settings_are_refused() {
+        assert!(settings(&[("CONVEX_SITE_URL", "example.convex.site")]).is_err());
+        let err = settings(&[("CONVEX_SERVER_SHARED_SECRET", "s\u{7f}cret")]).unwrap_err();
+        assert!(!err.to_string().contains("cret"), "{err}");
+        let s = settings(&[
+            ("CONVEX_SITE_URL", "https://x.convex.site/"),
+            ("CONVEX_SERVER_SHARED_SECRET", "ok-secret"),
+        ])
+        .unwrap();
+        assert_eq!(s.convex.site_url.as_deref(), Some("https://x.convex.site"));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let s = settings(&[("CONVEX_SITE_URL", ""), ("REDIS_URL", " ")]).unwrap();
+        assert!(s.convex.site_url.is_none());
+        assert!(matches!(
+            s.cache.backend,
+            crate::capabilities::cache::CacheBackendSettings::Embedded
+        ));
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = settings(&[
+            ("CONVEX_SERVER_SHARED_SECRET", "hunter2"),
+            ("REDIS_URL", "redis://:pw@h"),
+        ])
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("pw@"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_setting_not_the_value() {
+        let err = settings(&[("KEYBUST_CACHE_TIMEOUT", "soon-ish")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cache-timeout"), "{text}");
+        assert!(!text.contains("soon-ish"), "{text}");
+    }
+}

@@ -1,0 +1,23 @@
+//! keybust's integration tests, in one binary (as wasmtime gathers its
+//! own): one build and one link for all of them, and one process whose
+//! shared pieces (signing keys, the test programs' build, precompiled
+//! components) are made once.
+//!
+//! Most modules check docs/contract.md over real HTTP. The contract's rules
+//! run against keybust's library served in the test's runtime
+//! (`support::Stack::in_process`); what only a process shows (its command
+//! line and environment, signals, `keybust dev`, startup failures, its
+//! logs, the admin listener, file watching) runs against the real `keybust`
+//! binary (`support::Stack::start`, `support::Keybust`).
+
+#[macro_use]
+mod support;
+
+mod cache;
+mod dev;
+mod endpoint;
+mod example;
+mod hardening;
+mod operate;
+mod session;
+mod swap;

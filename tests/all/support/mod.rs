@@ -1,0 +1,68 @@
+//! What the integration tests stand on: a real `redis-server`, test-owned
+//! HTTP servers playing Convex, the Clerk issuer and the Upstash REST API,
+//! and keybust itself, all on loopback. keybust runs either as the real
+//! `keybust` binary ([`Keybust`]) or as the library served in the test's
+//! runtime ([`in_process::InProcess`]); [`Stack`] puts one together with its backends.
+
+pub mod answer;
+pub mod convex;
+pub mod http;
+pub mod in_process;
+pub mod issuer;
+pub mod logs;
+pub mod process;
+pub mod programs;
+pub mod redis;
+pub mod stack;
+
+pub use answer::Answer;
+pub use convex::{FakeConvex, hashes};
+pub use issuer::{Issuer, now, primary_key, sign, stranger_key};
+pub use process::Keybust;
+pub use programs::{test_programs, variant};
+pub use redis::Redis;
+pub use stack::{Backend, Options, Stack};
+
+pub const ENDPOINT: &str = "/api/invalidate-user-api-key-cache";
+pub const SECRET: &str = "test-convex-shared-secret-4f9a";
+pub const UPSTASH_TOKEN: &str = "test-upstash-token-77c1";
+pub const USER: &str = "user_owner";
+
+/// The tests' HTTP clients use rustls through aws-lc-rs, as keybust does;
+/// rustls needs that chosen once per process before the first client.
+pub fn use_aws_lc_for_tls() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Generates one test per cache backend for each listed `async fn(Backend)`,
+/// each on a current-thread runtime with keybust in process (the test's
+/// function starts its stack with `Stack::in_process` or `in_process: true`),
+/// so what keybust logs is captured for the test.
+macro_rules! each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Embedded).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Redis).await
+                }
+            )*
+        }
+        mod upstash {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Upstash).await
+                }
+            )*
+        }
+    };
+}

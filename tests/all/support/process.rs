@@ -1,0 +1,135 @@
+//! The `keybust` binary as a subprocess: for what only a process shows (its
+//! command line and environment, signals, startup failures, its stderr).
+
+use super::logs::Logs;
+use super::use_aws_lc_for_tls;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `keybust` binary, started with an explicit environment and killed on drop.
+pub struct Keybust {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    /// What keybust printed to stdout up to its listening line.
+    pub printed: Vec<String>,
+    child: Child,
+    logs: Logs,
+    _cache_dir: tempfile::TempDir,
+}
+
+impl Keybust {
+    /// Starts `keybust <args>` with exactly `env` (plus listen addresses on free ports).
+    pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        use_aws_lc_for_tls();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keybust"));
+        command
+            .args(args)
+            .env_clear()
+            .env("KEYBUST_CACHE_DIR", cache_dir.path())
+            .env("RUST_LOG", "info")
+            .env("KEYBUST_LISTEN", "127.0.0.1:0")
+            .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("cannot start keybust");
+        let logs = Logs::default();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.push_line(&line);
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut addr = None;
+        let mut admin = None;
+        let mut printed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while addr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "keybust did not start; stdout: {printed:?}; stderr:\n{}",
+                    logs.text()
+                ),
+            };
+            if let Some(rest) = line.strip_prefix("admin listening on http://") {
+                admin = Some(rest.parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("listening on http://") {
+                addr = Some(rest.parse().unwrap());
+            }
+            printed.push(line);
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Keybust {
+            addr: addr.unwrap(),
+            admin,
+            printed,
+            child,
+            logs,
+            _cache_dir: cache_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.expect("keybust serve has an admin listener")
+        )
+    }
+
+    /// Sends a Unix signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, failing after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keybust did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything keybust wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.text()
+    }
+
+    /// Its stderr, as it arrives.
+    pub fn log_sink(&self) -> &Logs {
+        &self.logs
+    }
+}
+
+impl Drop for Keybust {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,152 @@
+//! A real `redis-server`, and an Upstash-style REST front over it.
+
+use super::UPSTASH_TOKEN;
+use super::http::{Handler, respond, spawn_http};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `redis-server` on a free loopback port, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut redis = Redis { port, child: None };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed: run scripts/test.sh, which installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.client().get_connection().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    pub fn set(&self, key: &str, value: &str) {
+        let mut conn = self.client().get_connection().unwrap();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+
+    pub fn exists(&self, key: &str) -> bool {
+        let mut conn = self.client().get_connection().unwrap();
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<i64>(&mut conn)
+            .unwrap()
+            == 1
+    }
+
+    /// Stops the server, as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small Upstash-compatible REST front over a real Redis:
+/// `POST /del/{key}` with `Authorization: Bearer <token>`.
+pub struct UpstashFront {
+    pub addr: SocketAddr,
+    pub failing: Arc<AtomicBool>,
+}
+
+impl UpstashFront {
+    pub async fn start(redis_url: String) -> Self {
+        let failing = Arc::new(AtomicBool::new(false));
+        let client = redis::Client::open(redis_url).unwrap();
+        let fail = failing.clone();
+        let handler: Handler = Arc::new(move |request| {
+            let client = client.clone();
+            let fail = fail.clone();
+            Box::pin(async move {
+                let authorized = request
+                    .headers()
+                    .get("authorization")
+                    .is_some_and(|v| v.as_bytes() == format!("Bearer {UPSTASH_TOKEN}").as_bytes());
+                if !authorized {
+                    return respond(401, r#"{"error":"Unauthorized"}"#);
+                }
+                if fail.load(Ordering::SeqCst) {
+                    return respond(500, r#"{"error":"ERR internal"}"#);
+                }
+                let Some(encoded) = request.uri().path().strip_prefix("/del/") else {
+                    return respond(400, r#"{"error":"ERR unknown command"}"#);
+                };
+                let key = percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned();
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return respond(500, r#"{"error":"ERR redis unreachable"}"#);
+                };
+                match redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                {
+                    Ok(n) => respond(200, json!({ "result": n }).to_string()),
+                    Err(_) => respond(500, r#"{"error":"ERR redis failed"}"#),
+                }
+            })
+        });
+        UpstashFront {
+            addr: spawn_http(handler).await,
+            failing,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
