@@ -39,7 +39,7 @@ impl exports::wasi::http::incoming_handler::Guest for Endpoint {
             Method::Other(_) => "OTHER",
         };
         let headers = request.headers();
-        let origin = first_header(&headers, "origin");
+        let origin = joined_header(&headers, "origin");
         let authorization = first_header(&headers, "authorization");
         let content_length = first_header(&headers, "content-length").and_then(|v| v.parse().ok());
         drop(headers);
@@ -52,6 +52,22 @@ impl exports::wasi::http::incoming_handler::Guest for Endpoint {
         let response = policy::handle(&head, |limit| read_body(&request, limit), &Host);
         send(response, response_out);
     }
+}
+
+/// Every value of a header, joined with `, ` and decoded leniently, as the
+/// Fetch API's `Headers.get` reads them: a repeated or undecodable
+/// `Origin` then matches no allowed origin (contract rule E1) instead of
+/// passing as absent.
+fn joined_header(headers: &Fields, name: &str) -> Option<String> {
+    let values = headers.get(name);
+    if values.is_empty() {
+        return None;
+    }
+    let decoded: Vec<String> = values
+        .iter()
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .collect();
+    Some(decoded.join(", "))
 }
 
 /// The first value of a header, when it is valid UTF-8.

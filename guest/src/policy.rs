@@ -17,11 +17,14 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The Convex HTTP action that answers who owns a key hash.
 pub const OWNER_LOOKUP_PATH: &str = "/api/internal-get-key-owner";
 
-const ALLOW_METHODS: &str = "POST, OPTIONS";
-const ALLOW_HEADERS: &str = "Content-Type, Authorization, X-WorldMonitor-Key, X-Api-Key, \
+/// `Access-Control-Allow-Methods` on every allowed answer.
+pub const ALLOW_METHODS: &str = "POST, OPTIONS";
+/// `Access-Control-Allow-Headers` on every allowed answer.
+pub const ALLOW_HEADERS: &str = "Content-Type, Authorization, X-WorldMonitor-Key, X-Api-Key, \
      X-Widget-Key, X-Pro-Key, X-WorldMonitor-Desktop-Timestamp, \
      X-WorldMonitor-Desktop-Signature, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID";
-const EXPOSE_HEADERS: &str = "Mcp-Session-Id, WWW-Authenticate, Retry-After, X-RateLimit-Limit, \
+/// `Access-Control-Expose-Headers` on every allowed answer.
+pub const EXPOSE_HEADERS: &str = "Mcp-Session-Id, WWW-Authenticate, Retry-After, X-RateLimit-Limit, \
      X-RateLimit-Remaining, X-RateLimit-Reset";
 
 /// The parts of a request the policy reads before it decides to read the body.
@@ -133,7 +136,9 @@ impl Response {
     }
 }
 
-fn cors_headers(allow_origin: String) -> Vec<(&'static str, String)> {
+/// The CORS headers of an allowed answer, `Access-Control-Allow-Origin`
+/// first.
+pub fn cors_headers(allow_origin: String) -> Vec<(&'static str, String)> {
     vec![
         ("access-control-allow-origin", allow_origin),
         ("access-control-allow-credentials", "true".to_owned()),

@@ -90,7 +90,10 @@ async fn main() -> anyhow::Result<()> {
     let mut handled = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
         let started = Instant::now();
-        let response = plugin.handle(capabilities.clone(), preflight()).await;
+        let response = plugin
+            .handle(capabilities.clone(), preflight(), ())
+            .await
+            .map_err(|failure| anyhow::anyhow!("preflight failed: {failure:?}"))?;
         let status = response.status();
         response.into_body().collect().await?;
         if round >= WARMUP {

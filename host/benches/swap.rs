@@ -46,7 +46,8 @@ async fn main() -> anyhow::Result<()> {
     let engine = engine::new_engine(&limits)?;
     let linker = engine::new_linker(&engine)?;
     let dir = tempfile::tempdir()?;
-    let artifacts = ArtifactCache::open(dir.path(), &engine)?;
+    let key = keybust::artifacts::ArtifactKey::ephemeral()?;
+    let artifacts = ArtifactCache::open(dir.path().join("cache"), key, &engine)?;
     let slot = ComponentSlot::new(
         linker,
         Some(artifacts),

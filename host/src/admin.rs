@@ -71,7 +71,8 @@ pub async fn handle(
                     endpoint,
                     200,
                     Some(json!({
-                        "compiled": swapped.origin == crate::artifacts::Origin::Compiled,
+                        "compiled": swapped.origin == Some(crate::artifacts::Origin::Compiled),
+                        "already_serving": swapped.already_serving(),
                         "took_ms": swapped.took.as_secs_f64() * 1000.0,
                     })),
                 ),

@@ -4,12 +4,19 @@
 //! The guest enforces the endpoint's body bound ([`MAX_BODY_BYTES`],
 //! contract rule E15) and answers 413 past it. The host wraps the client's
 //! body in a [`BoundedBody`] that ends one byte past that bound, so the guest
-//! can tell "too large" while nothing past the bound is ever buffered.
+//! can tell "too large" while nothing past the bound is ever buffered; that
+//! fails once `--body-timeout` has passed, so a slow sender cannot hold a
+//! request slot; and that drains what the guest left unread, so an early
+//! answer reaches a client that is still sending.
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// The request body bound (contract rule E15). The guest answers 413 past
 /// it (`guest/src/policy.rs` holds the same number, checked by a test
@@ -21,39 +28,117 @@ pub const MAX_BODY_BYTES: usize = 64 << 10;
 /// host's alike: routes an embedder writes beside keybust's return it too.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// A request body that ends after `remaining` bytes, whatever the client sends.
-pub struct BoundedBody<B> {
-    inner: B,
+/// A request body as the guest sees it: it ends after `limit` bytes
+/// whatever the client sends, fails once `deadline` has passed before its
+/// end, and, when dropped unfinished, is drained in the background.
+///
+/// The drain is nginx's lingering close. A client still sending a body
+/// when keybust answers early (413 past the bound, 401 before the body is
+/// read) would otherwise have the connection closed under it: the kernel
+/// answers the unread bytes with a reset, and the client often sees that
+/// reset instead of the answer. Reading on, and discarding, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`] lets the answer arrive first.
+pub struct BoundedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    inner: Option<B>,
     remaining: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: Arc<AtomicBool>,
+    ended: bool,
 }
 
-impl<B> BoundedBody<B> {
-    /// Passes at most `limit` bytes of `inner`.
+/// How long an unfinished request body is read and discarded after the
+/// guest has let go of it.
+pub const LINGER_TIME: Duration = Duration::from_secs(3);
+
+/// How much of an unfinished request body is read and discarded after the
+/// guest has let go of it.
+pub const LINGER_BYTES: usize = 4 << 20;
+
+impl<B> BoundedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    /// Passes at most `limit` bytes of `inner`, with no deadline.
     pub fn new(inner: B, limit: usize) -> Self {
         BoundedBody {
-            inner,
+            inner: Some(inner),
             remaining: limit,
+            deadline: None,
+            timed_out: Arc::default(),
+            ended: false,
+        }
+    }
+
+    /// Fails the body with a timeout unless it has ended within `timeout`
+    /// from now; [`BoundedBody::timed_out`] then says so.
+    pub fn with_deadline(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+        self
+    }
+
+    /// Set once the body failed because its deadline passed; readable
+    /// after the body itself has been handed over.
+    pub fn timed_out(&self) -> Arc<AtomicBool> {
+        self.timed_out.clone()
+    }
+}
+
+/// Why the guest's view of the request body failed.
+#[derive(Debug)]
+pub enum BoundedBodyError<E> {
+    /// The client's body failed.
+    Inner(E),
+    /// The body did not end within its deadline.
+    TimedOut,
+}
+
+impl<E: Into<wasmtime_wasi_http::Error>> From<BoundedBodyError<E>> for wasmtime_wasi_http::Error {
+    fn from(err: BoundedBodyError<E>) -> Self {
+        match err {
+            BoundedBodyError::Inner(err) => err.into(),
+            BoundedBodyError::TimedOut => wasmtime_wasi_http::Error::ConnectionReadTimeout,
         }
     }
 }
 
 impl<B> hyper::body::Body for BoundedBody<B>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoundedBodyError<B::Error>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
-        if self.remaining == 0 {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 || self.ended {
             return Poll::Ready(None);
         }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            other => return other,
+            Poll::Ready(Some(Err(err))) => {
+                return Poll::Ready(Some(Err(BoundedBodyError::Inner(err))));
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {
+                if let Some(deadline) = self.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    self.timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(BoundedBodyError::TimedOut)));
+                }
+                return Poll::Pending;
+            }
         };
         match frame.into_data() {
             Ok(mut data) => {
@@ -68,7 +153,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0 || self.inner.is_end_stream()
+        self.remaining == 0
+            || self.ended
+            || self
+                .inner
+                .as_ref()
+                .is_none_or(|inner| inner.is_end_stream())
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -76,6 +166,45 @@ where
         hint.set_upper(self.remaining as u64);
         hint
     }
+}
+
+impl<B> Drop for BoundedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if self.ended || inner.is_end_stream() {
+            return;
+        }
+        // Outside a runtime (a test dropping a body by hand) there is no
+        // connection to keep reading either.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(inner));
+        }
+    }
+}
+
+/// Reads and discards what is left of a body, within [`LINGER_TIME`] and
+/// [`LINGER_BYTES`]; dropping it then lets the connection close.
+async fn linger<B>(mut body: B)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                read += data.len();
+                if read > LINGER_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// A JSON answer made by the host itself (404, 500, 503, 504, the admin API).
@@ -107,6 +236,43 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert_eq!(collected.len(), 2500);
+    }
+
+    /// A body whose client never sends the rest.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_at_its_deadline() {
+        let body = BoundedBody::new(Stalled, 10).with_deadline(Duration::from_millis(50));
+        let timed_out = body.timed_out();
+        let started = std::time::Instant::now();
+        let result = body.collect().await;
+        assert!(matches!(result, Err(BoundedBodyError::TimedOut)));
+        assert!(timed_out.load(Ordering::Relaxed));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_in_time_does_not_time_out() {
+        let body = BoundedBody::new(Full::new(Bytes::from_static(b"{}")), 10)
+            .with_deadline(Duration::from_millis(50));
+        let timed_out = body.timed_out();
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"{}");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(!timed_out.load(Ordering::Relaxed));
     }
 
     /// The guest enforces the bound, the host clamps to it: they must agree.

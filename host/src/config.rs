@@ -79,8 +79,13 @@ pub fn parse_lookup<A: Args + FromArgMatches>(
         let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
             continue;
         };
-        if let Some(value) = env.to_str().and_then(&lookup) {
+        let Some(value) = env.to_str().and_then(&lookup) else {
+            continue;
+        };
+        if arg.get_action().takes_values() {
             argv.push(format!("--{long}={value}"));
+        } else if is_truthy(&value) {
+            argv.push(format!("--{long}"));
         }
     }
     // Forget the values clap captured from the process environment.
@@ -98,6 +103,16 @@ pub fn parse_env<A: Args + FromArgMatches>() -> Result<A, ConfigError> {
         .try_get_matches_from(Vec::<String>::new())
         .map_err(|err| ConfigError::invalid("settings", clap_reason(&err)))?;
     A::from_arg_matches(&matches).map_err(|err| ConfigError::invalid("settings", clap_reason(&err)))
+}
+
+/// How an on/off setting reads an environment value, as clap's
+/// `FalseyValueParser` does: anything but empty, `0`, `false`, `no`, `off`
+/// and `n` is on.
+fn is_truthy(value: &str) -> bool {
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "0" | "false" | "no" | "off" | "n" | "f"
+    )
 }
 
 /// What clap says went wrong, without the value (which may be a secret).
@@ -141,14 +156,86 @@ pub(crate) fn header_safe(name: &'static str, value: String) -> Result<Secret, C
     }
 }
 
-/// An `http://` or `https://` URL without its trailing slash.
-pub(crate) fn http_url(name: &'static str, value: String) -> Result<String, ConfigError> {
-    if value.starts_with("http://") || value.starts_with("https://") {
-        Ok(value.trim_end_matches('/').to_owned())
-    } else {
-        Err(ConfigError::invalid(
-            name,
-            "must start with http:// or https://",
-        ))
+/// Whether a backend may be reached over plain HTTP beyond this machine
+/// (`--allow-insecure-backends`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// Only to loopback addresses: elsewhere a man in the middle could
+    /// read the shared secret or forge the token issuer's keys.
+    LoopbackOnly,
+    /// Anywhere; for networks the operator trusts.
+    Allowed,
+}
+
+/// An `http://` or `https://` URL without its trailing slash; `http://`
+/// only to a loopback host unless `plain` allows it.
+pub(crate) fn http_url(
+    name: &'static str,
+    value: String,
+    plain: PlainHttp,
+) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(&value)
+        .map_err(|_| ConfigError::invalid(name, "must start with http:// or https://"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if plain == PlainHttp::Allowed || is_loopback(&url) => {}
+        "http" => {
+            return Err(ConfigError::invalid(
+                name,
+                "plain http:// to a host beyond this machine: use https://, or allow it with --allow-insecure-backends",
+            ));
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                name,
+                "must start with http:// or https://",
+            ));
+        }
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let url = |value: &str, plain| http_url("X", value.to_owned(), plain);
+        assert_eq!(
+            url("https://clerk.example.com/", PlainHttp::LoopbackOnly).unwrap(),
+            "https://clerk.example.com"
+        );
+        for loopback in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://[::1]:1",
+            "http://127.1.2.3",
+        ] {
+            assert!(url(loopback, PlainHttp::LoopbackOnly).is_ok(), "{loopback}");
+        }
+        for remote in [
+            "http://clerk.example.com",
+            "http://10.0.0.1",
+            "http://localhost.evil.example",
+        ] {
+            let err = url(remote, PlainHttp::LoopbackOnly).unwrap_err();
+            assert!(
+                err.to_string().contains("--allow-insecure-backends"),
+                "{err}"
+            );
+            assert!(url(remote, PlainHttp::Allowed).is_ok(), "{remote}");
+        }
+        assert!(url("clerk.example.com", PlainHttp::Allowed).is_err());
+        assert!(url("ftp://x", PlainHttp::Allowed).is_err());
     }
 }

@@ -27,6 +27,9 @@ pub struct Deadlines {
     pub jwks_refetch_cooldown: Duration,
     /// The least time between two JWKS fetches after one failed.
     pub jwks_retry_after_failure: Duration,
+    /// How old the issuer's keys may grow before a request that uses them
+    /// starts a refetch in the background, so removed keys stop working.
+    pub jwks_max_age: Duration,
     /// The longest back-off between two Redis reconnection attempts.
     pub redis_reconnect_max_delay: Duration,
 }
@@ -40,6 +43,7 @@ impl Default for Deadlines {
             cache: Duration::from_millis(1500),
             jwks_refetch_cooldown: Duration::from_secs(30),
             jwks_retry_after_failure: Duration::from_secs(2),
+            jwks_max_age: Duration::from_secs(600),
             redis_reconnect_max_delay: Duration::from_millis(200),
         }
     }
@@ -59,6 +63,10 @@ pub struct DeadlineArgs {
     /// Least time between two JWKS fetches caused by tokens naming unknown key ids.
     #[arg(long, env = "KEYBUST_JWKS_REFETCH_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
     pub jwks_refetch_cooldown: Duration,
+
+    /// Age of the issuer's keys after which they are fetched again, in the background.
+    #[arg(long, env = "KEYBUST_JWKS_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub jwks_max_age: Duration,
 
     /// Deadline for one cache operation (Redis, Upstash); past it, 503 [default: 1500ms].
     #[arg(long, env = "KEYBUST_CACHE_TIMEOUT", value_parser = parse_duration)]
@@ -94,6 +102,7 @@ impl DeadlineArgs {
             jwks: self.jwks_timeout,
             cache,
             jwks_refetch_cooldown: self.jwks_refetch_cooldown,
+            jwks_max_age: self.jwks_max_age,
             ..defaults
         }
     }

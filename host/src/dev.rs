@@ -88,10 +88,7 @@ pub async fn start() -> anyhow::Result<DevEnvironment> {
     )?;
 
     let settings = Settings {
-        convex: ConvexSettings {
-            site_url: Some(format!("http://{convex_addr}")),
-            shared_secret: Some(Secret::new(secret)),
-        },
+        convex: ConvexSettings::new(format!("http://{convex_addr}"), Secret::new(secret)),
         clerk: ClerkSettings {
             issuer: Some(issuer),
             ..ClerkSettings::default()

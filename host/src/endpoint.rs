@@ -3,29 +3,67 @@
 //! metrics). This is the type to embed: build it from capabilities and a
 //! component, then hand it `hyper::Request`s.
 
-use crate::artifacts::ArtifactCache;
+use crate::access::{AccessRecord, REQUEST_ID};
+use crate::artifacts::{ArtifactCache, ArtifactKey};
 use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
 use crate::engine::{self, EngineError};
 use crate::limits::Limits;
-use crate::plugin::{self, LoadError};
+use crate::plugin::{self, GuestFailure, LoadError};
 use crate::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 /// The only path the component serves.
 pub const ENDPOINT_PATH: &str = "/api/invalidate-user-api-key-cache";
 
 /// How an endpoint is built: where precompiled code goes, and its bounds.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EndpointConfig {
     /// Directory for precompiled components ([`ArtifactCache`]); none: compile every time.
     pub cache_dir: Option<PathBuf>,
+    /// The file holding the key that authenticates precompiled components
+    /// ([`ArtifactKey`]), outside `cache_dir`; none: a key for this process
+    /// alone, so entries from earlier processes are rebuilt.
+    pub artifact_key: Option<PathBuf>,
+    /// The size bound of the precompiled component cache.
+    pub cache_max_bytes: u64,
     /// Bounds on guests, requests and connections.
     pub limits: Limits,
+}
+
+impl Default for EndpointConfig {
+    /// No precompiled cache; the default bounds.
+    fn default() -> Self {
+        EndpointConfig {
+            cache_dir: None,
+            artifact_key: None,
+            cache_max_bytes: crate::artifacts::DEFAULT_MAX_BYTES,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// The precompiled cache this configuration asks for, when it can be
+    /// had; a cache that cannot be trusted or written is left out, with a
+    /// warning, and components are compiled every time.
+    fn artifact_cache(&self, engine: &wasmtime::Engine) -> Option<ArtifactCache> {
+        let dir = self.cache_dir.as_deref()?;
+        let key = match &self.artifact_key {
+            Some(path) => ArtifactKey::load_or_create(path),
+            None => ArtifactKey::ephemeral(),
+        };
+        let opened = key.and_then(|key| ArtifactCache::open(dir, key, engine));
+        match opened {
+            Ok(cache) => Some(cache.with_max_bytes(self.cache_max_bytes)),
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "precompiled component cache disabled");
+                None
+            }
+        }
+    }
 }
 
 /// Why an endpoint could not be built.
@@ -61,16 +99,20 @@ pub struct Endpoint {
     /// pooling slot is always free for an admitted request). A request
     /// waits for a permit at most `--queue-timeout`, then gets 503 with
     /// `Retry-After`: under overload clients get a fast, retryable answer
-    /// instead of a queue that grows without bound. The permit is held
-    /// for as long as the request's guest runs and released when it is
-    /// dropped; the semaphore is fair, so waiters are admitted in order.
-    admission: tokio::sync::Semaphore,
+    /// instead of a queue that grows without bound. The permit moves into
+    /// the task that runs the guest and is released when the guest has
+    /// finished, not when the client goes away: a client that hangs up
+    /// cannot free a slot while its guest still runs. The semaphore is
+    /// fair, so waiters are admitted in order.
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl Endpoint {
     /// Serves whatever `slot` holds.
     pub fn new(slot: ComponentSlot) -> Self {
-        let admission = tokio::sync::Semaphore::new(slot.limits().max_concurrent_requests);
+        let admission = Arc::new(tokio::sync::Semaphore::new(
+            slot.limits().max_concurrent_requests,
+        ));
         Endpoint { slot, admission }
     }
 
@@ -86,96 +128,100 @@ impl Endpoint {
 
     /// Answers one request: the endpoint's path goes to the component, any
     /// other path gets 404 from the host. Every answer carries `x-request-id`
-    /// (the client's, or a new one) and gets one access-log line.
+    /// (the client's, or a new one) and gets one access-log line, written
+    /// when the request is over ([`AccessRecord`]).
     pub async fn route<B>(&self, request: hyper::Request<B>) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let started = Instant::now();
-        let request_id = request
-            .headers()
-            .get(REQUEST_ID)
-            .filter(|value| is_usable_request_id(value.as_bytes()))
-            .cloned()
-            .unwrap_or_else(new_request_id);
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
         // The request runs to its end on the version current now.
         let version = self.slot.current();
-        let mut response = if path == ENDPOINT_PATH {
-            self.admit_and_handle(&version, request).await
-        } else {
-            json_response(404, r#"{"error":"Not found"}"#)
-        };
-        let took = started.elapsed();
-        let status = response.status().as_u16();
-        self.capabilities().metrics.request(status, took);
-        tracing::info!(
-            target: "keybust::access",
-            %method,
-            path,
-            status,
-            latency_ms = took.as_secs_f64() * 1000.0,
-            digest = &version.digest()[..12],
-            request_id = request_id.to_str().unwrap_or_default(),
+        let record = AccessRecord::start(
+            &request,
+            version.digest(),
+            self.capabilities().metrics.clone(),
         );
-        response.headers_mut().insert(REQUEST_ID, request_id);
+        let mut response = if request.uri().path() != ENDPOINT_PATH {
+            json_response(404, r#"{"error":"Not found"}"#)
+        } else if !has_usable_authority(&request) {
+            // wasi:http hands the guest an authority; without one there is
+            // no request to hand it. The client's fault, not the host's.
+            tracing::debug!(
+                request_id = record.request_id().to_str().unwrap_or_default(),
+                "request without a usable Host"
+            );
+            json_response(400, r#"{"error":"Bad request"}"#)
+        } else {
+            self.admit_and_handle(&version, request, record.clone())
+                .await
+        };
+        record.answered(response.status().as_u16());
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, record.request_id().clone());
         response
     }
 }
 
 impl Endpoint {
     /// Runs the request once a concurrency slot is free; past the queue
-    /// timeout, answers 503 with `Retry-After` instead of piling up.
+    /// timeout, answers 503 with `Retry-After` instead of piling up. The
+    /// slot and the access record stay with the guest until it finishes.
     async fn admit_and_handle<B>(
         &self,
         version: &Version,
         request: hyper::Request<B>,
+        record: Arc<AccessRecord>,
     ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let headers = request.headers().clone();
         let queue_timeout = self.slot.limits().queue_timeout;
-        let _permit = match tokio::time::timeout(queue_timeout, self.admission.acquire()).await {
-            Ok(Ok(permit)) => permit,
+        let admitted =
+            tokio::time::timeout(queue_timeout, self.admission.clone().acquire_owned()).await;
+        let mut response = match admitted {
+            Ok(Ok(permit)) => {
+                match version
+                    .plugin
+                    .handle(self.capabilities().clone(), request, (permit, record))
+                    .await
+                {
+                    Ok(response) => return response,
+                    Err(failure) => {
+                        if let GuestFailure::BodyTimeout = failure {
+                            self.capabilities().metrics.body_timed_out();
+                        }
+                        failure.response()
+                    }
+                }
+            }
             _ => {
                 let mut busy = json_response(503, r#"{"error":"Service unavailable"}"#);
                 busy.headers_mut().insert(
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from_static("1"),
                 );
-                return busy;
+                busy
             }
         };
-        version
-            .plugin
-            .handle(self.capabilities().clone(), request)
-            .await
+        self.capabilities()
+            .origins
+            .add_cors_headers(&headers, response.headers_mut());
+        response
     }
 }
 
-const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// Client-chosen request ids are kept when they are short and printable.
-fn is_usable_request_id(value: &[u8]) -> bool {
-    !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
-}
-
-/// A process-unique request id: a random per-process prefix and a counter.
-fn new_request_id() -> http::HeaderValue {
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut bytes = [0u8; 4];
-        // A failed fill leaves a zero prefix: ids stay unique within the process.
-        let _ = aws_lc_rs::rand::fill(&mut bytes);
-        u32::from_ne_bytes(bytes)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    http::HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}"))
-        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
+/// The authority wasi:http gives the guest: the URI's, else a `Host` header
+/// of visible ASCII.
+fn has_usable_authority<B>(request: &hyper::Request<B>) -> bool {
+    request.uri().authority().is_some()
+        || request
+            .headers()
+            .get(http::header::HOST)
+            .is_some_and(|host| !host.is_empty() && host.to_str().is_ok())
 }
 
 /// Building an endpoint.
@@ -214,13 +260,7 @@ impl Endpoint {
         config: &EndpointConfig,
     ) -> Result<Self, EndpointError> {
         let engine = engine::new_engine(&config.limits)?;
-        let artifacts = config.cache_dir.as_deref().and_then(|dir| match ArtifactCache::open(dir, &engine) {
-            Ok(cache) => Some(cache),
-            Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err, "precompiled component cache disabled");
-                None
-            }
-        });
+        let artifacts = config.artifact_cache(&engine);
         let linker = engine::new_linker(&engine)?;
         let limits = Arc::new(config.limits.clone());
         let slot = ComponentSlot::new(

@@ -99,6 +99,7 @@ pub mod slot;
 pub mod store;
 
 // Serving.
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod endpoint;

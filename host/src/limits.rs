@@ -36,7 +36,18 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// The most memory one `wasi:http` fields resource may take.
     pub max_field_bytes: usize,
+    /// How long the whole request body may take to arrive, from the
+    /// request head on; past it, 408.
+    pub body_timeout: Duration,
+    /// Open connections from one client address; `None`: no bound beyond
+    /// `max_connections` (behind a load balancer every client is the
+    /// balancer).
+    pub max_connections_per_ip: Option<usize>,
 }
+
+/// File descriptors kept back from client connections: listeners, backend
+/// connections, component files, the artifact cache.
+pub const RESERVED_FDS: u64 = 256;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -50,11 +61,38 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 << 10,
             max_field_bytes: 64 << 10,
+            body_timeout: Duration::from_secs(5),
+            max_connections_per_ip: None,
         }
     }
 }
 
 impl Limits {
+    /// Raises this process's soft limit on open files to its hard limit,
+    /// and keeps `max_connections` [`RESERVED_FDS`] below it, with a
+    /// warning: a connection cap above the file limit makes the process
+    /// run out of descriptors first, and then every outbound connect to a
+    /// backend fails (503) while the listener keeps accepting.
+    pub fn fit_to_fd_limit(&mut self) {
+        let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(soft) => soft,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read or raise the open-file limit");
+                return;
+            }
+        };
+        let room = soft.saturating_sub(RESERVED_FDS).max(1);
+        if self.max_connections as u64 > room {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                open_file_limit = soft,
+                clamped_to = room,
+                "--max-connections is above what the open-file limit allows; clamped"
+            );
+            self.max_connections = room as usize;
+        }
+    }
+
     /// Epoch ticks of guest execution per request.
     pub fn guest_ticks(&self) -> u64 {
         (self.guest_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
@@ -91,6 +129,15 @@ pub struct LimitArgs {
     /// How long a client may take to send its request head (against slowloris).
     #[arg(long, env = "KEYBUST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+
+    /// Time the whole request body may take to arrive, from the request head on; past it, 408.
+    #[arg(long, env = "KEYBUST_BODY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Open connections from one client address; further ones are closed at
+    /// once [default: no bound; behind a load balancer every client is the balancer].
+    #[arg(long, env = "KEYBUST_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: Option<u32>,
 
     /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
     #[arg(long, env = "KEYBUST_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
@@ -129,6 +176,8 @@ impl LimitArgs {
             max_connections: self.max_connections,
             header_read_timeout: self.header_timeout,
             max_header_bytes: self.max_header_bytes,
+            body_timeout: self.body_timeout,
+            max_connections_per_ip: self.max_connections_per_ip.map(|n| n as usize),
             ..Limits::default()
         })
     }

@@ -46,7 +46,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the whole flow locally: embedded cache, stand-ins for Convex and the
     /// token issuer, and a ready-to-paste curl that gets a 200.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +92,17 @@ struct CommonArgs {
     #[arg(long, env = "KEYBUST_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
+    /// Largest size of the precompiled component cache, in bytes; the
+    /// least recently used entries go first.
+    #[arg(long, env = "KEYBUST_CACHE_MAX_BYTES", default_value_t = artifacts::DEFAULT_MAX_BYTES)]
+    cache_max_bytes: u64,
+
+    /// Directory for keybust's state, outside the cache directory: the key
+    /// that authenticates precompiled components
+    /// [default: the user's state directory, e.g. ~/.local/state/keybust].
+    #[arg(long, env = "KEYBUST_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
     /// Time in-flight requests get to finish after SIGTERM or ctrl-c (e.g. 30s).
     #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -102,11 +113,21 @@ struct CommonArgs {
 
 impl CommonArgs {
     fn endpoint_config(&self) -> anyhow::Result<EndpointConfig> {
+        let mut limits = self.limits.limits()?;
+        limits.fit_to_fd_limit();
+        let state_dir = self.state_dir.clone().or_else(default_state_dir);
         Ok(EndpointConfig {
             cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
-            limits: self.limits.limits()?,
+            artifact_key: state_dir.map(|dir| dir.join("artifact.key")),
+            cache_max_bytes: self.cache_max_bytes,
+            limits,
         })
     }
+}
+
+/// `$XDG_STATE_HOME/keybust`, else the local data directory's `keybust`.
+fn default_state_dir() -> Option<PathBuf> {
+    artifacts::default_key_path().and_then(|key| key.parent().map(ToOwned::to_owned))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,7 +145,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
-            Command::Dev(args) => dev(args).await,
+            Command::Dev(args) => dev(*args).await,
         }
     })
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
-    status: u16,
+    /// The HTTP status, or `client closed` for a client that hung up first.
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +35,21 @@ struct ComponentLabels {
     digest: String,
 }
 
+/// The status of requests whose client hung up before their answer, in
+/// `keybust_requests_total` and the access log.
+pub const CLIENT_CLOSED: &str = "client closed";
+
+/// How a capability call ended, as `keybust_capability_calls_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what was asked (an invalid token counts: the check worked).
+    Ok,
+    /// A backend failed, timed out, or is not configured.
+    Error,
+    /// The component asked for something outside the host's allow-lists.
+    Forbidden,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -49,6 +65,7 @@ pub struct Metrics {
     capability_seconds: Family<CapabilityLabels, Histogram, fn() -> Histogram>,
     swaps: Family<SwapLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
+    body_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -104,8 +121,15 @@ impl Metrics {
             "The digest of the component serving now",
             component.clone(),
         );
+        let body_timeouts = Counter::default();
+        registry.register(
+            "body_timeouts",
+            "Requests answered 408 because their body was not in by --body-timeout",
+            body_timeouts.clone(),
+        );
         Metrics {
             registry,
+            body_timeouts,
             requests,
             request_seconds,
             instantiate_seconds,
@@ -116,10 +140,30 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request.
-    pub fn request(&self, status: u16, took: Duration) {
-        self.requests.get_or_create(&StatusLabels { status }).inc();
+    /// Counts one answered request once it is over, and the time to its
+    /// response head.
+    pub fn request(&self, status: &str, took: Duration) {
+        self.requests
+            .get_or_create(&StatusLabels {
+                status: status.to_owned(),
+            })
+            .inc();
         self.request_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts a request whose client hung up before it had an answer; it
+    /// has no time to a response head.
+    pub fn client_closed(&self) {
+        self.requests
+            .get_or_create(&StatusLabels {
+                status: CLIENT_CLOSED.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a request body that did not arrive in time.
+    pub fn body_timed_out(&self) {
+        self.body_timeouts.inc();
     }
 
     /// Records one instantiation.
@@ -127,9 +171,13 @@ impl Metrics {
         self.instantiate_seconds.observe(took.as_secs_f64());
     }
 
-    /// Records one capability call; `ok` is false for every failure the guest sees.
-    pub fn capability(&self, capability: &'static str, ok: bool, took: Duration) {
-        let outcome = if ok { "ok" } else { "error" };
+    /// Records one capability call and how it ended.
+    pub fn capability(&self, capability: &'static str, outcome: Outcome, took: Duration) {
+        let outcome = match outcome {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Forbidden => "forbidden",
+        };
         self.capability_calls
             .get_or_create(&CapabilityOutcomeLabels {
                 capability,

@@ -108,35 +108,46 @@ impl Plugin {
 
     /// Runs one request through a fresh instance.
     ///
-    /// A guest that traps or answers nothing gets the client a 500; one that
-    /// runs out of its execution budget, or a request that outlives the
-    /// wall-clock bound, a 504. The instance is dropped either way.
+    /// `hold` is kept until the guest has finished, answer body included,
+    /// even when the client has gone away meanwhile: give it the
+    /// request's admission permit and whatever must outlive the instance.
+    ///
+    /// A guest that traps or answers nothing is a [`GuestFailure::Failed`]
+    /// (500); one that runs out of its execution budget, or a request that
+    /// outlives the wall-clock bound, [`GuestFailure::OutOfTime`] (504); a
+    /// request body that is not in by `--body-timeout`,
+    /// [`GuestFailure::BodyTimeout`] (408). The instance is dropped either way.
     pub async fn handle<B>(
         &self,
         capabilities: Arc<Capabilities>,
         request: hyper::Request<B>,
-    ) -> hyper::Response<ResponseBody>
+        hold: impl Send + 'static,
+    ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        match self.run(capabilities, request).await {
-            Ok(response) => response,
+        let result = self.run(capabilities, request, hold).await;
+        match &result {
+            Ok(_) => {}
+            Err(GuestFailure::BodyTimeout) => {
+                tracing::debug!(digest = %&self.digest[..12], "request body not received within --body-timeout");
+            }
             Err(GuestFailure::OutOfTime(why)) => {
                 tracing::error!(digest = %&self.digest[..12], "{why}");
-                json_response(504, r#"{"error":"Gateway timeout"}"#)
             }
             Err(GuestFailure::Failed(err)) => {
                 tracing::error!(error = %format!("{err:#}"), digest = %&self.digest[..12], "guest failed");
-                json_response(500, r#"{"error":"Internal error"}"#)
             }
         }
+        result
     }
 
     async fn run<B>(
         &self,
         capabilities: Arc<Capabilities>,
         request: hyper::Request<B>,
+        hold: impl Send + 'static,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
@@ -148,7 +159,13 @@ impl Plugin {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         // The guest never sees more than one byte past the body bound, so it
         // can tell "too large" without anything past the bound being buffered.
-        let request = request.map(|body| BoundedBody::new(body, MAX_BODY_BYTES + 1));
+        let mut body_timed_out = None;
+        let request = request.map(|body| {
+            let body =
+                BoundedBody::new(body, MAX_BODY_BYTES + 1).with_deadline(limits.body_timeout);
+            body_timed_out = Some(body.timed_out());
+            body
+        });
         let request = store
             .data_mut()
             .http()
@@ -163,7 +180,10 @@ impl Plugin {
         let deadline = limits.request_timeout;
         // The guest keeps running after it hands over the response head: it
         // still has to write the body, which the client reads as it comes.
+        // The task, not the caller, owns `hold`: a client that hangs up
+        // drops the caller, while the guest runs on to its end.
         let task = tokio::spawn(async move {
+            let _hold = hold;
             let call = async {
                 let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -186,7 +206,7 @@ impl Plugin {
             store.data().log_guest_output();
             outcome
         });
-        match receiver.await {
+        let answer = match receiver.await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(GuestFailure::Failed(wasmtime::format_err!(
                 "guest answered with error code {code:?}"
@@ -200,14 +220,34 @@ impl Plugin {
                     "guest task failed: {join}"
                 ))),
             },
+        };
+        // A guest that saw its body fail answers what it makes of that (a
+        // 422, say); the client deserves to hear that it was too slow.
+        if body_timed_out.is_some_and(|flag| flag.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(GuestFailure::BodyTimeout);
         }
+        answer
     }
 }
 
-/// How a request's guest run ended without an answer.
-enum GuestFailure {
+/// How a request's guest run ended without an answer of its own.
+#[derive(Debug)]
+pub enum GuestFailure {
     /// Out of CPU budget or past the wall-clock bound.
     OutOfTime(String),
     /// Trapped, or returned without a response.
     Failed(wasmtime::Error),
+    /// The request body was not in by `--body-timeout`.
+    BodyTimeout,
+}
+
+impl GuestFailure {
+    /// The answer the host gives in the guest's place.
+    pub fn response(&self) -> hyper::Response<ResponseBody> {
+        match self {
+            GuestFailure::OutOfTime(_) => json_response(504, r#"{"error":"Gateway timeout"}"#),
+            GuestFailure::Failed(_) => json_response(500, r#"{"error":"Internal error"}"#),
+            GuestFailure::BodyTimeout => json_response(408, r#"{"error":"Request timeout"}"#),
+        }
+    }
 }

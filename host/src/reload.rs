@@ -47,14 +47,11 @@ pub async fn reload(endpoint: &Endpoint, path: &Path) -> Result<bool, ReloadErro
             path: shown.clone(),
             source,
         })?;
-    if crate::artifacts::hex_digest(&bytes) == endpoint.slot().current().digest() {
-        return Ok(false);
-    }
     endpoint
         .slot()
         .replace(bytes, shown.clone())
         .await
-        .map(|_| true)
+        .map(|swapped| !swapped.already_serving())
         .map_err(|source| ReloadError::Load {
             path: shown,
             source,

@@ -9,10 +9,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -33,6 +34,7 @@ pub async fn serve<F, Fut>(
     // At the connection limit, stop accepting: further clients wait in the
     // kernel's listen backlog instead of costing memory here.
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_ip = limits.max_connections_per_ip.map(PerIp::new);
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => match permit {
@@ -53,6 +55,16 @@ pub async fn serve<F, Fut>(
             },
             () = &mut shutdown => break,
         };
+        let peer_slot = match &per_ip {
+            Some(per_ip) => match per_ip.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "connection refused: --max-connections-per-ip");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |request| {
@@ -71,6 +83,7 @@ pub async fn serve<F, Fut>(
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop(permit);
+            drop(peer_slot);
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -84,9 +97,83 @@ pub async fn serve<F, Fut>(
     }
 }
 
+/// Open connections per client address, for `--max-connections-per-ip`.
+/// A `std` mutex: held for one map update at accept and at close.
+#[derive(Clone)]
+struct PerIp {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection from an address; closing it frees the count.
+struct PeerSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        PerIp {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` at the bound.
+    fn admit(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Binds a TCP listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PerIp;
+    use std::net::IpAddr;
+
+    #[test]
+    fn per_ip_slots_are_counted_and_freed() {
+        let per_ip = PerIp::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = per_ip.admit(a).unwrap();
+        let _second = per_ip.admit(a).unwrap();
+        assert!(per_ip.admit(a).is_none());
+        assert!(per_ip.admit(b).is_some());
+        drop(first);
+        assert!(per_ip.admit(a).is_some());
+    }
 }

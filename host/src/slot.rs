@@ -9,7 +9,7 @@
 //! once before the swap; if any step fails, the current version keeps
 //! serving and the caller gets the reason.
 
-use crate::artifacts::{ArtifactCache, Origin};
+use crate::artifacts::{ArtifactCache, Origin, hex_digest};
 use crate::capabilities::Capabilities;
 use crate::limits::Limits;
 use crate::plugin::{LoadError, Plugin};
@@ -40,10 +40,20 @@ impl Version {
 pub struct Swapped {
     /// The version serving now.
     pub version: Arc<Version>,
-    /// Whether compilation was skipped thanks to the artifact cache.
-    pub origin: Origin,
+    /// Whether compilation was skipped thanks to the artifact cache; `None`
+    /// when the bytes were already serving and nothing was swapped.
+    pub origin: Option<Origin>,
     /// From bytes in hand to the new version serving.
     pub took: Duration,
+}
+
+impl Swapped {
+    /// Whether the bytes were those serving already: a retried upload, or
+    /// the file watch and a SIGHUP reading the same file. Nothing changed,
+    /// and the rollback target is still the version before.
+    pub fn already_serving(&self) -> bool {
+        self.origin.is_none()
+    }
 }
 
 /// Why a rollback could not happen.
@@ -136,9 +146,25 @@ impl ComponentSlot {
     }
 
     /// Validates `bytes` and, if they pass, makes them the serving version.
+    /// Bytes whose digest is the serving one change nothing: the check is
+    /// made under the swap lock, so two sources swapping the same bytes at
+    /// once cannot make the serving version its own rollback target.
     pub async fn replace(&self, bytes: Vec<u8>, source: String) -> Result<Swapped, LoadError> {
         let _one_at_a_time = self.swapping.lock().await;
         let started = Instant::now();
+        let current = self.current();
+        if hex_digest(&bytes) == current.digest() {
+            tracing::debug!(
+                digest = current.digest(),
+                source,
+                "component already serving; nothing swapped"
+            );
+            return Ok(Swapped {
+                version: current,
+                origin: None,
+                took: started.elapsed(),
+            });
+        }
         let prepared = prepare(
             &self.linker,
             self.artifacts.as_ref(),
@@ -169,7 +195,7 @@ impl ComponentSlot {
         );
         Ok(Swapped {
             version,
-            origin,
+            origin: Some(origin),
             took,
         })
     }

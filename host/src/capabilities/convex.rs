@@ -2,20 +2,55 @@
 //! deployment's shared secret, which only the host holds.
 
 use super::bindings::keybust::gateway::convex as wit;
-use crate::config::{ConfigError, Secret, header_safe, http_url, non_empty};
+use super::outbound::{ReadError, read_bounded};
+use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty, split_list};
 use crate::deadlines::Deadlines;
 use bytes::Bytes;
 use http::HeaderValue;
 use std::time::Duration;
 
-/// Where Convex lives and how to prove we are the gateway. With either
-/// field unset, the endpoint answers 503 (contract rule E8).
-#[derive(Debug, Clone, Default)]
+/// The Convex HTTP actions a component may call by default: the owner
+/// lookup, and nothing else.
+pub const DEFAULT_ALLOWED_PATHS: &[&str] = &["/api/internal-get-key-owner"];
+
+/// Where Convex lives, how to prove we are the gateway, and which actions
+/// a component may call. With the URL or the secret unset, the endpoint
+/// answers 503 (contract rule E8).
+#[derive(Debug, Clone)]
 pub struct ConvexSettings {
     /// `CONVEX_SITE_URL`, without a trailing slash.
     pub site_url: Option<String>,
     /// `CONVEX_SERVER_SHARED_SECRET`.
     pub shared_secret: Option<Secret>,
+    /// The action paths a component may POST to with the shared secret;
+    /// any other is refused as forbidden, whatever the component asks.
+    pub allowed_paths: Vec<String>,
+}
+
+impl ConvexSettings {
+    /// Convex at `site_url` (no trailing slash), reached with
+    /// `shared_secret`; the default allowed paths.
+    pub fn new(site_url: impl Into<String>, shared_secret: Secret) -> Self {
+        ConvexSettings {
+            site_url: Some(site_url.into()),
+            shared_secret: Some(shared_secret),
+            ..ConvexSettings::default()
+        }
+    }
+}
+
+impl Default for ConvexSettings {
+    /// Nothing configured; the owner lookup allowed.
+    fn default() -> Self {
+        ConvexSettings {
+            site_url: None,
+            shared_secret: None,
+            allowed_paths: DEFAULT_ALLOWED_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+        }
+    }
 }
 
 /// The Convex settings, as flags with environment twins.
@@ -29,20 +64,42 @@ pub struct ConvexArgs {
     /// environment variable: a flag shows in `ps`).
     #[arg(long, env = "CONVEX_SERVER_SHARED_SECRET", hide_env_values = true)]
     pub convex_server_shared_secret: Option<String>,
+
+    /// Comma-separated Convex action paths a component may call; others are
+    /// refused and counted [default: /api/internal-get-key-owner].
+    #[arg(long, env = "KEYBUST_ALLOWED_CONVEX_PATHS")]
+    pub allowed_convex_paths: Option<String>,
 }
 
 impl ConvexArgs {
-    /// Checks the values: a URL that is not http(s), or a secret that
-    /// cannot travel in a header, stops keybust at start.
-    pub fn settings(&self) -> Result<ConvexSettings, ConfigError> {
-        Ok(ConvexSettings {
+    /// Checks the values: a URL that is not http(s) (or plain http beyond
+    /// loopback unless `plain` allows it), a secret that cannot travel in
+    /// a header, or an allowed path that is not an internal action stops
+    /// keybust at start.
+    pub fn settings(&self, plain: PlainHttp) -> Result<ConvexSettings, ConfigError> {
+        let mut settings = ConvexSettings {
             site_url: non_empty(self.convex_site_url.clone())
-                .map(|url| http_url("CONVEX_SITE_URL", url))
+                .map(|url| http_url("CONVEX_SITE_URL", url, plain))
                 .transpose()?,
             shared_secret: non_empty(self.convex_server_shared_secret.clone())
                 .map(|secret| header_safe("CONVEX_SERVER_SHARED_SECRET", secret))
                 .transpose()?,
-        })
+            ..ConvexSettings::default()
+        };
+        if let Some(list) = non_empty(self.allowed_convex_paths.clone()) {
+            settings.allowed_paths = split_list(Some(&list));
+            if let Some(bad) = settings
+                .allowed_paths
+                .iter()
+                .find(|p| !is_internal_action(p))
+            {
+                return Err(ConfigError::invalid(
+                    "KEYBUST_ALLOWED_CONVEX_PATHS",
+                    format!("{bad} is not a Convex internal action (/api/internal-...)"),
+                ));
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -79,6 +136,7 @@ pub struct ConvexResponse {
 pub struct ConvexClient {
     site_url: Option<String>,
     secret: Option<HeaderValue>,
+    allowed_paths: Vec<String>,
     timeout: Duration,
     http: reqwest::Client,
 }
@@ -98,6 +156,7 @@ impl ConvexClient {
         ConvexClient {
             site_url: settings.site_url.clone(),
             secret,
+            allowed_paths: settings.allowed_paths.clone(),
             timeout: deadlines.convex,
             http,
         }
@@ -114,31 +173,25 @@ impl ConvexClient {
             tracing::warn!("missing CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET: answering 503");
             return Err(ConvexError::NotConfigured);
         };
-        if !is_internal_action(path) {
-            tracing::warn!(path, "refused a Convex call outside /api/internal-*");
+        // The path is the component's choice: it is not logged, since a
+        // component could hide anything in it.
+        if !is_internal_action(path) || !self.allowed_paths.iter().any(|allowed| allowed == path) {
+            tracing::warn!("refused a Convex call outside --allowed-convex-paths");
             return Err(ConvexError::ForbiddenPath);
         }
         let exchange = async {
-            let mut response = self
+            let response = self
                 .http
                 .post(format!("{site_url}{path}"))
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("x-convex-shared-secret", secret.clone())
                 .body(body)
                 .send()
-                .await?;
+                .await
+                .map_err(|err| ReadError::Transport(err.without_url()))?;
             let status = response.status().as_u16();
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Ok(Err(ConvexError::Transport));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok::<_, reqwest::Error>(Ok(ConvexResponse {
-                status,
-                body: body.into(),
-            }))
+            let body = read_bounded(response, MAX_RESPONSE_BYTES).await?;
+            Ok::<_, ReadError>(ConvexResponse { status, body })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
@@ -146,14 +199,10 @@ impl ConvexClient {
                 Err(ConvexError::Timeout)
             }
             Ok(Err(err)) => {
-                tracing::warn!(path, error = %err.without_url(), "Convex call failed");
+                tracing::warn!(path, error = %err, "Convex call failed");
                 Err(ConvexError::Transport)
             }
-            Ok(Ok(Err(err))) => {
-                tracing::warn!(path, "Convex answered more than {MAX_RESPONSE_BYTES} bytes");
-                Err(err)
-            }
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(response)) => Ok(response),
         }
     }
 }

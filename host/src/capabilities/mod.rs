@@ -10,20 +10,20 @@
 pub mod cache;
 pub mod convex;
 pub mod origins;
+mod outbound;
 pub mod session;
 mod settings;
 
 pub use self::settings::{Settings, SettingsArgs};
 
 use self::cache::{Cache, CacheError};
-use self::convex::ConvexClient;
+use self::convex::{ConvexClient, ConvexError};
 use self::origins::{InvalidOriginPattern, OriginPolicy};
 use self::session::{SessionError, SessionVerifier};
 use crate::config::ConfigError;
-use crate::deadlines::Deadlines;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::component::{HasData, Linker};
 
 /// Bindings generated from `wit/keybust.wit`'s `capabilities` world.
@@ -81,7 +81,7 @@ impl Capabilities {
     /// Builds the capabilities from explicit settings.
     pub fn from_settings(settings: &Settings) -> Result<Self, SetupError> {
         let deadlines = &settings.deadlines;
-        let http = outbound_client(deadlines)?;
+        let http = outbound::outbound_client(deadlines)?;
         Ok(Capabilities {
             convex: ConvexClient::new(&settings.convex, deadlines, http.clone()),
             cache: Cache::from_settings(&settings.cache, deadlines, http.clone())?,
@@ -108,29 +108,6 @@ impl Capabilities {
             reasons.push("CLERK_JWT_ISSUER_DOMAIN is not set");
         }
         reasons
-    }
-}
-
-/// One pooled, keep-alive HTTP client for Convex, the JWKS and Upstash.
-fn outbound_client(deadlines: &Deadlines) -> Result<reqwest::Client, reqwest::Error> {
-    use_aws_lc_for_tls();
-    reqwest::Client::builder()
-        .connect_timeout(deadlines.connect)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-}
-
-/// Every TLS client keybust opens (reqwest for Convex, the JWKS and
-/// Upstash; redis-rs for `rediss://`) takes rustls's process-wide crypto
-/// provider. keybust uses aws-lc-rs, the library it already verifies tokens
-/// with; when the embedding process has installed a provider of its own,
-/// that one is kept.
-pub(crate) fn use_aws_lc_for_tls() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another thread installing one is as good.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
 }
 
@@ -164,8 +141,13 @@ impl wit_convex::Host for &Capabilities {
     ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
         let started = Instant::now();
         let result = self.convex.post(&path, body).await;
-        let ok = matches!(&result, Ok(response) if (200..300).contains(&response.status));
-        self.metrics.capability("convex", ok, started.elapsed());
+        let outcome = match &result {
+            Ok(response) if (200..300).contains(&response.status) => Outcome::Ok,
+            Err(ConvexError::ForbiddenPath) => Outcome::Forbidden,
+            _ => Outcome::Error,
+        };
+        self.metrics
+            .capability("convex", outcome, started.elapsed());
         result.map(Into::into).map_err(Into::into)
     }
 }
@@ -174,8 +156,12 @@ impl wit_cache::Host for &Capabilities {
     async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
         let started = Instant::now();
         let result = self.cache.delete(&key).await;
-        self.metrics
-            .capability("cache", result.is_ok(), started.elapsed());
+        let outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(CacheError::Forbidden) => Outcome::Forbidden,
+            Err(_) => Outcome::Error,
+        };
+        self.metrics.capability("cache", outcome, started.elapsed());
         result.map_err(Into::into)
     }
 }
@@ -185,8 +171,13 @@ impl wit_session::Host for &Capabilities {
         let started = Instant::now();
         let result = self.sessions.validate(&token).await;
         // An invalid token is the capability working; only "cannot verify" is a fault.
-        let ok = result != Err(SessionError::Unverifiable);
-        self.metrics.capability("session", ok, started.elapsed());
+        let outcome = if result == Err(SessionError::Unverifiable) {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        self.metrics
+            .capability("session", outcome, started.elapsed());
         result.map_err(Into::into)
     }
 }
@@ -195,14 +186,16 @@ impl wit_origins::Host for &Capabilities {
     async fn is_allowed(&mut self, origin: String) -> bool {
         let started = Instant::now();
         let allowed = self.origins.is_allowed(&origin);
-        self.metrics.capability("origins", true, started.elapsed());
+        self.metrics
+            .capability("origins", Outcome::Ok, started.elapsed());
         allowed
     }
 
     async fn default_origin(&mut self) -> String {
         let started = Instant::now();
         let origin = self.origins.default_origin().to_owned();
-        self.metrics.capability("origins", true, started.elapsed());
+        self.metrics
+            .capability("origins", Outcome::Ok, started.elapsed());
         origin
     }
 }

@@ -23,6 +23,27 @@ pub const DEVELOPMENT_ORIGIN_PATTERNS: &[&str] = &[
 /// The `Access-Control-Allow-Origin` value for requests without an `Origin`.
 pub const DEFAULT_ALLOW_ORIGIN: &str = "https://worldmonitor.app";
 
+/// The CORS headers the component sends on every allowed answer, besides
+/// `Access-Control-Allow-Origin`; the host sends the same on the answers
+/// it gives in the component's place (a unit test keeps the two equal).
+const CORS_HEADERS: &[(&str, &str)] = &[
+    ("access-control-allow-credentials", "true"),
+    ("access-control-allow-methods", "POST, OPTIONS"),
+    (
+        "access-control-allow-headers",
+        "Content-Type, Authorization, X-WorldMonitor-Key, X-Api-Key, \
+         X-Widget-Key, X-Pro-Key, X-WorldMonitor-Desktop-Timestamp, \
+         X-WorldMonitor-Desktop-Signature, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID",
+    ),
+    (
+        "access-control-expose-headers",
+        "Mcp-Session-Id, WWW-Authenticate, Retry-After, X-RateLimit-Limit, \
+         X-RateLimit-Remaining, X-RateLimit-Reset",
+    ),
+    ("access-control-max-age", "3600"),
+    ("vary", "Origin"),
+];
+
 /// Which browser origins may call the endpoint.
 #[derive(Debug, Clone)]
 pub struct OriginSettings {
@@ -119,6 +140,34 @@ impl OriginPolicy {
     pub fn default_origin(&self) -> &str {
         &self.default_origin
     }
+
+    /// Adds to `response` the CORS headers the component would give a
+    /// request with these headers, for answers the host gives in its place
+    /// (a full queue, a failed or slow guest, a slow body), so a browser
+    /// sees the retryable status instead of a CORS failure. A request whose
+    /// `Origin` is not allowed gets none, as from the component (contract
+    /// rule E1). Every `Origin` value counts, joined and decoded leniently
+    /// the way the component reads them.
+    pub fn add_cors_headers(&self, request: &http::HeaderMap, response: &mut http::HeaderMap) {
+        let origins: Vec<String> = request
+            .get_all(http::header::ORIGIN)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect();
+        let origin = Some(origins.join(", ")).filter(|origin| !origin.is_empty());
+        let allow_origin = match origin {
+            Some(origin) if !self.is_allowed(&origin) => return,
+            Some(origin) => origin,
+            None => self.default_origin.clone(),
+        };
+        let Ok(allow_origin) = http::HeaderValue::from_str(&allow_origin) else {
+            return;
+        };
+        response.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        for (name, value) in CORS_HEADERS {
+            response.insert(*name, http::HeaderValue::from_static(value));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +210,48 @@ mod tests {
             "null",
         ] {
             assert!(!p.is_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_answers_carry_the_components_cors_headers() {
+        let p = policy(&[]);
+        let guest = keybust_guest::policy::cors_headers("https://worldmonitor.app".into());
+        let mut request = http::HeaderMap::new();
+        request.insert("origin", "https://worldmonitor.app".parse().unwrap());
+        let mut response = http::HeaderMap::new();
+        p.add_cors_headers(&request, &mut response);
+        assert_eq!(response.len(), guest.len());
+        for (name, value) in guest {
+            assert_eq!(response.get(name).unwrap(), value.as_str(), "{name}");
+        }
+        let mut response = http::HeaderMap::new();
+        p.add_cors_headers(&http::HeaderMap::new(), &mut response);
+        assert_eq!(
+            response.get("access-control-allow-origin").unwrap(),
+            DEFAULT_ALLOW_ORIGIN
+        );
+    }
+
+    #[test]
+    fn host_answers_to_a_refused_origin_carry_no_cors() {
+        let p = policy(&[("NODE_ENV", "production")]);
+        let refused = [
+            vec![&b"https://evil.example"[..]],
+            vec![
+                &b"https://worldmonitor.app"[..],
+                &b"https://evil.example"[..],
+            ],
+            vec![&b"https://worldmonitor.app\xff"[..]],
+        ];
+        for values in refused {
+            let mut request = http::HeaderMap::new();
+            for value in &values {
+                request.append("origin", http::HeaderValue::from_bytes(value).unwrap());
+            }
+            let mut response = http::HeaderMap::new();
+            p.add_cors_headers(&request, &mut response);
+            assert!(response.is_empty(), "{values:?}");
         }
     }
 

@@ -5,7 +5,7 @@ use super::cache::{CacheArgs, CacheSettings};
 use super::convex::{ConvexArgs, ConvexSettings};
 use super::origins::{OriginArgs, OriginSettings};
 use super::session::{ClerkArgs, ClerkSettings};
-use crate::config::{ConfigError, parse_env, parse_lookup};
+use crate::config::{ConfigError, PlainHttp, parse_env, parse_lookup};
 use crate::deadlines::{DeadlineArgs, Deadlines};
 
 /// Everything the capabilities need. `Default` is what an empty
@@ -39,15 +39,26 @@ pub struct SettingsArgs {
     origins: OriginArgs,
     #[command(flatten, next_help_heading = "Backend deadlines")]
     deadlines: DeadlineArgs,
+
+    /// Allow plain http:// to Convex, the token issuer and Upstash beyond
+    /// loopback (a man in the middle could read the shared secret or forge
+    /// sessions); without it such a URL stops keybust at start.
+    #[arg(long, env = "KEYBUST_ALLOW_INSECURE_BACKENDS", value_parser = clap::builder::FalseyValueParser::new(), help_heading = "Backend deadlines")]
+    allow_insecure_backends: bool,
 }
 
 impl SettingsArgs {
     /// Checks every value; the first unusable one stops keybust at start.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let plain = if self.allow_insecure_backends {
+            PlainHttp::Allowed
+        } else {
+            PlainHttp::LoopbackOnly
+        };
         Ok(Settings {
-            convex: self.convex.settings()?,
-            clerk: self.clerk.settings()?,
-            cache: self.cache.settings()?,
+            convex: self.convex.settings(plain)?,
+            clerk: self.clerk.settings(plain)?,
+            cache: self.cache.settings(plain)?,
             origins: self.origins.settings()?,
             deadlines: self.deadlines.deadlines(),
         })
@@ -131,6 +142,30 @@ mod tests {
             s.cache.backend,
             crate::capabilities::cache::CacheBackendSettings::Embedded
         ));
+    }
+
+    #[test]
+    fn plain_http_backends_need_loopback_or_leave() {
+        for name in [
+            "CONVEX_SITE_URL",
+            "CLERK_JWT_ISSUER_DOMAIN",
+            "UPSTASH_REDIS_REST_URL",
+        ] {
+            let mut vars = vec![
+                (name, "http://backend.example.com"),
+                ("UPSTASH_REDIS_REST_TOKEN", "t"),
+            ];
+            if name != "UPSTASH_REDIS_REST_URL" {
+                vars.pop();
+            }
+            let err = settings(&vars).unwrap_err();
+            assert!(err.to_string().starts_with(name), "{err}");
+            vars.push(("KEYBUST_ALLOW_INSECURE_BACKENDS", "1"));
+            assert!(settings(&vars).is_ok(), "{name}");
+            vars.pop();
+            vars.push(("KEYBUST_ALLOW_INSECURE_BACKENDS", "false"));
+            assert!(settings(&vars).is_err(), "{name}");
+        }
     }
 
     #[test]

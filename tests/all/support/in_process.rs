@@ -5,7 +5,6 @@
 use super::logs::Logs;
 use keybust::capabilities::{Capabilities, Settings};
 use keybust::endpoint::{Endpoint, EndpointConfig};
-use keybust::limits::Limits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,8 +31,9 @@ impl InProcess {
         .expect("valid settings");
         let capabilities = Arc::new(Capabilities::from_settings(&settings).expect("capabilities"));
         let config = EndpointConfig {
-            cache_dir: Some(artifact_dir()),
-            limits: Limits::default(),
+            cache_dir: Some(artifact_dir().join("cache")),
+            artifact_key: Some(artifact_dir().join("state").join("artifact.key")),
+            ..EndpointConfig::default()
         };
         let endpoint = {
             // Loads take turns: in a fresh target directory the first one
@@ -96,7 +96,8 @@ impl Drop for InProcess {
 /// Precompiled components for every in-process endpoint of every run, kept
 /// in the target directory: the in-process tests load the component
 /// instead of compiling it each time (the processes, each with a fresh
-/// `--cache-dir`, still compile it). Entries are checked before use.
+/// `--cache-dir`, still compile it). Entries are checked before use, with
+/// a key kept beside the cache directory, as `--state-dir` keeps it.
 fn artifact_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keybust-artifacts")
 }

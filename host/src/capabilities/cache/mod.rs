@@ -16,10 +16,11 @@ pub use self::upstash::UpstashCache;
 
 use super::bindings::keybust::gateway::cache as wit;
 use crate::deadlines::Deadlines;
+use regex::Regex;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A boxed future, so backends can be chosen at run time.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -33,6 +34,9 @@ pub enum CacheError {
     /// The backend did not answer within the deadline.
     #[error("cache backend did not answer within {0:?}")]
     Timeout(Duration),
+    /// The component named a key outside `--allowed-cache-keys`.
+    #[error("the key is outside --allowed-cache-keys")]
+    Forbidden,
 }
 
 /// A store that holds the gateway's cached key validations.
@@ -42,6 +46,13 @@ pub trait CacheBackend: Send + Sync {
 
     /// A short name for logs and readiness reports.
     fn name(&self) -> &'static str;
+
+    /// Told when an operation that started at `started` ran out of its
+    /// deadline, so a backend whose connection may have gone silent can
+    /// replace it. Nothing to do by default.
+    fn timed_out(&self, started: Instant) {
+        let _ = started;
+    }
 }
 
 /// The cache the guest sees: a backend, the deploy prefix, and a deadline.
@@ -50,6 +61,7 @@ pub struct Cache {
     backend: Arc<dyn CacheBackend>,
     prefix: String,
     timeout: Duration,
+    allowed_keys: Regex,
 }
 
 impl Cache {
@@ -69,16 +81,26 @@ impl Cache {
             }
             CacheBackendSettings::Embedded => Arc::new(EmbeddedCache::default()),
         };
-        Ok(Self::new(backend, settings.prefix.clone(), deadlines.cache))
+        Ok(Self::new(backend, settings.prefix.clone(), deadlines.cache)
+            .with_allowed_keys(settings.allowed_keys.clone()))
     }
 
     /// Wraps any backend.
+    /// Wraps any backend; the component may delete the keys
+    /// [`CacheSettings::default`] allows.
     pub fn new(backend: Arc<dyn CacheBackend>, prefix: String, timeout: Duration) -> Self {
         Cache {
             backend,
             prefix,
             timeout,
+            allowed_keys: CacheSettings::default().allowed_keys,
         }
+    }
+
+    /// Replaces the keys (as the guest names them) a component may delete.
+    pub fn with_allowed_keys(mut self, allowed_keys: Regex) -> Self {
+        self.allowed_keys = allowed_keys;
+        self
     }
 
     /// The backend's name.
@@ -91,12 +113,22 @@ impl Cache {
         format!("{}{key}", self.prefix)
     }
 
-    /// Deletes `key` after prefixing it, within the deadline.
+    /// Deletes `key` after prefixing it, within the deadline, if the key is
+    /// one a component may delete.
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        if !self.allowed_keys.is_match(key) {
+            // The key is the component's choice: not logged, it could hold anything.
+            tracing::warn!("refused a cache delete outside --allowed-cache-keys");
+            return Err(CacheError::Forbidden);
+        }
         let key = self.full_key(key);
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.backend.delete(&key)).await {
             Ok(result) => result,
-            Err(_) => Err(CacheError::Timeout(self.timeout)),
+            Err(_) => {
+                self.backend.timed_out(started);
+                Err(CacheError::Timeout(self.timeout))
+            }
         };
         if let Err(err) = &result {
             tracing::warn!(backend = self.backend.name(), error = %err, "cache delete failed");
@@ -109,7 +141,9 @@ impl From<CacheError> for wit::CacheError {
     fn from(err: CacheError) -> Self {
         match err {
             CacheError::Timeout(_) => wit::CacheError::Timeout,
-            CacheError::Unavailable(_) => wit::CacheError::Unavailable,
+            // The WIT contract has no "forbidden" for the cache; the guest
+            // fails closed on "unavailable" all the same (503).
+            CacheError::Unavailable(_) | CacheError::Forbidden => wit::CacheError::Unavailable,
         }
     }
 }
@@ -120,7 +154,7 @@ impl From<CacheError> for keybust_guest::policy::CacheError {
         use keybust_guest::policy::CacheError as Policy;
         match err {
             CacheError::Timeout(_) => Policy::Timeout,
-            CacheError::Unavailable(_) => Policy::Unavailable,
+            CacheError::Unavailable(_) | CacheError::Forbidden => Policy::Unavailable,
         }
     }
 }

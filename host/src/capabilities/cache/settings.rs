@@ -1,7 +1,11 @@
 //! Which cache backend holds the gateway's key validations, and the key
 //! prefix (contract, "The cache key").
 
-use crate::config::{ConfigError, Secret, header_safe, non_empty};
+use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty};
+use regex::Regex;
+
+/// The keys a component may delete by default: one API key's validation.
+pub const DEFAULT_ALLOWED_KEYS: &str = "^user-api-key:[a-f0-9]{64}$";
 
 /// Which cache backend holds the gateway's key validations.
 #[derive(Debug, Clone, Default)]
@@ -23,14 +27,32 @@ pub enum CacheBackendSettings {
     Embedded,
 }
 
-/// The cache backend and its key prefix; the deadline is
-/// [`crate::deadlines::Deadlines::cache`].
-#[derive(Debug, Clone, Default)]
+/// The cache backend, its key prefix, and the keys a component may touch;
+/// the deadline is [`crate::deadlines::Deadlines::cache`].
+#[derive(Debug, Clone)]
 pub struct CacheSettings {
     /// The backend to talk to.
     pub backend: CacheBackendSettings,
     /// Prepended to every key the guest names.
     pub prefix: String,
+    /// The keys (as the guest names them, before the prefix) a component
+    /// may delete; any other is refused as forbidden.
+    pub allowed_keys: Regex,
+}
+
+impl Default for CacheSettings {
+    /// The in-process store, no prefix, the default allowed keys.
+    fn default() -> Self {
+        CacheSettings {
+            backend: CacheBackendSettings::default(),
+            prefix: String::new(),
+            allowed_keys: default_allowed_keys(),
+        }
+    }
+}
+
+fn default_allowed_keys() -> Regex {
+    Regex::new(DEFAULT_ALLOWED_KEYS).expect("the default key pattern is a valid regex")
 }
 
 /// The cache settings, as flags with environment twins.
@@ -61,11 +83,18 @@ pub struct CacheArgs {
     /// Commit whose first 8 characters go into the key prefix [default: dev].
     #[arg(long, env = "VERCEL_GIT_COMMIT_SHA")]
     pub vercel_git_commit_sha: Option<String>,
+
+    /// Regular expression for the keys (before the prefix) a component may
+    /// delete; others are refused and counted [default: ^user-api-key:[a-f0-9]{64}$].
+    #[arg(long, env = "KEYBUST_ALLOWED_CACHE_KEYS")]
+    pub allowed_cache_keys: Option<String>,
 }
 
 impl CacheArgs {
-    /// The backend (Redis, else Upstash, else in-process) and the prefix.
-    pub fn settings(&self) -> Result<CacheSettings, ConfigError> {
+    /// The backend (Redis, else Upstash, else in-process), the prefix and
+    /// the allowed keys. Upstash over plain http only to loopback, unless
+    /// `plain` allows it.
+    pub fn settings(&self, plain: PlainHttp) -> Result<CacheSettings, ConfigError> {
         let backend = if let Some(url) = non_empty(self.redis_url.clone()) {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::invalid(
@@ -82,7 +111,7 @@ impl CacheArgs {
                 non_empty(self.upstash_redis_rest_token.clone()),
             ) {
                 (Some(url), Some(token)) => CacheBackendSettings::Upstash {
-                    url: url.trim_end_matches('/').to_owned(),
+                    url: http_url("UPSTASH_REDIS_REST_URL", url, plain)?,
                     token: header_safe("UPSTASH_REDIS_REST_TOKEN", token)?,
                 },
                 (Some(_), None) | (None, Some(_)) => {
@@ -101,7 +130,17 @@ impl CacheArgs {
                 non_empty(self.vercel_git_commit_sha.clone()).as_deref(),
             ),
         };
-        Ok(CacheSettings { backend, prefix })
+        let allowed_keys = match non_empty(self.allowed_cache_keys.clone()) {
+            Some(pattern) => Regex::new(&pattern).map_err(|err| {
+                ConfigError::invalid("KEYBUST_ALLOWED_CACHE_KEYS", format!("not a regex: {err}"))
+            })?,
+            None => default_allowed_keys(),
+        };
+        Ok(CacheSettings {
+            backend,
+            prefix,
+            allowed_keys,
+        })
     }
 }
 
@@ -130,7 +169,7 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         })?
-        .settings()
+        .settings(PlainHttp::LoopbackOnly)
     }
 
     #[test]
@@ -164,12 +203,12 @@ mod tests {
         .unwrap();
         assert!(matches!(s.backend, CacheBackendSettings::Redis { .. }));
         let s = settings(&[
-            ("UPSTASH_REDIS_REST_URL", "http://x/"),
+            ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9/"),
             ("UPSTASH_REDIS_REST_TOKEN", "t"),
         ])
         .unwrap();
         assert!(
-            matches!(s.backend, CacheBackendSettings::Upstash { ref url, .. } if url == "http://x")
+            matches!(s.backend, CacheBackendSettings::Upstash { ref url, .. } if url == "http://127.0.0.1:9")
         );
         assert!(matches!(
             settings(&[]).unwrap().backend,

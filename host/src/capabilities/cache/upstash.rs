@@ -1,6 +1,7 @@
 //! The Upstash REST API, the reference platform's transport.
 
 use super::{BoxFuture, CacheBackend, CacheError};
+use crate::capabilities::outbound::read_bounded;
 use crate::config::Secret;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
@@ -16,6 +17,10 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'\'')
     .remove(b'(')
     .remove(b')');
+
+/// The most of an answer the host reads from Upstash; a `DEL` answers
+/// `{"result":1}`.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// An Upstash Redis database reached over HTTPS with a bearer token.
 pub struct UpstashCache {
@@ -49,7 +54,10 @@ impl CacheBackend for UpstashCache {
                     CacheError::Unavailable(format!("upstash: {}", err.without_url()))
                 })?;
             let status = response.status();
-            let body: Option<Value> = response.json().await.ok();
+            let body = read_bounded(response, MAX_ANSWER_BYTES)
+                .await
+                .map_err(|err| CacheError::Unavailable(format!("upstash: {err}")))?;
+            let body: Option<Value> = serde_json::from_slice(&body).ok();
             let error = body.as_ref().and_then(|b| b.get("error"));
             if !status.is_success() || error.is_some() || body.is_none() {
                 return Err(CacheError::Unavailable(format!(

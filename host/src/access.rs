@@ -1,0 +1,124 @@
+//! One access-log line and one count per request, written when the request
+//! is really over: for a request that runs the guest, when the guest has
+//! finished, even if the client hung up long before.
+//!
+//! An [`AccessRecord`] is shared by the code answering the client and by
+//! the task running the guest. Whichever lets go of it last writes the line
+//! (on drop). The answering side notes the status when it has a response
+//! head; a record dropped without one belongs to a client that went away
+//! first, and is written with the status `client closed`.
+
+use crate::metrics::{CLIENT_CLOSED, Metrics};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The header that carries a request's id, in and out.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// What the access line says about one request; see the module docs.
+pub struct AccessRecord {
+    method: http::Method,
+    path: String,
+    request_id: http::HeaderValue,
+    digest: String,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    /// The status and the time to the response head, once known.
+    answered: Mutex<Option<(u16, Duration)>>,
+}
+
+impl AccessRecord {
+    /// Starts the record of a request: its id is the client's
+    /// `x-request-id` when usable, else a new one.
+    pub fn start<B>(request: &hyper::Request<B>, digest: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .filter(|value| is_usable_request_id(value.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        Arc::new(AccessRecord {
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            request_id,
+            digest: digest.get(..12).unwrap_or(digest).to_owned(),
+            started: Instant::now(),
+            metrics,
+            answered: Mutex::new(None),
+        })
+    }
+
+    /// The request's id, to echo in the response.
+    pub fn request_id(&self) -> &http::HeaderValue {
+        &self.request_id
+    }
+
+    /// Notes the status of the response head the client is getting now.
+    pub fn answered(&self, status: u16) {
+        let took = self.started.elapsed();
+        *self
+            .answered
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some((status, took));
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let answered = *self
+            .answered
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let request_id = self.request_id.to_str().unwrap_or_default();
+        // The status is a number in the log when there is one, so log
+        // pipelines can compare it; a client that hung up has none.
+        match answered {
+            Some((status, took)) => {
+                self.metrics.request(&status.to_string(), took);
+                tracing::info!(
+                    target: "keybust::access",
+                    method = %self.method,
+                    path = self.path,
+                    status,
+                    latency_ms = took.as_secs_f64() * 1000.0,
+                    digest = self.digest,
+                    request_id,
+                );
+            }
+            None => {
+                let took = self.started.elapsed();
+                self.metrics.client_closed();
+                tracing::info!(
+                    target: "keybust::access",
+                    method = %self.method,
+                    path = self.path,
+                    status = CLIENT_CLOSED,
+                    latency_ms = took.as_secs_f64() * 1000.0,
+                    digest = self.digest,
+                    request_id,
+                );
+            }
+        }
+    }
+}
+
+/// Client-chosen request ids are kept when they are short and printable.
+fn is_usable_request_id(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A process-unique request id: a random per-process prefix and a counter.
+fn new_request_id() -> http::HeaderValue {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // A failed fill leaves a zero prefix: ids stay unique within the process.
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        u32::from_ne_bytes(bytes)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    http::HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
+}

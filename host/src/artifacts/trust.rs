@@ -1,0 +1,160 @@
+//! Whether a file in the artifact cache may be trusted with native code.
+//!
+//! A precompiled component is machine code that keybust maps and runs in
+//! the process that holds every secret. An entry is used only when:
+//! * the directory and the entry belong to this process's user, are
+//!   writable by nobody else, and are not symbolic links ([`check_owned`]);
+//! * its HMAC-SHA256, keyed by an [`ArtifactKey`] kept outside the cache
+//!   directory, matches: a checksum alone can be recomputed by whoever
+//!   plants an entry, a MAC cannot without the key.
+
+use aws_lc_rs::hmac;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The secret that authenticates cache entries; see the module docs.
+#[derive(Clone)]
+pub struct ArtifactKey(hmac::Key);
+
+impl std::fmt::Debug for ArtifactKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArtifactKey(..)")
+    }
+}
+
+/// Bytes in a key file.
+const KEY_BYTES: usize = 32;
+
+impl ArtifactKey {
+    /// Reads the key in `path`, or creates it (owner-only, `0600`) with
+    /// fresh random bytes. The file and its directory must pass
+    /// [`check_owned`]: a key others can write is no key.
+    pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+            check_owned(dir, true)?;
+        }
+        let bytes = match fs::symlink_metadata(path) {
+            Ok(_) => {
+                check_owned(path, false)?;
+                fs::read(path)?
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => create_key_file(path)?,
+            Err(err) => return Err(err),
+        };
+        if bytes.len() != KEY_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a keybust artifact key", path.display()),
+            ));
+        }
+        Ok(ArtifactKey(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
+    }
+
+    /// A key for this process alone: entries written by other processes
+    /// do not verify and are rebuilt.
+    pub fn ephemeral() -> io::Result<Self> {
+        let mut bytes = [0u8; KEY_BYTES];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| io::Error::other("no system randomness"))?;
+        Ok(ArtifactKey(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
+    }
+
+    /// The MAC of an entry: its name and its bytes, so an entry cannot be
+    /// moved to another name either.
+    pub(super) fn sign(&self, name: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut context = hmac::Context::with_key(&self.0);
+        context.update(name.as_bytes());
+        context.update(&[0]);
+        context.update(bytes);
+        context.sign().as_ref().to_vec()
+    }
+
+    /// Whether `tag` is the MAC of this entry (compared in constant time).
+    pub(super) fn verify(&self, name: &str, bytes: &[u8], tag: &[u8]) -> bool {
+        let mut message = Vec::with_capacity(name.len() + 1 + bytes.len());
+        message.extend_from_slice(name.as_bytes());
+        message.push(0);
+        message.extend_from_slice(bytes);
+        hmac::verify(&self.0, &message, tag).is_ok()
+    }
+}
+
+fn create_key_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; KEY_BYTES];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| io::Error::other("no system randomness"))?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            Ok(bytes)
+        }
+        // Another process created it first: use theirs.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            check_owned(path, false)?;
+            fs::read(path)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Creates `dir` (and its parents) owner-only when it does not exist.
+pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Refuses `path` unless it is a directory (`dir`) or a regular file, not
+/// a symbolic link, owned by this process's effective user, and not
+/// writable by group or others.
+pub(super) fn check_owned(path: &Path, dir: bool) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} {why}", path.display()),
+        ))
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link");
+    }
+    if dir && !meta.is_dir() {
+        return refuse("is not a directory");
+    }
+    if !dir && !meta.is_file() {
+        return refuse("is not a regular file");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return refuse("belongs to another user");
+        }
+        if meta.mode() & 0o022 != 0 {
+            return refuse("is writable by group or others");
+        }
+    }
+    Ok(())
+}
+
+/// The default place for the key: the user's state directory
+/// (`$XDG_STATE_HOME/keybust`, else the local data directory), which is
+/// not the cache directory.
+pub fn default_key_path() -> Option<PathBuf> {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .map(|dir| dir.join("keybust").join("artifact.key"))
+}
