@@ -271,3 +271,27 @@ async fn redis_killed_under_load_fails_fast_and_recovers() {
     assert!(statuses.get(&503).is_some_and(|n| *n > 0), "{statuses:?}");
     assert!(statuses.get(&200).is_some_and(|n| *n > 0), "{statuses:?}");
 }
+
+/// An Upstash answer is read with a size bound: a backend (or whoever
+/// stands in its place) cannot make keybust buffer without end.
+#[tokio::test]
+async fn an_oversized_upstash_answer_is_refused() {
+    let handler: support::http::Handler = std::sync::Arc::new(|_request| {
+        Box::pin(async {
+            let padded = serde_json::json!({ "result": 1, "padding": "x".repeat(1 << 20) });
+            support::http::respond(200, padded.to_string())
+        })
+    });
+    let front = support::http::spawn_http(handler).await;
+    let options = Options {
+        env: vec![
+            ("UPSTASH_REDIS_REST_URL", format!("http://{front}")),
+            ("UPSTASH_REDIS_REST_TOKEN", "t".to_owned()),
+        ],
+        ..Options::default()
+    };
+    let stack = in_process(Backend::Embedded, options).await;
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    stack.keybust.assert_logged("longer than").await;
+}

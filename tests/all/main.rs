@@ -19,5 +19,7 @@ mod endpoint;
 mod example;
 mod hardening;
 mod operate;
+mod reliability;
 mod session;
+mod settings;
 mod swap;

@@ -296,3 +296,72 @@ async fn unknown_kid_flood_does_not_refetch_per_request() {
     assert_eq!(stack.issuer.fetches.load(Ordering::SeqCst), 1);
     assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 200);
 }
+
+// Rules S5 and S7: claims by their exact JSON types
+#[tokio::test]
+async fn iss_and_aud_of_another_type_are_401() {
+    let stack = start(Options::default()).await;
+    let claims = stack.issuer.claims();
+    let issuer = stack.issuer.url();
+    for changes in [
+        json!({ "aud": 7 }),
+        json!({ "aud": { "convex": true } }),
+        json!({ "aud": ["convex", 7] }),
+        json!({ "aud": [] }),
+        json!({ "iss": [issuer] }),
+        json!({ "iss": { "url": issuer } }),
+    ] {
+        let token = sign(&with(claims.clone(), changes.clone()), primary_key());
+        assert_eq!(stack.status_with_token(&token).await, 401, "{changes}");
+    }
+    for changes in [
+        json!({ "aud": "convex" }),
+        json!({ "aud": ["other", "convex"] }),
+    ] {
+        let token = sign(&with(claims.clone(), changes.clone()), primary_key());
+        assert_eq!(stack.status_with_token(&token).await, 200, "{changes}");
+    }
+}
+
+// Rule S2: keys age
+#[tokio::test]
+async fn a_key_the_issuer_removed_stops_working_once_the_set_is_old() {
+    let options = Options {
+        env: vec![
+            ("KEYBUST_JWKS_MAX_AGE", "1s".into()),
+            ("KEYBUST_JWKS_REFETCH_COOLDOWN", "1s".into()),
+        ],
+        ..Options::default()
+    };
+    let stack = start(options).await;
+    let old = stack.issuer.token();
+    assert_eq!(stack.status_with_token(&old).await, 200);
+    stack.issuer.publish(&[stranger_key()]);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // No request waits on the refetch: the one that notices the old set
+    // still passes, and the key goes soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.status_with_token(&old).await == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed key is still trusted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let new = sign(&stack.issuer.claims(), stranger_key());
+    assert_eq!(stack.status_with_token(&new).await, 200);
+    assert!(stack.issuer.fetches.load(Ordering::SeqCst) >= 2);
+}
+
+// Rule S2: a JWKS is read with a size bound
+#[tokio::test]
+async fn an_oversized_jwks_is_not_read() {
+    let stack = start(Options::default()).await;
+    let padded = json!({
+        "keys": [primary_key().jwk()],
+        "padding": "x".repeat(1 << 20),
+    });
+    stack.issuer.publish_raw(padded.to_string());
+    assert_eq!(stack.status_with_token(&stack.issuer.token()).await, 401);
+    stack.keybust.assert_logged("longer than").await;
+}

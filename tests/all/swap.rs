@@ -314,3 +314,31 @@ fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
             _ => f64::NAN,
         })
 }
+
+/// The same bytes twice (a retried upload, or the watch and a SIGHUP on one
+/// file) change nothing: the version before stays the rollback target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_swap_keeps_the_rollback_target() {
+    let stack = Stack::with(Backend::Embedded, with_admin_token(vec![])).await;
+    let embedded = hex_digest(EMBEDDED_COMPONENT);
+    let next = variant("repeated");
+    let next_digest = hex_digest(&next);
+    let first = put(&stack, Some(ADMIN_TOKEN), next.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = put(&stack, Some(ADMIN_TOKEN), next).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let again: Value = serde_json::from_str(&again.body).unwrap();
+    assert_eq!(again["already_serving"], true, "{again}");
+    let now = component(&stack).await;
+    assert_eq!(now["digest"], next_digest.as_str());
+    assert_eq!(now["previous_digest"], embedded.as_str(), "{now}");
+    let rollback = stack
+        .http
+        .post(stack.keybust.admin_url("/admin/component/rollback"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rollback.status(), 200);
+    assert_eq!(component(&stack).await["digest"], embedded.as_str());
+}

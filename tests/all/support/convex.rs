@@ -5,6 +5,7 @@ use super::{SECRET, USER};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,15 +41,41 @@ pub struct ConvexCall {
 pub struct FakeConvex {
     pub addr: SocketAddr,
     pub calls: Arc<Mutex<Vec<ConvexCall>>>,
+    /// The most calls it was answering at once.
+    pub most_at_once: Arc<AtomicUsize>,
+}
+
+/// Counts a call as in flight for as long as it lives.
+struct InFlight {
+    now: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    fn start(now: &Arc<AtomicUsize>, most: &AtomicUsize) -> Self {
+        let count = now.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(count, Ordering::SeqCst);
+        InFlight { now: now.clone() }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FakeConvex {
     pub async fn start() -> Self {
         let calls: Arc<Mutex<Vec<ConvexCall>>> = Arc::default();
         let log = calls.clone();
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = most_at_once.clone();
         let handler: Handler = Arc::new(move |request| {
             let log = log.clone();
+            let counted = InFlight::start(&in_flight, &most);
             Box::pin(async move {
+                let _counted = counted;
                 let header = |name: &str| {
                     request
                         .headers()
@@ -99,6 +126,7 @@ impl FakeConvex {
         FakeConvex {
             addr: spawn_http(handler).await,
             calls,
+            most_at_once,
         }
     }
 

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now() -> u64 {
@@ -73,21 +73,26 @@ pub fn stranger_key() -> &'static SigningKey {
     KEY.get_or_init(|| SigningKey::generate("test-key-stranger"))
 }
 
-/// Serves a JWKS with [`primary_key`], counts fetches, and can go down.
+/// Serves a JWKS with [`primary_key`], counts fetches, can go down, and can
+/// publish another set.
 pub struct Issuer {
     pub addr: SocketAddr,
     pub fetches: Arc<AtomicUsize>,
     pub down: Arc<AtomicBool>,
+    jwks: Arc<Mutex<String>>,
 }
 
 impl Issuer {
     pub async fn start() -> Self {
         let fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
-        let jwks = json!({ "keys": [primary_key().jwk()] }).to_string();
+        let jwks = Arc::new(Mutex::new(
+            json!({ "keys": [primary_key().jwk()] }).to_string(),
+        ));
+        let published = jwks.clone();
         let (count, is_down) = (fetches.clone(), down.clone());
         let handler: Handler = Arc::new(move |request| {
-            let jwks = jwks.clone();
+            let jwks = published.lock().unwrap().clone();
             let (count, is_down) = (count.clone(), is_down.clone());
             Box::pin(async move {
                 if request.uri().path() != "/.well-known/jwks.json" {
@@ -104,7 +109,19 @@ impl Issuer {
             addr: spawn_http(handler).await,
             fetches,
             down,
+            jwks,
         }
+    }
+
+    /// From now on the JWKS holds exactly `keys`.
+    pub fn publish(&self, keys: &[&SigningKey]) {
+        let keys: Vec<Value> = keys.iter().map(|key| key.jwk()).collect();
+        self.publish_raw(json!({ "keys": keys }).to_string());
+    }
+
+    /// From now on the JWKS endpoint answers `body`.
+    pub fn publish_raw(&self, body: String) {
+        *self.jwks.lock().unwrap() = body;
     }
 
     pub fn url(&self) -> String {

@@ -12,6 +12,7 @@ pub mod issuer;
 pub mod logs;
 pub mod process;
 pub mod programs;
+pub mod raw;
 pub mod redis;
 pub mod stack;
 

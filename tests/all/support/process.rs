@@ -16,19 +16,30 @@ pub struct Keybust {
     pub printed: Vec<String>,
     child: Child,
     logs: Logs,
-    _cache_dir: tempfile::TempDir,
+    _dirs: tempfile::TempDir,
+}
+
+/// The binary the tests start: the one this build made, or the one
+/// `KEYBUST_TEST_BINARY` names (to run the suite against another build,
+/// for instance to see a new test fail on code from before a fix). With
+/// it set, every stack runs that binary, in-process ones included.
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("KEYBUST_TEST_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_keybust").into())
 }
 
 impl Keybust {
     /// Starts `keybust <args>` with exactly `env` (plus listen addresses on free ports).
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
         use_aws_lc_for_tls();
-        let cache_dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keybust"));
+        let dirs = tempfile::tempdir().unwrap();
+        let mut command = Command::new(binary());
         command
             .args(args)
             .env_clear()
-            .env("KEYBUST_CACHE_DIR", cache_dir.path())
+            .env("KEYBUST_CACHE_DIR", dirs.path().join("cache"))
+            .env("KEYBUST_STATE_DIR", dirs.path().join("state"))
             .env("RUST_LOG", "info")
             .env("KEYBUST_LISTEN", "127.0.0.1:0")
             .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
@@ -79,7 +90,7 @@ impl Keybust {
             printed,
             child,
             logs,
-            _cache_dir: cache_dir,
+            _dirs: dirs,
         }
     }
 

@@ -150,3 +150,81 @@ impl UpstashFront {
         format!("http://{}", self.addr)
     }
 }
+
+/// A RESP front to a real Redis whose first connection can be made to go
+/// silent: from [`SilentFirstConnection::silence`] on, it reads what it is
+/// sent and passes nothing on, either way, without closing, as a hung peer
+/// or a blackholed address does. Every later connection is passed through.
+pub struct SilentFirstConnection {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    silent: Arc<AtomicBool>,
+}
+
+impl SilentFirstConnection {
+    pub async fn start(redis_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let silent = Arc::new(AtomicBool::new(false));
+        let (count, flag) = (accepted.clone(), silent.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let silent = if first {
+                    flag.clone()
+                } else {
+                    Arc::new(AtomicBool::new(false))
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, silent.clone()));
+                tokio::spawn(forward(server_read, client_write, silent));
+            }
+        });
+        SilentFirstConnection {
+            addr,
+            accepted,
+            silent,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// From now on the first connection passes nothing on.
+    pub fn silence(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes, dropping what it reads
+/// while `silent` is set.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if silent.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

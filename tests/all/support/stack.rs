@@ -175,7 +175,8 @@ impl Stack {
             env.retain(|(n, _)| *n != name);
             env.push((name, value));
         }
-        let keybust = if options.in_process {
+        let in_process = options.in_process && std::env::var_os("KEYBUST_TEST_BINARY").is_none();
+        let keybust = if in_process {
             assert!(
                 options.args.is_empty(),
                 "command-line arguments need the process"

@@ -1,0 +1,100 @@
+//! The settings the README documents are the ones `keybust serve --help`
+//! lists, flag for flag and environment twin for twin, both ways.
+
+use std::collections::BTreeSet;
+
+/// The flags (`--x`) and environment names (`NAME`) in backticks in the
+/// README's tables, from "Configuration" up to "Operating it".
+fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("## Configuration")
+        .expect("a Configuration section");
+    let end = readme
+        .find("## Operating it")
+        .expect("an Operating it section");
+    let mut flags = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    for line in readme[start..end].lines().filter(|l| l.starts_with('|')) {
+        for (i, token) in line.split('`').enumerate() {
+            if i % 2 == 0 {
+                continue;
+            }
+            if is_flag(token) {
+                flags.insert(token.to_owned());
+            } else if is_env(token) {
+                envs.insert(token.to_owned());
+            }
+        }
+    }
+    (flags, envs)
+}
+
+fn is_flag(token: &str) -> bool {
+    token.strip_prefix("--").is_some_and(|name| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
+}
+
+fn is_env(token: &str) -> bool {
+    token.len() > 2
+        && token.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The flags and environment twins `keybust serve --help` lists.
+fn listed() -> (BTreeSet<String>, BTreeSet<String>) {
+    let output = std::process::Command::new(crate::support::process::binary())
+        .args(["serve", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let mut flags = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    for line in help.lines() {
+        let line = line.trim_start();
+        if let Some(flag) = line
+            .split([' ', '=', ','])
+            .next()
+            .filter(|f| is_flag(f) && *f != "--help" && *f != "--version")
+        {
+            flags.insert(flag.to_owned());
+        }
+        for part in line.split("[env: ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| *c != '=' && *c != ']')
+                .collect();
+            envs.insert(name);
+        }
+    }
+    (flags, envs)
+}
+
+#[test]
+fn every_setting_in_the_readme_is_in_help_and_back() {
+    let (documented_flags, documented_envs) = documented();
+    let (listed_flags, listed_envs) = listed();
+    assert!(listed_flags.len() > 30, "{listed_flags:?}");
+    assert_eq!(
+        documented_flags
+            .symmetric_difference(&listed_flags)
+            .collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "flags documented but not listed, or listed but not documented"
+    );
+    assert_eq!(
+        documented_envs
+            .symmetric_difference(&listed_envs)
+            .collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "environment names documented but not listed, or listed but not documented"
+    );
+}
