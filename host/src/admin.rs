@@ -8,6 +8,10 @@
 //! | `GET /admin/component` | digest, source, loaded_at, previous_digest |
 //! | `PUT /admin/component` | swap in the body's component (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
+//!
+//! Mutations are taken from loopback peers only, unless
+//! `--admin-allow-remote`; a listener for probes alone (`--metrics-listen`)
+//! answers only the first three.
 
 use crate::body::{ResponseBody, json_response};
 use crate::config::Secret;
@@ -23,16 +27,122 @@ use subtle::ConstantTimeEq;
 /// The largest component the admin API accepts.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
-/// Answers one admin request.
+/// The admin plane's settings, as flags with environment twins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Address for the admin listener (health, readiness, metrics, component API).
+    #[arg(long, env = "KEYBUST_ADMIN_LISTEN", default_value = "127.0.0.1:8788")]
+    pub admin_listen: std::net::SocketAddr,
+
+    /// Bearer token for admin mutations [default: none, admin mutations are
+    /// refused]. On the command line it shows in `ps`: prefer the
+    /// environment or --admin-token-file.
+    #[arg(long, env = "KEYBUST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the bearer token for admin mutations (a mounted secret);
+    /// wins over --admin-token.
+    #[arg(long, env = "KEYBUST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Take admin mutations from peers beyond loopback (then put TLS or a
+    /// private network in front).
+    #[arg(long, env = "KEYBUST_ADMIN_ALLOW_REMOTE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub admin_allow_remote: bool,
+
+    /// Address for a listener that serves only /healthz, /readyz and
+    /// /metrics, for probes and scrapes from the cluster [default: none].
+    #[arg(long, env = "KEYBUST_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl AdminArgs {
+    /// The admin listener's policy: the token from its file, or as given.
+    pub fn policy(&self) -> std::io::Result<AdminPolicy> {
+        let token = match &self.admin_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path).map_err(|err| {
+                    std::io::Error::new(
+                        err.kind(),
+                        format!("cannot read --admin-token-file {}: {err}", path.display()),
+                    )
+                })?;
+                Some(token.trim().to_owned())
+            }
+            None => self.admin_token.clone(),
+        };
+        Ok(AdminPolicy {
+            token: token.filter(|t| !t.is_empty()).map(Secret::new),
+            allow_remote: self.admin_allow_remote,
+            probes_only: false,
+        })
+    }
+}
+
+/// Which requests a listener takes, and from whom.
+#[derive(Debug, Clone, Default)]
+pub struct AdminPolicy {
+    /// The bearer token admin mutations need; none: mutations are refused.
+    pub token: Option<Secret>,
+    /// Whether mutations are taken from peers beyond loopback
+    /// (`--admin-allow-remote`).
+    pub allow_remote: bool,
+    /// Only `/healthz`, `/readyz` and `/metrics` (`--metrics-listen`), so
+    /// probes and scrapes can face the cluster while swaps stay private.
+    pub probes_only: bool,
+}
+
+/// Answers one admin request. Every request to the component API, and
+/// every refused one, leaves one audit line (target `keybust::audit`):
+/// peer, action, digest, outcome.
 pub async fn handle(
     endpoint: &Endpoint,
-    admin_token: Option<&Secret>,
+    policy: &AdminPolicy,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<crate::server::Peer>()
+        .map(|peer| peer.0);
+    let action = format!("{} {path}", request.method());
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let (response, digest) = if policy.probes_only && !probe {
+        (json_response(404, r#"{"error":"Not found"}"#), None)
+    } else {
+        answer(endpoint, policy, peer, request).await
+    };
+    if !probe || !response.status().is_success() {
+        let outcome = response.status().as_u16();
+        tracing::info!(
+            target: "keybust::audit",
+            peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+            action,
+            digest = digest.as_deref().unwrap_or(""),
+            outcome,
+        );
+    }
+    response
+}
+
+/// The answer, and the digest a swap or rollback concerned.
+async fn answer(
+    endpoint: &Endpoint,
+    policy: &AdminPolicy,
+    peer: Option<std::net::SocketAddr>,
+    request: hyper::Request<Incoming>,
+) -> (hyper::Response<ResponseBody>, Option<String>) {
+    let path = request.uri().path().to_owned();
+    let mutation = matches!(
+        (request.method(), path.as_str()),
+        (&Method::PUT, "/admin/component") | (&Method::POST, "/admin/component/rollback")
+    );
+    if mutation && let Err(refusal) = authorize(policy, peer, &request) {
+        return (refusal.response(), None);
+    }
     match (request.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => json_response(200, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") => readiness(endpoint),
+        (&Method::GET, "/healthz") => (json_response(200, r#"{"status":"ok"}"#), None),
+        (&Method::GET, "/readyz") => (readiness(endpoint), None),
         (&Method::GET, "/metrics") => {
             let mut response = json_response(200, endpoint.capabilities().metrics.encode());
             response.headers_mut().insert(
@@ -41,61 +151,58 @@ pub async fn handle(
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 ),
             );
-            response
+            (response, None)
         }
-        (&Method::GET, "/admin/component") => component_json(endpoint, 200, None),
+        (&Method::GET, "/admin/component") => (component_json(endpoint, 200, None), None),
         (&Method::PUT, "/admin/component") => {
-            if let Err(refusal) = authorize(admin_token, &request) {
-                return refusal.response();
-            }
             let body = match Limited::new(request.into_body(), MAX_COMPONENT_BYTES)
                 .collect()
                 .await
             {
                 Ok(body) => body.to_bytes(),
                 Err(_) => {
-                    return error(
-                        413,
-                        &format!(
-                            "component larger than {MAX_COMPONENT_BYTES} bytes, or the upload broke off"
-                        ),
+                    let message = format!(
+                        "component larger than {MAX_COMPONENT_BYTES} bytes, or the upload broke off"
                     );
+                    return (error(413, &message), None);
                 }
             };
+            let digest = crate::artifacts::hex_digest(&body);
             match endpoint
                 .slot()
                 .replace(body.to_vec(), "admin".to_owned())
                 .await
             {
-                Ok(swapped) => component_json(
-                    endpoint,
-                    200,
-                    Some(json!({
-                        "compiled": swapped.origin == Some(crate::artifacts::Origin::Compiled),
-                        "already_serving": swapped.already_serving(),
-                        "took_ms": swapped.took.as_secs_f64() * 1000.0,
-                    })),
+                Ok(swapped) => (
+                    component_json(
+                        endpoint,
+                        200,
+                        Some(json!({
+                            "compiled": swapped.origin == Some(crate::artifacts::Origin::Compiled),
+                            "already_serving": swapped.already_serving(),
+                            "took_ms": swapped.took.as_secs_f64() * 1000.0,
+                        })),
+                    ),
+                    Some(digest),
                 ),
                 Err(err) => {
                     tracing::error!(error = %err, "admin swap refused; the current component keeps serving");
-                    error(422, &err.to_string())
+                    (error(422, &err.to_string()), Some(digest))
                 }
             }
         }
-        (&Method::POST, "/admin/component/rollback") => {
-            if let Err(refusal) = authorize(admin_token, &request) {
-                return refusal.response();
-            }
-            match endpoint.slot().rollback().await {
-                Ok(_) => component_json(endpoint, 200, None),
-                Err(err) => error(409, &err.to_string()),
-            }
-        }
+        (&Method::POST, "/admin/component/rollback") => match endpoint.slot().rollback().await {
+            Ok(back) => (
+                component_json(endpoint, 200, None),
+                Some(back.digest().to_owned()),
+            ),
+            Err(err) => (error(409, &err.to_string()), None),
+        },
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/admin/component" | "/admin/component/rollback",
-        ) => error(405, "method not allowed"),
-        _ => json_response(404, r#"{"error":"Not found"}"#),
+        ) => (error(405, "method not allowed"), None),
+        _ => (json_response(404, r#"{"error":"Not found"}"#), None),
     }
 }
 
@@ -104,7 +211,7 @@ fn error(status: u16, message: &str) -> hyper::Response<ResponseBody> {
 }
 
 fn readiness(endpoint: &Endpoint) -> hyper::Response<ResponseBody> {
-    let reasons = endpoint.capabilities().unready_reasons();
+    let reasons = endpoint.unready_reasons();
     if reasons.is_empty() {
         json_response(200, r#"{"status":"ready"}"#)
     } else {
@@ -149,6 +256,8 @@ enum Refusal {
     Missing,
     /// The request carries another token.
     Wrong,
+    /// The peer is beyond loopback, and `--admin-allow-remote` is off.
+    Remote,
 }
 
 impl Refusal {
@@ -167,17 +276,26 @@ impl Refusal {
                 refusal
             }
             Refusal::Wrong => error(403, "wrong admin token"),
+            Refusal::Remote => error(
+                403,
+                "admin mutations are taken from loopback only (--admin-allow-remote)",
+            ),
         }
     }
 }
 
 /// Admin mutations need `Authorization: Bearer <KEYBUST_ADMIN_TOKEN>`,
-/// compared in constant time; with no token configured they are refused.
-fn authorize(
-    admin_token: Option<&Secret>,
-    request: &hyper::Request<Incoming>,
+/// compared in constant time, from a loopback peer unless remote ones are
+/// allowed; with no token configured they are refused.
+fn authorize<B>(
+    policy: &AdminPolicy,
+    peer: Option<std::net::SocketAddr>,
+    request: &hyper::Request<B>,
 ) -> Result<(), Refusal> {
-    let expected = admin_token.ok_or(Refusal::Disabled)?;
+    let expected = policy.token.as_ref().ok_or(Refusal::Disabled)?;
+    if !policy.allow_remote && !peer.is_some_and(|peer| peer.ip().is_loopback()) {
+        return Err(Refusal::Remote);
+    }
     let presented = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -187,5 +305,47 @@ fn authorize(
         Ok(())
     } else {
         Err(Refusal::Wrong)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: &str) -> hyper::Request<()> {
+        hyper::Request::builder()
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn mutations_come_from_loopback_unless_remote_ones_are_allowed() {
+        let mut policy = AdminPolicy {
+            token: Some(Secret::new("t0ken")),
+            ..AdminPolicy::default()
+        };
+        let local = Some("127.0.0.1:5000".parse().unwrap());
+        let remote = Some("10.1.2.3:5000".parse().unwrap());
+        assert_eq!(authorize(&policy, local, &request("t0ken")), Ok(()));
+        assert_eq!(
+            authorize(&policy, remote, &request("t0ken")),
+            Err(Refusal::Remote)
+        );
+        assert_eq!(
+            authorize(&policy, None, &request("t0ken")),
+            Err(Refusal::Remote)
+        );
+        assert_eq!(
+            authorize(&policy, local, &request("other")),
+            Err(Refusal::Wrong)
+        );
+        policy.allow_remote = true;
+        assert_eq!(authorize(&policy, remote, &request("t0ken")), Ok(()));
+        policy.token = None;
+        assert_eq!(
+            authorize(&policy, local, &request("t0ken")),
+            Err(Refusal::Disabled)
+        );
     }
 }

@@ -32,6 +32,9 @@ pub struct Deadlines {
     pub jwks_max_age: Duration,
     /// The longest back-off between two Redis reconnection attempts.
     pub redis_reconnect_max_delay: Duration,
+    /// How often the cache backend is checked in the background, for
+    /// readiness.
+    pub cache_check_interval: Duration,
 }
 
 impl Default for Deadlines {
@@ -45,6 +48,7 @@ impl Default for Deadlines {
             jwks_retry_after_failure: Duration::from_secs(2),
             jwks_max_age: Duration::from_secs(600),
             redis_reconnect_max_delay: Duration::from_millis(200),
+            cache_check_interval: Duration::from_secs(2),
         }
     }
 }
@@ -76,6 +80,11 @@ pub struct DeadlineArgs {
     #[arg(long, env = "KEYBUST_CACHE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_timeout_ms: Option<u64>,
 
+    /// How often the cache backend is checked (PING) in the background; a
+    /// failed check makes /readyz answer 503.
+    #[arg(long, env = "KEYBUST_CACHE_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub cache_check_interval: Duration,
+
     /// Deadline for opening a connection to Convex, the token issuer or Upstash.
     #[arg(long, env = "KEYBUST_BACKEND_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub backend_connect_timeout: Duration,
@@ -103,6 +112,7 @@ impl DeadlineArgs {
             cache,
             jwks_refetch_cooldown: self.jwks_refetch_cooldown,
             jwks_max_age: self.jwks_max_age,
+            cache_check_interval: self.cache_check_interval,
             ..defaults
         }
     }

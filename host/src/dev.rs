@@ -6,6 +6,7 @@
 //! start. The cache is the embedded store.
 
 use crate::capabilities::Settings;
+use crate::capabilities::cache::{CacheBackendSettings, CacheSettings};
 use crate::capabilities::convex::ConvexSettings;
 use crate::capabilities::session::ClerkSettings;
 use crate::config::Secret;
@@ -92,6 +93,10 @@ pub async fn start() -> anyhow::Result<DevEnvironment> {
         clerk: ClerkSettings {
             issuer: Some(issuer),
             ..ClerkSettings::default()
+        },
+        cache: CacheSettings {
+            backend: CacheBackendSettings::Embedded,
+            ..CacheSettings::default()
         },
         ..Settings::default()
     };

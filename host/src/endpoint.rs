@@ -105,6 +105,9 @@ pub struct Endpoint {
     /// cannot free a slot while its guest still runs. The semaphore is
     /// fair, so waiters are admitted in order.
     admission: Arc<tokio::sync::Semaphore>,
+    /// Set when the process starts to stop: readiness turns at once, so a
+    /// load balancer stops sending traffic while requests still finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Endpoint {
@@ -113,12 +116,34 @@ impl Endpoint {
         let admission = Arc::new(tokio::sync::Semaphore::new(
             slot.limits().max_concurrent_requests,
         ));
-        Endpoint { slot, admission }
+        Endpoint {
+            slot,
+            admission,
+            draining: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// The component slot, for swaps.
     pub fn slot(&self) -> &ComponentSlot {
         &self.slot
+    }
+
+    /// Marks the endpoint as going away: [`Endpoint::unready_reasons`]
+    /// says so from now on. Requests are still served.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Why this endpoint should get no traffic now, if it should not:
+    /// draining, or what [`Capabilities::unready_reasons`] finds.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            reasons.push("draining: the process is stopping".to_owned());
+        }
+        reasons.extend(self.capabilities().unready_reasons());
+        reasons
     }
 
     /// The capabilities given to the component.

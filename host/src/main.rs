@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use keybust::admin::{AdminArgs, AdminPolicy};
 use keybust::artifacts;
 use keybust::capabilities::{Capabilities, SettingsArgs};
-use keybust::config::{Secret, parse_duration};
+use keybust::config::parse_duration;
 use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
 use keybust::limits::{LimitArgs, Limits};
 use keybust::plugin;
@@ -55,18 +56,13 @@ struct ServeArgs {
     #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
 
-    /// Address for the admin listener (health, readiness, metrics, component API).
-    #[arg(long, env = "KEYBUST_ADMIN_LISTEN", default_value = "127.0.0.1:8788")]
-    admin_listen: SocketAddr,
-
     /// Component file to serve; it is watched, and SIGHUP re-reads it
     /// [default: the component built from guest/, embedded in this binary].
     #[arg(long, env = "KEYBUST_COMPONENT")]
     component: Option<PathBuf>,
 
-    /// Bearer token for admin mutations [default: none, admin mutations are refused].
-    #[arg(long, env = "KEYBUST_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    #[command(flatten, next_help_heading = "Admin plane")]
+    admin: AdminArgs,
 
     #[command(flatten)]
     common: CommonArgs,
@@ -103,7 +99,13 @@ struct CommonArgs {
     #[arg(long, env = "KEYBUST_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Time in-flight requests get to finish after SIGTERM or ctrl-c (e.g. 30s).
+    /// After SIGTERM or ctrl-c, how long the listener keeps accepting while
+    /// /readyz already answers 503: the time a load balancer needs to stop
+    /// sending traffic. Then it closes, and new connections are refused.
+    #[arg(long, env = "KEYBUST_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
+
+    /// Time in-flight requests get to finish after the listener closes (e.g. 30s).
     #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
 
@@ -210,12 +212,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     let endpoint =
         Arc::new(new_endpoint(capabilities, args.component.as_ref(), &args.common).await?);
-    for reason in endpoint.capabilities().unready_reasons() {
-        tracing::warn!("{reason}: the endpoint cannot succeed until it is");
+    for problem in endpoint.capabilities().configuration_problems() {
+        tracing::warn!("{problem}: the endpoint is not ready until it is");
     }
-    let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
-    if admin_token.is_none() {
-        tracing::info!("KEYBUST_ADMIN_TOKEN is not set: admin mutations are refused");
+    endpoint
+        .capabilities()
+        .start_background_checks(&settings.deadlines);
+    let policy = args.admin.policy()?;
+    if policy.token.is_none() {
+        tracing::info!("no admin token is set: admin mutations are refused");
+    } else if token_on_command_line() {
+        tracing::warn!(
+            "--admin-token on the command line shows in `ps`; prefer KEYBUST_ADMIN_TOKEN or --admin-token-file"
+        );
     }
     let _watcher = match &args.component {
         Some(path) => {
@@ -235,8 +244,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let listener = server::bind(args.listen).await?;
-    let admin = server::bind(args.admin_listen).await?;
-    run(endpoint, listener, Some((admin, admin_token)), &args.common).await
+    let mut planes = vec![(server::bind(args.admin.admin_listen).await?, policy.clone())];
+    if let Some(addr) = args.admin.metrics_listen {
+        let probes = AdminPolicy {
+            probes_only: true,
+            ..policy
+        };
+        planes.push((server::bind(addr).await?, probes));
+    }
+    run(endpoint, listener, planes, &args.common).await
+}
+
+/// Whether the admin token was given as a flag rather than from the
+/// environment or a file.
+fn token_on_command_line() -> bool {
+    std::env::args().any(|arg| arg == "--admin-token" || arg.starts_with("--admin-token="))
 }
 
 /// Without a component file, SIGHUP has nothing to re-read; it must not kill the process.
@@ -272,47 +294,62 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "curl -i -X POST http://{addr}{ENDPOINT_PATH} \\\n  -H 'Authorization: Bearer {}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"keyHash\":\"{}\"}}'\n",
         env.token, env.key_hash
     );
-    run(endpoint, listener, None, &args.common).await
+    run(endpoint, listener, Vec::new(), &args.common).await
 }
 
+/// Serves the public listener and the admin planes (the admin listener,
+/// and the probes-only one) until SIGTERM or ctrl-c, then drains: readiness
+/// turns at once, the public listener keeps accepting for
+/// `--shutdown-delay` and then closes, and in-flight requests get
+/// `--shutdown-grace`. The admin planes answer until the process exits.
 async fn run(
     endpoint: Arc<Endpoint>,
     listener: tokio::net::TcpListener,
-    admin: Option<(tokio::net::TcpListener, Option<Secret>)>,
+    planes: Vec<(tokio::net::TcpListener, AdminPolicy)>,
     common: &CommonArgs,
 ) -> anyhow::Result<()> {
     let grace = common.shutdown_grace;
     let limits = endpoint.slot().limits().clone();
-    if let Some((admin, token)) = admin {
-        println!("admin listening on http://{}", admin.local_addr()?);
+    for (plane, policy) in planes {
+        let what = if policy.probes_only {
+            "metrics"
+        } else {
+            "admin"
+        };
+        println!("{what} listening on http://{}", plane.local_addr()?);
         let endpoint = endpoint.clone();
-        let token = Arc::new(token);
+        let policy = Arc::new(policy);
         tokio::spawn(server::serve(
-            admin,
+            plane,
             move |request| {
                 let endpoint = endpoint.clone();
-                let token = token.clone();
-                async move { keybust::admin::handle(&endpoint, token.as_ref().as_ref(), request).await }
+                let policy = policy.clone();
+                async move { keybust::admin::handle(&endpoint, &policy, request).await }
             },
             std::future::pending(),
             grace,
             Limits::default(),
         ));
     }
+    let draining = endpoint.clone();
+    let delay = common.shutdown_delay;
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.start_draining();
+        tracing::info!(
+            ?delay,
+            "shutting down: not ready; closing the listener after the shutdown delay"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!("listener closed: draining in-flight requests");
+    };
     let handler = move |request| {
         let endpoint = endpoint.clone();
         async move { endpoint.route(request).await }
     };
     // Printed last: once it appears, every listener is accepting.
     println!("listening on http://{}", listener.local_addr()?);
-    server::serve(
-        listener,
-        handler,
-        shutdown_signal(),
-        grace,
-        (*limits).clone(),
-    )
-    .await;
+    server::serve(listener, handler, shutdown, grace, (*limits).clone()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -336,5 +373,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutting down: draining in-flight requests");
 }

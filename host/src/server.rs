@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The client's address, on every request [`serve`] hands its handler.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests.
 pub async fn serve<F, Fut>(
@@ -67,7 +71,8 @@ pub async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(Peer(peer));
             let response = handler(request);
             async move { Ok::<_, Infallible>(response.await) }
         });
@@ -86,6 +91,9 @@ pub async fn serve<F, Fut>(
             drop(peer_slot);
         });
     }
+    // Close the listening socket now: a client that connects during the
+    // drain is refused at once instead of waiting in the backlog.
+    drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

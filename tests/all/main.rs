@@ -19,6 +19,7 @@ mod endpoint;
 mod example;
 mod hardening;
 mod operate;
+mod readiness;
 mod reliability;
 mod session;
 mod settings;

@@ -21,6 +21,7 @@ use self::convex::{ConvexClient, ConvexError};
 use self::origins::{InvalidOriginPattern, OriginPolicy};
 use self::session::{SessionError, SessionVerifier};
 use crate::config::ConfigError;
+use crate::deadlines::Deadlines;
 use crate::metrics::{Metrics, Outcome};
 use std::sync::Arc;
 use std::time::Instant;
@@ -98,16 +99,46 @@ impl Capabilities {
         self
     }
 
-    /// Why requests cannot succeed yet, if they cannot: for readiness checks.
-    pub fn unready_reasons(&self) -> Vec<&'static str> {
-        let mut reasons = Vec::new();
+    /// What the settings leave out that requests need: warned about at
+    /// start, and part of [`Capabilities::unready_reasons`].
+    pub fn configuration_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if !self.convex.is_configured() {
-            reasons.push("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET is not set");
+            problems.push("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET is not set".to_owned());
         }
         if !self.sessions.is_configured() {
-            reasons.push("CLERK_JWT_ISSUER_DOMAIN is not set");
+            problems.push("CLERK_JWT_ISSUER_DOMAIN is not set".to_owned());
+        }
+        if !self.cache.is_configured() {
+            problems.push(
+                "no cache backend is configured (REDIS_URL or UPSTASH_*); \
+                 KEYBUST_CACHE=embedded chooses the in-process store on purpose"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
+
+    /// Why requests cannot succeed now, if they cannot: the configuration,
+    /// the issuer's keys not fetched yet, the cache backend down.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = self.configuration_problems();
+        if self.sessions.is_configured() && self.sessions.keys_age().is_none() {
+            reasons.push("the token issuer's keys (JWKS) have not been fetched yet".to_owned());
+        }
+        if let Some(problem) = self.cache.health().problem() {
+            reasons.push(problem);
         }
         reasons
+    }
+
+    /// Starts what readiness needs to know in the background, for as long
+    /// as these capabilities live: the issuer's keys are fetched now (and
+    /// again until that works), and the cache backend is checked every
+    /// `deadlines.cache_check_interval`. Needs a tokio runtime.
+    pub fn start_background_checks(&self, deadlines: &Deadlines) {
+        self.cache.watch_health(deadlines.cache_check_interval);
+        self.sessions.prefetch_keys();
     }
 }
 

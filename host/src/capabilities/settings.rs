@@ -140,7 +140,7 @@ mod tests {
         assert!(s.convex.site_url.is_none());
         assert!(matches!(
             s.cache.backend,
-            crate::capabilities::cache::CacheBackendSettings::Embedded
+            crate::capabilities::cache::CacheBackendSettings::Unset
         ));
     }
 

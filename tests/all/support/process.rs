@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Keybust {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// The probes-only listener, when `--metrics-listen` opened one.
+    pub metrics: Option<SocketAddr>,
     /// What keybust printed to stdout up to its listening line.
     pub printed: Vec<String>,
     child: Child,
@@ -64,6 +66,7 @@ impl Keybust {
         });
         let mut addr = None;
         let mut admin = None;
+        let mut metrics = None;
         let mut printed = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while addr.is_none() {
@@ -77,6 +80,8 @@ impl Keybust {
             };
             if let Some(rest) = line.strip_prefix("admin listening on http://") {
                 admin = Some(rest.parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("metrics listening on http://") {
+                metrics = Some(rest.parse().unwrap());
             } else if let Some(rest) = line.strip_prefix("listening on http://") {
                 addr = Some(rest.parse().unwrap());
             }
@@ -87,6 +92,7 @@ impl Keybust {
         Keybust {
             addr: addr.unwrap(),
             admin,
+            metrics,
             printed,
             child,
             logs,
@@ -96,6 +102,14 @@ impl Keybust {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.metrics
+                .expect("keybust serve --metrics-listen has a metrics listener")
+        )
     }
 
     pub fn admin_url(&self, path: &str) -> String {

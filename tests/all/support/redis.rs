@@ -95,7 +95,7 @@ impl Drop for Redis {
 }
 
 /// A small Upstash-compatible REST front over a real Redis:
-/// `POST /del/{key}` with `Authorization: Bearer <token>`.
+/// `POST /del/{key}` and `POST /ping` with `Authorization: Bearer <token>`.
 pub struct UpstashFront {
     pub addr: SocketAddr,
     pub failing: Arc<AtomicBool>,
@@ -119,6 +119,15 @@ impl UpstashFront {
                 }
                 if fail.load(Ordering::SeqCst) {
                     return respond(500, r#"{"error":"ERR internal"}"#);
+                }
+                if request.uri().path() == "/ping" {
+                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                        return respond(500, r#"{"error":"ERR redis unreachable"}"#);
+                    };
+                    return match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                        Ok(pong) => respond(200, json!({ "result": pong }).to_string()),
+                        Err(_) => respond(500, r#"{"error":"ERR redis failed"}"#),
+                    };
                 }
                 let Some(encoded) = request.uri().path().strip_prefix("/del/") else {
                     return respond(400, r#"{"error":"ERR unknown command"}"#);

@@ -156,7 +156,20 @@ impl Stack {
             ("CLERK_JWT_ISSUER_DOMAIN", issuer.url()),
         ];
         let (redis, upstash) = match backend {
-            Backend::Embedded => (None, None),
+            Backend::Embedded => {
+                // The in-process store on purpose, unless the test names a
+                // backend of its own.
+                let own = options.env.iter().any(|(name, _)| {
+                    matches!(
+                        *name,
+                        "REDIS_URL" | "UPSTASH_REDIS_REST_URL" | "KEYBUST_CACHE"
+                    )
+                });
+                if !own {
+                    env.push(("KEYBUST_CACHE", "embedded".to_owned()));
+                }
+                (None, None)
+            }
             Backend::Redis => {
                 let redis = Redis::start();
                 env.push(("REDIS_URL", redis.url()));

@@ -5,13 +5,17 @@
 //! Redis over RESP, the Upstash REST API, and an in-process store.
 
 mod embedded;
+mod health;
 mod redis;
 mod settings;
 mod upstash;
 
 pub use self::embedded::EmbeddedCache;
+pub use self::health::CacheHealth;
 pub use self::redis::RedisCache;
-pub use self::settings::{CacheArgs, CacheBackendSettings, CacheSettings, deploy_prefix};
+pub use self::settings::{
+    CacheArgs, CacheBackendSettings, CacheChoice, CacheSettings, deploy_prefix,
+};
 pub use self::upstash::UpstashCache;
 
 use super::bindings::keybust::gateway::cache as wit;
@@ -47,6 +51,12 @@ pub trait CacheBackend: Send + Sync {
     /// A short name for logs and readiness reports.
     fn name(&self) -> &'static str;
 
+    /// Checks that the backend answers (Redis `PING`, Upstash's `ping`);
+    /// the in-process store always does.
+    fn ping(&self) -> BoxFuture<'_, Result<(), CacheError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Told when an operation that started at `started` ran out of its
     /// deadline, so a backend whose connection may have gone silent can
     /// replace it. Nothing to do by default.
@@ -62,6 +72,8 @@ pub struct Cache {
     prefix: String,
     timeout: Duration,
     allowed_keys: Regex,
+    health: Arc<CacheHealth>,
+    configured: bool,
 }
 
 impl Cache {
@@ -79,10 +91,14 @@ impl Cache {
             CacheBackendSettings::Upstash { url, token } => {
                 Arc::new(UpstashCache::new(url.clone(), token.clone(), http))
             }
-            CacheBackendSettings::Embedded => Arc::new(EmbeddedCache::default()),
+            CacheBackendSettings::Embedded | CacheBackendSettings::Unset => {
+                Arc::new(EmbeddedCache::default())
+            }
         };
-        Ok(Self::new(backend, settings.prefix.clone(), deadlines.cache)
-            .with_allowed_keys(settings.allowed_keys.clone()))
+        let mut cache = Self::new(backend, settings.prefix.clone(), deadlines.cache)
+            .with_allowed_keys(settings.allowed_keys.clone());
+        cache.configured = !matches!(settings.backend, CacheBackendSettings::Unset);
+        Ok(cache)
     }
 
     /// Wraps any backend.
@@ -94,7 +110,43 @@ impl Cache {
             prefix,
             timeout,
             allowed_keys: CacheSettings::default().allowed_keys,
+            health: Arc::default(),
+            configured: true,
         }
+    }
+
+    /// Whether a backend was chosen: the in-process store that stands in
+    /// when none was is not the gateway's cache, and readiness says so.
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
+
+    /// What the background checks and the deletes found.
+    pub fn health(&self) -> &CacheHealth {
+        &self.health
+    }
+
+    /// Checks the backend within the deadline, and notes the outcome.
+    pub async fn check(&self) {
+        check(&*self.backend, &self.health, self.timeout).await
+    }
+
+    /// Checks the backend every `interval` for as long as the cache lives:
+    /// the task holds only weak references. Needs a tokio runtime.
+    pub fn watch_health(&self, interval: Duration) {
+        let backend = Arc::downgrade(&self.backend);
+        let health = Arc::downgrade(&self.health);
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            loop {
+                let (Some(backend), Some(health)) = (backend.upgrade(), health.upgrade()) else {
+                    return;
+                };
+                check(&*backend, &health, timeout).await;
+                drop((backend, health));
+                tokio::time::sleep(interval).await;
+            }
+        });
     }
 
     /// Replaces the keys (as the guest names them) a component may delete.
@@ -133,8 +185,25 @@ impl Cache {
         if let Err(err) = &result {
             tracing::warn!(backend = self.backend.name(), error = %err, "cache delete failed");
         }
+        self.health.deleted(result.is_ok());
         result
     }
+}
+
+/// One check of `backend` within `timeout`, noted in `health`.
+async fn check(backend: &dyn CacheBackend, health: &CacheHealth, timeout: Duration) {
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(timeout, backend.ping()).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            backend.timed_out(started);
+            Err(CacheError::Timeout(timeout))
+        }
+    };
+    if let Err(err) = &outcome {
+        tracing::warn!(backend = backend.name(), error = %err, "cache check failed");
+    }
+    health.checked(outcome.map_err(|err| err.to_string()));
 }
 
 impl From<CacheError> for wit::CacheError {

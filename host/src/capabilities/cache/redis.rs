@@ -96,6 +96,17 @@ impl CacheBackend for RedisCache {
         "redis"
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<(), CacheError>> {
+        let mut connection = self.connection();
+        Box::pin(async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .map(drop)
+                .map_err(|err| CacheError::Unavailable(format!("redis: {err}")))
+        })
+    }
+
     /// Replaces the connection a command started on at `started` that ran
     /// out of its deadline. Commands that time out together on one silent
     /// connection replace it once: a connection opened after `started` is

@@ -22,8 +22,23 @@ pub enum CacheBackendSettings {
         /// The bearer token.
         token: Secret,
     },
-    /// Neither: an in-process store.
+    /// The in-process store, chosen on purpose (`KEYBUST_CACHE=embedded`):
+    /// for `keybust dev`, tests, and gateways that embed keybust.
+    Embedded,
+    /// Nothing configured: the in-process store stands in, but it is not
+    /// the gateway's cache, so readiness reports the endpoint unready.
     #[default]
+    Unset,
+}
+
+/// Which cache backend to use, when chosen explicitly (`--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheChoice {
+    /// Redis over RESP (`REDIS_URL` must be set).
+    Redis,
+    /// Upstash's REST API (`UPSTASH_*` must be set).
+    Upstash,
+    /// The in-process store: deletes reach no other process.
     Embedded,
 }
 
@@ -58,6 +73,12 @@ fn default_allowed_keys() -> Regex {
 /// The cache settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CacheArgs {
+    /// The cache backend [default: Redis when REDIS_URL is set, else Upstash
+    /// when UPSTASH_* are, else none: the endpoint is unready]; `embedded`
+    /// chooses the in-process store on purpose.
+    #[arg(long, env = "KEYBUST_CACHE", value_enum)]
+    pub cache: Option<CacheChoice>,
+
     /// Redis over RESP: redis:// or rediss:// (may carry a password; prefer
     /// the environment variable). Wins over Upstash.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -91,36 +112,61 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    /// The backend (Redis, else Upstash, else in-process), the prefix and
-    /// the allowed keys. Upstash over plain http only to loopback, unless
-    /// `plain` allows it.
-    pub fn settings(&self, plain: PlainHttp) -> Result<CacheSettings, ConfigError> {
-        let backend = if let Some(url) = non_empty(self.redis_url.clone()) {
+    /// The backend the connection settings name: Redis, else Upstash, else
+    /// none.
+    fn backend(&self, plain: PlainHttp) -> Result<CacheBackendSettings, ConfigError> {
+        if let Some(url) = non_empty(self.redis_url.clone()) {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::invalid(
                     "REDIS_URL",
                     "must start with redis:// or rediss://",
                 ));
             }
-            CacheBackendSettings::Redis {
+            return Ok(CacheBackendSettings::Redis {
                 url: Secret::new(url),
-            }
-        } else {
-            match (
-                non_empty(self.upstash_redis_rest_url.clone()),
-                non_empty(self.upstash_redis_rest_token.clone()),
-            ) {
-                (Some(url), Some(token)) => CacheBackendSettings::Upstash {
-                    url: http_url("UPSTASH_REDIS_REST_URL", url, plain)?,
-                    token: header_safe("UPSTASH_REDIS_REST_TOKEN", token)?,
-                },
-                (Some(_), None) | (None, Some(_)) => {
-                    return Err(ConfigError::invalid(
-                        "UPSTASH_REDIS_REST_URL",
-                        "UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN must be set together",
-                    ));
-                }
-                (None, None) => CacheBackendSettings::Embedded,
+            });
+        }
+        Ok(self.upstash(plain)?.unwrap_or(CacheBackendSettings::Unset))
+    }
+
+    /// Upstash, when both of its settings are given; one alone is an error.
+    fn upstash(&self, plain: PlainHttp) -> Result<Option<CacheBackendSettings>, ConfigError> {
+        match (
+            non_empty(self.upstash_redis_rest_url.clone()),
+            non_empty(self.upstash_redis_rest_token.clone()),
+        ) {
+            (Some(url), Some(token)) => Ok(Some(CacheBackendSettings::Upstash {
+                url: http_url("UPSTASH_REDIS_REST_URL", url, plain)?,
+                token: header_safe("UPSTASH_REDIS_REST_TOKEN", token)?,
+            })),
+            (Some(_), None) | (None, Some(_)) => Err(ConfigError::invalid(
+                "UPSTASH_REDIS_REST_URL",
+                "UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN must be set together",
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The backend (Redis, else Upstash, else in-process), the prefix and
+    /// the allowed keys. Upstash over plain http only to loopback, unless
+    /// `plain` allows it.
+    pub fn settings(&self, plain: PlainHttp) -> Result<CacheSettings, ConfigError> {
+        let backend = self.backend(plain)?;
+        let backend = match (self.cache, backend) {
+            (None, backend) => backend,
+            (Some(CacheChoice::Embedded), _) => CacheBackendSettings::Embedded,
+            (Some(CacheChoice::Redis), backend @ CacheBackendSettings::Redis { .. }) => backend,
+            (Some(CacheChoice::Upstash), _) => self.upstash(plain)?.ok_or_else(|| {
+                ConfigError::invalid(
+                    "KEYBUST_CACHE",
+                    "upstash needs UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN",
+                )
+            })?,
+            (Some(CacheChoice::Redis), _) => {
+                return Err(ConfigError::invalid(
+                    "KEYBUST_CACHE",
+                    "redis needs REDIS_URL",
+                ));
             }
         };
         let prefix = match &self.cache_prefix {
@@ -212,8 +258,19 @@ mod tests {
         );
         assert!(matches!(
             settings(&[]).unwrap().backend,
+            CacheBackendSettings::Unset
+        ));
+        assert!(matches!(
+            settings(&[
+                ("KEYBUST_CACHE", "embedded"),
+                ("REDIS_URL", "redis://127.0.0.1:1")
+            ])
+            .unwrap()
+            .backend,
             CacheBackendSettings::Embedded
         ));
+        assert!(settings(&[("KEYBUST_CACHE", "redis")]).is_err());
+        assert!(settings(&[("KEYBUST_CACHE", "upstash"), ("REDIS_URL", "redis://h")]).is_err());
         assert!(settings(&[("UPSTASH_REDIS_REST_URL", "http://x")]).is_err());
         assert!(settings(&[("REDIS_URL", "http://x")]).is_err());
     }

@@ -36,44 +36,50 @@ impl UpstashCache {
     }
 }
 
+impl UpstashCache {
+    /// POSTs one REST command (`del/<key>`, `ping`) and checks the answer:
+    /// a 2xx status with a JSON body that holds no `error`.
+    async fn command(&self, command: &str) -> Result<(), CacheError> {
+        let response = self
+            .http
+            .post(format!("{}/{command}", self.url))
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|err| CacheError::Unavailable(format!("upstash: {}", err.without_url())))?;
+        let status = response.status();
+        let body = read_bounded(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|err| CacheError::Unavailable(format!("upstash: {err}")))?;
+        let body: Option<Value> = serde_json::from_slice(&body).ok();
+        let error = body.as_ref().and_then(|b| b.get("error"));
+        if !status.is_success() || error.is_some() || body.is_none() {
+            return Err(CacheError::Unavailable(format!(
+                "upstash answered HTTP {}{}",
+                status.as_u16(),
+                error
+                    .and_then(Value::as_str)
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl CacheBackend for UpstashCache {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(async move {
-            let url = format!(
-                "{}/del/{}",
-                self.url,
-                utf8_percent_encode(key, URI_COMPONENT)
-            );
-            let response = self
-                .http
-                .post(url)
-                .bearer_auth(self.token.expose())
-                .send()
+            self.command(&format!("del/{}", utf8_percent_encode(key, URI_COMPONENT)))
                 .await
-                .map_err(|err| {
-                    CacheError::Unavailable(format!("upstash: {}", err.without_url()))
-                })?;
-            let status = response.status();
-            let body = read_bounded(response, MAX_ANSWER_BYTES)
-                .await
-                .map_err(|err| CacheError::Unavailable(format!("upstash: {err}")))?;
-            let body: Option<Value> = serde_json::from_slice(&body).ok();
-            let error = body.as_ref().and_then(|b| b.get("error"));
-            if !status.is_success() || error.is_some() || body.is_none() {
-                return Err(CacheError::Unavailable(format!(
-                    "upstash answered HTTP {}{}",
-                    status.as_u16(),
-                    error
-                        .and_then(Value::as_str)
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                )));
-            }
-            Ok(())
         })
     }
 
     fn name(&self) -> &'static str {
         "upstash"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), CacheError>> {
+        Box::pin(self.command("ping"))
     }
 }

@@ -105,6 +105,29 @@ impl IssuerKeys {
         }
     }
 
+    /// Fetches the set in the background until one fetch has worked; the
+    /// task holds only a weak reference. Needs a tokio runtime.
+    pub(super) fn prefetch(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                let Some(live) = shared.upgrade() else { return };
+                if live.read().fetched_at.is_some() {
+                    return;
+                }
+                let retry = live.deadlines.jwks_retry_after_failure;
+                {
+                    let _fetching = live.fetching.lock().await;
+                    if live.read().fetched_at.is_none() {
+                        live.fetch_and_store().await;
+                    }
+                }
+                drop(live);
+                tokio::time::sleep(retry).await;
+            }
+        });
+    }
+
     /// How old the keys are; `None` before the first successful fetch.
     pub(super) fn age(&self) -> Option<Duration> {
         self.shared.read().fetched_at.map(|at| at.elapsed())

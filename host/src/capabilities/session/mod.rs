@@ -133,6 +133,15 @@ impl SessionVerifier {
         self.issuer.is_some()
     }
 
+    /// Fetches the issuer's keys in the background now, and again every
+    /// `jwks_retry_after_failure` until a fetch works, so the first
+    /// request does not wait on the issuer and readiness can tell.
+    pub fn prefetch_keys(&self) {
+        if let Some((_, keys)) = &self.issuer {
+            keys.prefetch();
+        }
+    }
+
     /// How old the issuer's keys are; `None` before the first fetch.
     pub fn keys_age(&self) -> Option<std::time::Duration> {
         self.issuer.as_ref().and_then(|(_, keys)| keys.age())
