@@ -38,6 +38,7 @@ impl AccessRecord {
             .filter(|value| is_usable_request_id(value.as_bytes()))
             .cloned()
             .unwrap_or_else(new_request_id);
+        metrics.request_started();
         Arc::new(AccessRecord {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
@@ -70,6 +71,7 @@ impl Drop for AccessRecord {
             .answered
             .get_mut()
             .unwrap_or_else(|poison| poison.into_inner());
+        self.metrics.request_over();
         let request_id = self.request_id.to_str().unwrap_or_default();
         // The status is a number in the log when there is one, so log
         // pipelines can compare it; a client that hung up has none.

@@ -144,7 +144,11 @@ async fn answer(
         (&Method::GET, "/healthz") => (json_response(200, r#"{"status":"ok"}"#), None),
         (&Method::GET, "/readyz") => (readiness(endpoint), None),
         (&Method::GET, "/metrics") => {
-            let mut response = json_response(200, endpoint.capabilities().metrics.encode());
+            let capabilities = endpoint.capabilities();
+            capabilities
+                .metrics
+                .jwks_age(capabilities.sessions.keys_age());
+            let mut response = json_response(200, capabilities.metrics.encode());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(

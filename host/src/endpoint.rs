@@ -216,14 +216,18 @@ impl Endpoint {
                 {
                     Ok(response) => return response,
                     Err(failure) => {
-                        if let GuestFailure::BodyTimeout = failure {
-                            self.capabilities().metrics.body_timed_out();
+                        let metrics = &self.capabilities().metrics;
+                        match failure {
+                            GuestFailure::BodyTimeout => metrics.body_timed_out(),
+                            GuestFailure::Failed(_) => metrics.guest_failed("trap"),
+                            GuestFailure::OutOfTime(_) => metrics.guest_failed("timeout"),
                         }
                         failure.response()
                     }
                 }
             }
             _ => {
+                self.capabilities().metrics.unavailable("shed");
                 let mut busy = json_response(503, r#"{"error":"Service unavailable"}"#);
                 busy.headers_mut().insert(
                     http::header::RETRY_AFTER,

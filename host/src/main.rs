@@ -15,9 +15,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The version, the commit, the wasmtime it runs on, and the component it
+/// embeds, as `keybust --version` prints them.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("KEYBUST_GIT_SHA"),
+    ", wasmtime ",
+    env!("KEYBUST_WASMTIME_VERSION"),
+    ", embedded component sha256:",
+    env!("KEYBUST_GUEST_DIGEST"),
+    ")"
+);
+
 /// Serve the invalidate-user-api-key-cache endpoint from a WASI component.
 #[derive(Parser)]
-#[command(name = "keybust", version, about)]
+#[command(name = "keybust", version = VERSION, about)]
 struct Cli {
     /// Log line format.
     #[arg(long, env = "KEYBUST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

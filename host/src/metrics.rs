@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +25,23 @@ struct CapabilityLabels {
 struct CapabilityOutcomeLabels {
     capability: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    git_sha: &'static str,
+    wasmtime: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +78,11 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
+    in_flight: Gauge,
+    unavailable: Family<CauseLabels, Counter>,
+    guest_failures: Family<KindLabels, Counter>,
+    jwks_age: Gauge<f64, AtomicU64>,
+    process: ProcessMetrics,
     request_seconds: Histogram,
     instantiate_seconds: Histogram,
     capability_calls: Family<CapabilityOutcomeLabels, Counter>,
@@ -77,7 +101,42 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric under the `keybust_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("keybust");
+        let mut root = Registry::default();
+        let process = ProcessMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("keybust");
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests on the public listener not over yet (guests still running included)",
+            in_flight.clone(),
+        );
+        let unavailable = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "unavailable",
+            "Causes of 503 answers: shed (no request slot), backend (a backend failed or timed out), not_configured, forbidden (outside the allow-lists)",
+            unavailable.clone(),
+        );
+        let guest_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "guest_failures",
+            "Guests that trapped (500) or ran out of time (504)",
+            guest_failures.clone(),
+        );
+        let jwks_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "jwks_age_seconds",
+            "Age of the token issuer's keys; absent before the first fetch",
+            jwks_age.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                git_sha: env!("KEYBUST_GIT_SHA"),
+                wasmtime: env!("KEYBUST_WASMTIME_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running build", build);
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register(
             "requests",
@@ -128,7 +187,12 @@ impl Metrics {
             body_timeouts.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
+            in_flight,
+            unavailable,
+            guest_failures,
+            jwks_age,
+            process,
             body_timeouts,
             requests,
             request_seconds,
@@ -159,6 +223,36 @@ impl Metrics {
                 status: CLIENT_CLOSED.to_owned(),
             })
             .inc();
+    }
+
+    /// A request started; [`Metrics::request_over`] when it is over.
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request is over, answered or not.
+    pub fn request_over(&self) {
+        self.in_flight.dec();
+    }
+
+    /// Counts a cause of a 503: `shed`, `backend`, `not_configured` or
+    /// `forbidden`.
+    pub fn unavailable(&self, cause: &'static str) {
+        self.unavailable.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// Counts a guest that trapped (`trap`) or ran out of time (`timeout`).
+    pub fn guest_failed(&self, kind: &'static str) {
+        self.guest_failures
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Sets the age of the token issuer's keys, when they have been fetched.
+    pub fn jwks_age(&self, age: Option<Duration>) {
+        if let Some(age) = age {
+            self.jwks_age.set(age.as_secs_f64());
+        }
     }
 
     /// Counts a request body that did not arrive in time.
@@ -210,9 +304,96 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.process.update();
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// The process's own resources, under the names Prometheus clients use
+/// (`process_*`), read from `/proc` at each scrape.
+struct ProcessMetrics {
+    resident_memory: Gauge,
+    open_fds: Gauge,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    /// The CPU time already counted, to add only what is new.
+    cpu_counted: Mutex<f64>,
+}
+
+impl ProcessMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ProcessMetrics {
+            resident_memory: Gauge::default(),
+            open_fds: Gauge::default(),
+            cpu_seconds: Counter::default(),
+            cpu_counted: Mutex::new(0.0),
+        };
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            metrics.resident_memory.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors",
+            metrics.open_fds.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            metrics.cpu_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// Reads `/proc/self`; where there is none, the values stay at 0.
+    fn update(&self) {
+        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<i64>().ok())
+        {
+            self.resident_memory.set(pages * page_size());
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        if let Some(cpu) = cpu_seconds() {
+            let mut counted = self
+                .cpu_counted
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if cpu > *counted {
+                self.cpu_seconds.inc_by(cpu - *counted);
+                *counted = cpu;
+            }
+        }
+    }
+}
+
+fn page_size() -> i64 {
+    #[cfg(unix)]
+    {
+        rustix::param::page_size() as i64
+    }
+    #[cfg(not(unix))]
+    {
+        4096
+    }
+}
+
+/// User plus system CPU time, from `/proc/self/stat` (fields 14 and 15,
+/// in clock ticks).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    #[cfg(unix)]
+    let per_second = rustix::param::clock_ticks_per_second() as f64;
+    #[cfg(not(unix))]
+    let per_second = 100.0;
+    Some(ticks / per_second)
 }

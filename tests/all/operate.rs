@@ -32,13 +32,21 @@ async fn health_and_readiness() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = Answer::of(
-        reqwest::get(stack.keybust.admin_url("/readyz"))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    // Ready once the issuer's keys, fetched at start, are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = Answer::of(
+            reqwest::get(stack.keybust.admin_url("/readyz"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", ready.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let options = Options {
         without: vec!["CONVEX_SERVER_SHARED_SECRET", "CLERK_JWT_ISSUER_DOMAIN"],
@@ -234,4 +242,90 @@ async fn drains_on_sigterm(options: Options) {
             .await
             .unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// `keybust --version` names the commit, the wasmtime it runs on, and the
+/// component it embeds.
+#[test]
+fn version_names_the_build() {
+    let output = std::process::Command::new(support::process::binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout).unwrap();
+    let digest = keybust::artifacts::hex_digest(keybust::plugin::EMBEDDED_COMPONENT);
+    assert!(version.contains(&format!("sha256:{digest}")), "{version}");
+    assert!(version.contains("wasmtime 48."), "{version}");
+    assert!(version.contains("(git "), "{version}");
+}
+
+/// What an operator graphs: requests in flight, the causes of 503s, the
+/// age of the issuer's keys, the build, and the process's resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_metrics_are_exposed() {
+    let options = Options {
+        env: vec![
+            ("KEYBUST_MAX_CONCURRENT_REQUESTS", "1".into()),
+            ("KEYBUST_QUEUE_TIMEOUT", "50ms".into()),
+        ],
+        ..Options::default()
+    };
+    let stack = Arc::new(Stack::with(Backend::Embedded, options).await);
+    let scrape = || async {
+        reqwest::get(stack.keybust.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let slow = {
+        let stack = stack.clone();
+        tokio::spawn(async move { Answer::of(stack.invalidate(hashes::OWNED_DELAYED).await).await })
+    };
+    while stack.convex.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = scrape().await;
+    assert!(
+        during.lines().any(|l| l == "keybust_requests_in_flight 1"),
+        "{during}"
+    );
+    let shed = stack
+        .request(reqwest::Method::OPTIONS, support::ENDPOINT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    slow.await.unwrap().assert_json(200, r#"{"ok":true}"#);
+    let failed = Answer::of(stack.invalidate(hashes::STATUS_500).await).await;
+    assert_eq!(failed.status, 503);
+    let after = scrape().await;
+    for line in [
+        "keybust_requests_in_flight 0",
+        r#"keybust_unavailable_total{cause="shed"} 1"#,
+        r#"keybust_unavailable_total{cause="backend"} 1"#,
+    ] {
+        assert!(after.lines().any(|l| l == line), "no `{line}` in:\n{after}");
+    }
+    let value = |name: &str| -> f64 {
+        after
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{after}"))
+    };
+    assert!(value("keybust_jwks_age_seconds") >= 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 3.0);
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    let build = after
+        .lines()
+        .find(|l| l.starts_with("keybust_build_info"))
+        .unwrap();
+    assert!(
+        build.contains("git_sha=") && build.contains("wasmtime=\"48."),
+        "{build}"
+    );
 }

@@ -179,6 +179,16 @@ impl wit_convex::Host for &Capabilities {
         };
         self.metrics
             .capability("convex", outcome, started.elapsed());
+        // Each of these is a 503 from the component.
+        match &result {
+            Err(ConvexError::NotConfigured) => self.metrics.unavailable("not_configured"),
+            Err(ConvexError::ForbiddenPath) => self.metrics.unavailable("forbidden"),
+            Err(_) => self.metrics.unavailable("backend"),
+            Ok(response) if !(200..300).contains(&response.status) => {
+                self.metrics.unavailable("backend")
+            }
+            Ok(_) => {}
+        }
         result.map(Into::into).map_err(Into::into)
     }
 }
@@ -193,6 +203,11 @@ impl wit_cache::Host for &Capabilities {
             Err(_) => Outcome::Error,
         };
         self.metrics.capability("cache", outcome, started.elapsed());
+        match outcome {
+            Outcome::Forbidden => self.metrics.unavailable("forbidden"),
+            Outcome::Error => self.metrics.unavailable("backend"),
+            Outcome::Ok => {}
+        }
         result.map_err(Into::into)
     }
 }
