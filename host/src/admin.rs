@@ -138,6 +138,9 @@ async fn answer(
         (&Method::PUT, "/admin/component") | (&Method::POST, "/admin/component/rollback")
     );
     if mutation && let Err(refusal) = authorize(policy, peer, &request) {
+        // The upload is not read; drained, so the refusal reaches a client
+        // still sending it.
+        crate::body::discard(request.into_body());
         return (refusal.response(), None);
     }
     match (request.method(), path.as_str()) {

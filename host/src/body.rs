@@ -187,6 +187,20 @@ where
     }
 }
 
+/// Reads and discards, in the background, a body the host answers without
+/// reading (a refused admin upload, say), so the answer is not lost to a
+/// reset; see [`BoundedBody`].
+pub fn discard<B>(body: B)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    if !body.is_end_stream()
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(linger(body));
+    }
+}
+
 /// Reads and discards what is left of a body, within [`LINGER_TIME`] and
 /// [`LINGER_BYTES`]; dropping it then lets the connection close.
 async fn linger<B>(mut body: B)

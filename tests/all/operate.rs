@@ -272,14 +272,6 @@ async fn operational_metrics_are_exposed() {
         ..Options::default()
     };
     let stack = Arc::new(Stack::with(Backend::Embedded, options).await);
-    let scrape = || async {
-        reqwest::get(stack.keybust.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let slow = {
         let stack = stack.clone();
         tokio::spawn(async move { Answer::of(stack.invalidate(hashes::OWNED_DELAYED).await).await })
@@ -287,7 +279,7 @@ async fn operational_metrics_are_exposed() {
     while stack.convex.calls().is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let during = scrape().await;
+    let during = stack.metrics().await;
     assert!(
         during.lines().any(|l| l == "keybust_requests_in_flight 1"),
         "{during}"
@@ -301,7 +293,7 @@ async fn operational_metrics_are_exposed() {
     slow.await.unwrap().assert_json(200, r#"{"ok":true}"#);
     let failed = Answer::of(stack.invalidate(hashes::STATUS_500).await).await;
     assert_eq!(failed.status, 503);
-    let after = scrape().await;
+    let after = stack.metrics().await;
     for line in [
         "keybust_requests_in_flight 0",
         r#"keybust_unavailable_total{cause="shed"} 1"#,

@@ -22,28 +22,6 @@ fn env(pairs: &[(&'static str, &str)]) -> Options {
     }
 }
 
-async fn metrics(stack: &Stack) -> String {
-    reqwest::get(stack.keybust.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Waits until `check` holds for the metrics text, failing after 10 s.
-async fn wait_for_metric(stack: &Stack, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics(stack).await;
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no `{line}` in:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A Redis connection that stops answering without closing is replaced:
 /// the first delete on it times out, and deletes recover within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,11 +70,9 @@ async fn a_client_that_hangs_up_keeps_its_slot_until_its_guest_finishes() {
         stream.set_zero_linger().unwrap();
         drop(stream);
     }
-    wait_for_metric(
-        &stack,
-        r#"keybust_requests_total{status="client closed"} 12"#,
-    )
-    .await;
+    stack
+        .wait_for_metric(r#"keybust_requests_total{status="client closed"} 12"#)
+        .await;
     let most = stack.convex.most_at_once.load(Ordering::SeqCst);
     assert!(most <= 4, "{most} owner lookups ran at once with 4 slots");
     assert!(most >= 1);
@@ -132,7 +108,7 @@ async fn a_slow_body_gets_408_at_the_body_timeout() {
     assert_eq!(answer.body, r#"{"error":"Request timeout"}"#);
     assert_eq!(answer.header("access-control-allow-origin"), Some(ALLOWED));
     assert!(started.elapsed() < Duration::from_secs(3));
-    wait_for_metric(&stack, "keybust_body_timeouts_total 1").await;
+    stack.wait_for_metric("keybust_body_timeouts_total 1").await;
 }
 
 /// A client still sending a large body when keybust answers 413 (most
@@ -271,11 +247,11 @@ async fn calls_outside_the_allow_lists_are_refused_and_counted() {
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     assert_eq!(stack.cached(hashes::OWNED), Some(true));
-    wait_for_metric(
-        &stack,
-        r#"keybust_capability_calls_total{capability="cache",outcome="forbidden"} 1"#,
-    )
-    .await;
+    stack
+        .wait_for_metric(
+            r#"keybust_capability_calls_total{capability="cache",outcome="forbidden"} 1"#,
+        )
+        .await;
 
     let stack = Stack::with(
         Backend::Embedded,
@@ -288,11 +264,11 @@ async fn calls_outside_the_allow_lists_are_refused_and_counted() {
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     assert!(stack.convex.calls().is_empty());
-    wait_for_metric(
-        &stack,
-        r#"keybust_capability_calls_total{capability="convex",outcome="forbidden"} 1"#,
-    )
-    .await;
+    stack
+        .wait_for_metric(
+            r#"keybust_capability_calls_total{capability="convex",outcome="forbidden"} 1"#,
+        )
+        .await;
 }
 
 /// The answers the host gives in the component's place carry the CORS

@@ -244,6 +244,29 @@ impl Stack {
         }
     }
 
+    /// The admin listener's `/metrics` text (the process only).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.keybust.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the metrics hold exactly `line`, failing after 10 s.
+    pub async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics().await;
+            if text.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The full cache key for a hash.
     pub fn cache_key(&self, hash: &str) -> String {
         format!("{}user-api-key:{hash}", self.prefix)
