@@ -76,3 +76,54 @@ async fn example_gateway_mounts_keybust_beside_its_own_routes() {
     assert_eq!(unauthenticated.status(), 401);
     assert_eq!(convex.calls().len(), 1);
 }
+
+/// Settings built by hand, the way an embedder writes them, leaving the
+/// rest to `Default`, serve the full path: no field defaults to a value
+/// (a zero deadline, an empty audience list) that fails every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_built_settings_serve_the_full_path() {
+    use keybust::capabilities::cache::{CacheBackendSettings, CacheSettings};
+    use keybust::capabilities::convex::ConvexSettings;
+    use keybust::capabilities::session::ClerkSettings;
+    use keybust::config::Secret;
+    let convex = FakeConvex::start().await;
+    let issuer = Issuer::start().await;
+    let settings = Settings {
+        convex: ConvexSettings {
+            site_url: Some(convex.url()),
+            shared_secret: Some(Secret::new(support::SECRET)),
+            ..ConvexSettings::default()
+        },
+        clerk: ClerkSettings {
+            issuer: Some(issuer.url()),
+            ..ClerkSettings::default()
+        },
+        cache: CacheSettings {
+            backend: CacheBackendSettings::Embedded,
+            ..CacheSettings::default()
+        },
+        ..Settings::default()
+    };
+    let capabilities = Arc::new(Capabilities::from_settings(&settings).unwrap());
+    let endpoint = Arc::new(Endpoint::embedded(capabilities).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway::serve(listener, endpoint));
+    support::use_aws_lc_for_tls();
+    // A token with `aud: convex`, which the default audiences accept.
+    let claims = json!({
+        "sub": support::USER, "iss": issuer.url(), "aud": "convex",
+        "nbf": support::now() - 1, "exp": support::now() + 600,
+    });
+    let token = support::sign(&claims, support::primary_key());
+    let response = reqwest::Client::new()
+        .post(format!("{base}{}", support::ENDPOINT))
+        .bearer_auth(token)
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
+    assert_eq!(convex.calls().len(), 1);
+}
