@@ -300,7 +300,7 @@ fn authorize<B>(
     request: &hyper::Request<B>,
 ) -> Result<(), Refusal> {
     let expected = policy.token.as_ref().ok_or(Refusal::Disabled)?;
-    if !policy.allow_remote && !peer.is_some_and(|peer| peer.ip().is_loopback()) {
+    if !policy.allow_remote && !peer.is_some_and(|peer| peer.ip().to_canonical().is_loopback()) {
         return Err(Refusal::Remote);
     }
     let presented = request

@@ -204,6 +204,9 @@ impl Plugin {
                 ))),
             };
             store.data().log_guest_output();
+            // The instance goes back to the pool before the request's slot
+            // frees, so an admitted request always finds a pool slot.
+            drop(store);
             outcome
         });
         let answer = match receiver.await {

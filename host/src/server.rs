@@ -133,11 +133,11 @@ impl PerIp {
             .open
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.max {
+        // Counted only once admitted: refused addresses leave no entry.
+        if open.get(&ip).copied().unwrap_or(0) >= self.max {
             return None;
         }
-        *count += 1;
+        *open.entry(ip).or_insert(0) += 1;
         Some(PeerSlot {
             ip,
             open: self.open.clone(),
@@ -183,5 +183,8 @@ mod tests {
         assert!(per_ip.admit(b).is_some());
         drop(first);
         assert!(per_ip.admit(a).is_some());
+        let none = PerIp::new(0);
+        assert!(none.admit(a).is_none());
+        assert!(none.open.lock().unwrap().is_empty());
     }
 }

@@ -134,6 +134,8 @@ impl Cache {
     /// Checks the backend every `interval` for as long as the cache lives:
     /// the task holds only weak references. Needs a tokio runtime.
     pub fn watch_health(&self, interval: Duration) {
+        // A zero interval would check back to back.
+        let interval = interval.max(Duration::from_millis(100));
         let backend = Arc::downgrade(&self.backend);
         let health = Arc::downgrade(&self.health);
         let timeout = self.timeout;
