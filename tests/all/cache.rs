@@ -295,3 +295,20 @@ async fn an_oversized_upstash_answer_is_refused() {
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     stack.keybust.assert_logged("longer than").await;
 }
+
+/// The old millisecond cache deadline still works, with a warning that
+/// names its replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_cache_timeout_setting_still_counts_and_warns() {
+    let options = Options {
+        env: vec![("KEYBUST_CACHE_TIMEOUT_MS", "700".to_owned())],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Redis, options).await;
+    stack
+        .keybust
+        .assert_logged("KEYBUST_CACHE_TIMEOUT_MS is deprecated: set KEYBUST_CACHE_TIMEOUT=700ms")
+        .await;
+    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    answer.assert_json(200, r#"{"ok":true}"#);
+}

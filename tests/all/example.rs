@@ -11,6 +11,18 @@ use keybust::endpoint::Endpoint;
 use serde_json::json;
 use std::sync::Arc;
 
+/// The example gateway with keybust built from `settings`, on a loopback
+/// port; its base URL.
+async fn serve_gateway(settings: &Settings) -> String {
+    let capabilities = Arc::new(Capabilities::from_settings(settings).unwrap());
+    let endpoint = Arc::new(Endpoint::embedded(capabilities).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway::serve(listener, endpoint));
+    support::use_aws_lc_for_tls();
+    base
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_gateway_mounts_keybust_beside_its_own_routes() {
     let convex = FakeConvex::start().await;
@@ -26,13 +38,7 @@ async fn example_gateway_mounts_keybust_beside_its_own_routes() {
             .map(|(_, v)| v.clone())
     })
     .unwrap();
-    let capabilities = Arc::new(Capabilities::from_settings(&settings).unwrap());
-    let endpoint = Arc::new(Endpoint::embedded(capabilities).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway::serve(listener, endpoint));
-
-    support::use_aws_lc_for_tls();
+    let base = serve_gateway(&settings).await;
     let client = reqwest::Client::new();
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -104,12 +110,7 @@ async fn hand_built_settings_serve_the_full_path() {
         },
         ..Settings::default()
     };
-    let capabilities = Arc::new(Capabilities::from_settings(&settings).unwrap());
-    let endpoint = Arc::new(Endpoint::embedded(capabilities).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway::serve(listener, endpoint));
-    support::use_aws_lc_for_tls();
+    let base = serve_gateway(&settings).await;
     // A token with `aud: convex`, which the default audiences accept.
     let claims = json!({
         "sub": support::USER, "iss": issuer.url(), "aud": "convex",
