@@ -1,6 +1,6 @@
-//! One access-log line and one count per request, written when the request
-//! is really over: for a request that runs the guest, when the guest has
-//! finished, even if the client hung up long before.
+//! One access-log line, one count and one server span per request, closed
+//! when the request is really over: for a request that runs the guest, when
+//! the guest has finished, even if the client hung up long before.
 //!
 //! An [`AccessRecord`] is shared by the code answering the client and by
 //! the task running the guest. Whichever lets go of it last writes the line
@@ -9,6 +9,7 @@
 //! first, and is written with the status `client closed`.
 
 use crate::metrics::{CLIENT_CLOSED, Metrics};
+use crate::telemetry::{self, TRACE_TARGET};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,14 +25,24 @@ pub struct AccessRecord {
     digest: String,
     started: Instant,
     metrics: Arc<Metrics>,
+    /// The request's server span; it ends when the record is dropped.
+    span: tracing::Span,
+    /// The trace the span belongs to, when one is recorded.
+    trace_id: Option<String>,
     /// The status and the time to the response head, once known.
     answered: Mutex<Option<(u16, Duration)>>,
 }
 
 impl AccessRecord {
     /// Starts the record of a request: its id is the client's
-    /// `x-request-id` when usable, else a new one.
-    pub fn start<B>(request: &hyper::Request<B>, digest: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// `x-request-id` when usable, else a new one. `route` is the route the
+    /// request matched, if any, for the span's name.
+    pub fn start<B>(
+        request: &hyper::Request<B>,
+        route: Option<&'static str>,
+        digest: &str,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let request_id = request
             .headers()
             .get(REQUEST_ID)
@@ -39,15 +50,25 @@ impl AccessRecord {
             .cloned()
             .unwrap_or_else(new_request_id);
         metrics.request_started();
+        let digest = digest.get(..12).unwrap_or(digest).to_owned();
+        let span = server_span(request, route, &request_id, &digest);
+        let trace_id = telemetry::trace_id(&span);
         Arc::new(AccessRecord {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
             request_id,
-            digest: digest.get(..12).unwrap_or(digest).to_owned(),
+            digest,
             started: Instant::now(),
             metrics,
+            span,
+            trace_id,
             answered: Mutex::new(None),
         })
+    }
+
+    /// The request's server span: the work done for it runs inside.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The request's id, to echo in the response.
@@ -58,6 +79,10 @@ impl AccessRecord {
     /// Notes the status of the response head the client is getting now.
     pub fn answered(&self, status: u16) {
         let took = self.started.elapsed();
+        self.span.record("http.response.status_code", status);
+        if status >= 500 {
+            self.span.record("otel.status_code", "error");
+        }
         *self
             .answered
             .lock()
@@ -86,6 +111,7 @@ impl Drop for AccessRecord {
                     latency_ms = took.as_secs_f64() * 1000.0,
                     digest = self.digest,
                     request_id,
+                    trace_id = self.trace_id.as_deref(),
                 );
             }
             None => {
@@ -99,10 +125,42 @@ impl Drop for AccessRecord {
                     latency_ms = took.as_secs_f64() * 1000.0,
                     digest = self.digest,
                     request_id,
+                    trace_id = self.trace_id.as_deref(),
                 );
             }
         }
     }
+}
+
+/// The server span of one request, following the HTTP semantic
+/// conventions, continuing the caller's trace when it sends `traceparent`.
+/// Only a matched route names the span: a client's made-up paths would
+/// make every span name unique.
+fn server_span<B>(
+    request: &hyper::Request<B>,
+    route: Option<&'static str>,
+    request_id: &http::HeaderValue,
+    digest: &str,
+) -> tracing::Span {
+    let method = request.method();
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "request",
+        otel.name = match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
+        },
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        url.scheme = "http",
+        keybust.request_id = request_id.to_str().unwrap_or_default(),
+        keybust.component.digest = digest,
+    );
+    telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 /// Client-chosen request ids are kept when they are short and printable.

@@ -14,6 +14,7 @@ use crate::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The only path the component serves.
 pub const ENDPOINT_PATH: &str = "/api/invalidate-user-api-key-cache";
@@ -162,11 +163,32 @@ impl Endpoint {
     {
         // The request runs to its end on the version current now.
         let version = self.slot.current();
+        let route = (request.uri().path() == ENDPOINT_PATH).then_some(ENDPOINT_PATH);
         let record = AccessRecord::start(
             &request,
+            route,
             version.digest(),
             self.capabilities().metrics.clone(),
         );
+        let span = record.span().clone();
+        self.answer(&version, request, record)
+            .instrument(span)
+            .await
+    }
+}
+
+impl Endpoint {
+    /// [`Endpoint::route`] inside the request's server span.
+    async fn answer<B>(
+        &self,
+        version: &Version,
+        request: hyper::Request<B>,
+        record: Arc<AccessRecord>,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let mut response = if request.uri().path() != ENDPOINT_PATH {
             json_response(404, r#"{"error":"Not found"}"#)
         } else if !has_usable_authority(&request) {
@@ -178,7 +200,7 @@ impl Endpoint {
             );
             json_response(400, r#"{"error":"Bad request"}"#)
         } else {
-            self.admit_and_handle(&version, request, record.clone())
+            self.admit_and_handle(version, request, record.clone())
                 .await
         };
         record.answered(response.status().as_u16());
@@ -187,9 +209,7 @@ impl Endpoint {
             .insert(REQUEST_ID, record.request_id().clone());
         response
     }
-}
 
-impl Endpoint {
     /// Runs the request once a concurrency slot is free; past the queue
     /// timeout, answers 503 with `Retry-After` instead of piling up. The
     /// slot and the access record stay with the guest until it finishes.

@@ -105,6 +105,7 @@ pub mod body;
 pub mod endpoint;
 pub mod metrics;
 pub mod server;
+pub mod telemetry;
 
 // `keybust dev`: the whole flow on one machine.
 pub mod dev;

@@ -10,6 +10,7 @@ use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
 use keybust::limits::{LimitArgs, Limits};
 use keybust::plugin;
 use keybust::server;
+use keybust::telemetry::export::{self, TelemetryArgs, Tracing};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,6 +125,9 @@ struct CommonArgs {
 
     #[command(flatten, next_help_heading = "Limits")]
     limits: LimitArgs,
+
+    #[command(flatten, next_help_heading = "Tracing (OpenTelemetry)")]
+    telemetry: TelemetryArgs,
 }
 
 impl CommonArgs {
@@ -155,14 +159,28 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let common = match &cli.command {
+        Command::Serve(args) => &args.common,
+        Command::Dev(args) => &args.common,
+    };
+    let traces = common
+        .telemetry
+        .pipeline()
+        .context("invalid tracing configuration")?;
+    init_logging(cli.log_format, traces.as_ref());
     let runtime = new_runtime(cli.worker_threads).context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Dev(args) => dev(*args).await,
         }
-    })
+    });
+    drop(runtime);
+    // The last batch of spans leaves after the last request is answered.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    served
 }
 
 /// One thread when there is one core to run on (or the operator asks for
@@ -183,17 +201,24 @@ fn new_runtime(worker_threads: Option<u16>) -> std::io::Result<tokio::runtime::R
     builder.enable_all().build()
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines go to stderr, filtered by `RUST_LOG` (default `info`); with
+/// tracing on, keybust's spans also go to the OTLP exporter.
+fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::{Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter.and(export::without_trace_spans())))
+        .with(traces.map(Tracing::layer))
+        .init();
 }
 
 /// Loads the first component; keybust does not start without one.

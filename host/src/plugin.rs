@@ -6,9 +6,11 @@ use crate::body::{BoundedBody, MAX_BODY_BYTES, ResponseBody, json_response};
 use crate::capabilities::Capabilities;
 use crate::limits::Limits;
 use crate::store::{RequestState, new_store};
+use crate::telemetry::TRACE_TARGET;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -182,33 +184,50 @@ impl Plugin {
         // still has to write the body, which the client reads as it comes.
         // The task, not the caller, owns `hold`: a client that hangs up
         // drops the caller, while the guest runs on to its end.
-        let task = tokio::spawn(async move {
-            let _hold = hold;
-            let call = async {
-                let started = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                metrics.instantiated(started.elapsed());
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, outparam)
-                    .await
-            };
-            let outcome = match tokio::time::timeout(deadline, call).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) if store.data().out_of_time() => Err(GuestFailure::OutOfTime(
-                    "guest exceeded its execution time budget (--guest-timeout)".into(),
-                )),
-                Ok(Err(err)) => Err(GuestFailure::Failed(err)),
-                Err(_) => Err(GuestFailure::OutOfTime(format!(
-                    "request exceeded the {deadline:?} request timeout"
-                ))),
-            };
-            store.data().log_guest_output();
-            // The instance goes back to the pool before the request's slot
-            // frees, so an admitted request always finds a pool slot.
-            drop(store);
-            outcome
-        });
+        // The task runs inside the request's span, so its spans (and the
+        // capabilities' under them) belong to the request's trace.
+        let task = tokio::spawn(
+            async move {
+                let _hold = hold;
+                let guest = tracing::info_span!(
+                    target: TRACE_TARGET,
+                    "guest",
+                    otel.status_code = tracing::field::Empty,
+                );
+                let call = async {
+                    let started = Instant::now();
+                    let proxy = pre
+                        .instantiate_async(&mut store)
+                        .instrument(tracing::info_span!(target: TRACE_TARGET, "instantiate"))
+                        .await?;
+                    metrics.instantiated(started.elapsed());
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, request, outparam)
+                        .instrument(guest.clone())
+                        .await
+                };
+                let outcome = match tokio::time::timeout(deadline, call).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) if store.data().out_of_time() => Err(GuestFailure::OutOfTime(
+                        "guest exceeded its execution time budget (--guest-timeout)".into(),
+                    )),
+                    Ok(Err(err)) => Err(GuestFailure::Failed(err)),
+                    Err(_) => Err(GuestFailure::OutOfTime(format!(
+                        "request exceeded the {deadline:?} request timeout"
+                    ))),
+                };
+                if outcome.is_err() {
+                    guest.record("otel.status_code", "error");
+                }
+                store.data().log_guest_output();
+                // The instance goes back to the pool before the request's slot
+                // frees, so an admitted request always finds a pool slot.
+                drop(store);
+                outcome
+            }
+            .instrument(tracing::Span::current()),
+        );
         let answer = match receiver.await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(GuestFailure::Failed(wasmtime::format_err!(

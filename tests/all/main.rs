@@ -24,3 +24,4 @@ mod reliability;
 mod session;
 mod settings;
 mod swap;
+mod traces;

@@ -183,6 +183,7 @@ impl ConvexClient {
             let response = self
                 .http
                 .post(format!("{site_url}{path}"))
+                .headers(crate::telemetry::outgoing_headers())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("x-convex-shared-secret", secret.clone())
                 .body(body)

@@ -23,8 +23,10 @@ use self::session::{SessionError, SessionVerifier};
 use crate::config::ConfigError;
 use crate::deadlines::Deadlines;
 use crate::metrics::{Metrics, Outcome};
+use crate::telemetry::TRACE_TARGET;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 use wasmtime::component::{HasData, Linker};
 
 /// Bindings generated from `wit/keybust.wit`'s `capabilities` world.
@@ -171,7 +173,26 @@ impl wit_convex::Host for &Capabilities {
         body: Vec<u8>,
     ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
         let started = Instant::now();
-        let result = self.convex.post(&path, body).await;
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "convex.post",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let result = self.convex.post(&path, body).instrument(span.clone()).await;
+        match &result {
+            Ok(response) => {
+                span.record("http.response.status_code", response.status);
+                if !(200..300).contains(&response.status) {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            Err(_) => {
+                span.record("otel.status_code", "error");
+            }
+        }
         let outcome = match &result {
             Ok(response) if (200..300).contains(&response.status) => Outcome::Ok,
             Err(ConvexError::ForbiddenPath) => Outcome::Forbidden,
@@ -196,7 +217,17 @@ impl wit_convex::Host for &Capabilities {
 impl wit_cache::Host for &Capabilities {
     async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
         let started = Instant::now();
-        let result = self.cache.delete(&key).await;
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "cache.delete",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            cache.backend = self.cache.backend_name(),
+        );
+        let result = self.cache.delete(&key).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
         let outcome = match &result {
             Ok(()) => Outcome::Ok,
             Err(CacheError::Forbidden) => Outcome::Forbidden,
@@ -215,7 +246,31 @@ impl wit_cache::Host for &Capabilities {
 impl wit_session::Host for &Capabilities {
     async fn validate(&mut self, token: String) -> Result<String, wit_session::SessionError> {
         let started = Instant::now();
-        let result = self.sessions.validate(&token).await;
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "session.validate",
+            otel.status_code = tracing::field::Empty,
+            session.outcome = tracing::field::Empty,
+            jwks.refetched = tracing::field::Empty,
+        );
+        let mut fetched = false;
+        let result = self
+            .sessions
+            .validate_noting_fetch(&token, &mut fetched)
+            .instrument(span.clone())
+            .await;
+        span.record("jwks.refetched", fetched);
+        span.record(
+            "session.outcome",
+            match &result {
+                Ok(_) => "valid",
+                Err(SessionError::Invalid) => "invalid",
+                Err(SessionError::Unverifiable) => "unverifiable",
+            },
+        );
+        if result == Err(SessionError::Unverifiable) {
+            span.record("otel.status_code", "error");
+        }
         // An invalid token is the capability working; only "cannot verify" is a fault.
         let outcome = if result == Err(SessionError::Unverifiable) {
             Outcome::Error
@@ -231,6 +286,7 @@ impl wit_session::Host for &Capabilities {
 impl wit_origins::Host for &Capabilities {
     async fn is_allowed(&mut self, origin: String) -> bool {
         let started = Instant::now();
+        let _span = tracing::info_span!(target: TRACE_TARGET, "origins.is_allowed").entered();
         let allowed = self.origins.is_allowed(&origin);
         self.metrics
             .capability("origins", Outcome::Ok, started.elapsed());
@@ -239,6 +295,7 @@ impl wit_origins::Host for &Capabilities {
 
     async fn default_origin(&mut self) -> String {
         let started = Instant::now();
+        let _span = tracing::info_span!(target: TRACE_TARGET, "origins.default_origin").entered();
         let origin = self.origins.default_origin().to_owned();
         self.metrics
             .capability("origins", Outcome::Ok, started.elapsed());

@@ -34,6 +34,7 @@ pub struct ConvexCall {
     pub path: String,
     pub content_type: Option<String>,
     pub secret: Option<String>,
+    pub traceparent: Option<String>,
     pub body: String,
 }
 
@@ -87,6 +88,7 @@ impl FakeConvex {
                     path: request.uri().path().to_owned(),
                     content_type: header("content-type"),
                     secret: header("x-convex-shared-secret"),
+                    traceparent: header("traceparent"),
                     body: String::new(),
                 };
                 let body = request.into_body().collect().await.unwrap().to_bytes();

@@ -79,6 +79,8 @@ pub struct Issuer {
     pub addr: SocketAddr,
     pub fetches: Arc<AtomicUsize>,
     pub down: Arc<AtomicBool>,
+    /// The `traceparent` of each fetch that carried one.
+    pub traceparents: Arc<Mutex<Vec<String>>>,
     jwks: Arc<Mutex<String>>,
 }
 
@@ -90,10 +92,16 @@ impl Issuer {
             json!({ "keys": [primary_key().jwk()] }).to_string(),
         ));
         let published = jwks.clone();
-        let (count, is_down) = (fetches.clone(), down.clone());
+        let traceparents: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (count, is_down, seen) = (fetches.clone(), down.clone(), traceparents.clone());
         let handler: Handler = Arc::new(move |request| {
             let jwks = published.lock().unwrap().clone();
             let (count, is_down) = (count.clone(), is_down.clone());
+            if let Some(value) = request.headers().get("traceparent") {
+                seen.lock()
+                    .unwrap()
+                    .push(value.to_str().unwrap_or_default().to_owned());
+            }
             Box::pin(async move {
                 if request.uri().path() != "/.well-known/jwks.json" {
                     return respond(404, "{}");
@@ -109,6 +117,7 @@ impl Issuer {
             addr: spawn_http(handler).await,
             fetches,
             down,
+            traceparents,
             jwks,
         }
     }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod in_process;
 pub mod issuer;
 pub mod logs;
+pub mod otlp;
 pub mod process;
 pub mod programs;
 pub mod raw;

@@ -5,8 +5,8 @@ use super::http::{Handler, respond, spawn_http};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -99,6 +99,8 @@ impl Drop for Redis {
 pub struct UpstashFront {
     pub addr: SocketAddr,
     pub failing: Arc<AtomicBool>,
+    /// The `traceparent` of each command that carried one.
+    pub traceparents: Arc<Mutex<Vec<String>>>,
 }
 
 impl UpstashFront {
@@ -106,9 +108,16 @@ impl UpstashFront {
         let failing = Arc::new(AtomicBool::new(false));
         let client = redis::Client::open(redis_url).unwrap();
         let fail = failing.clone();
+        let traceparents: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = traceparents.clone();
         let handler: Handler = Arc::new(move |request| {
             let client = client.clone();
             let fail = fail.clone();
+            if let Some(value) = request.headers().get("traceparent") {
+                seen.lock()
+                    .unwrap()
+                    .push(value.to_str().unwrap_or_default().to_owned());
+            }
             Box::pin(async move {
                 let authorized = request
                     .headers()
@@ -152,6 +161,7 @@ impl UpstashFront {
         UpstashFront {
             addr: spawn_http(handler).await,
             failing,
+            traceparents,
         }
     }
 

@@ -43,6 +43,7 @@ impl UpstashCache {
         let response = self
             .http
             .post(format!("{}/{command}", self.url))
+            .headers(crate::telemetry::outgoing_headers())
             .bearer_auth(self.token.expose())
             .send()
             .await

@@ -16,11 +16,13 @@
 use super::SessionError;
 use crate::capabilities::outbound::read_bounded;
 use crate::deadlines::Deadlines;
+use crate::telemetry::TRACE_TARGET;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::JwkSet;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The most JWKS the host reads; a real key set is a few KiB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -85,16 +87,24 @@ impl IssuerKeys {
         }
     }
 
-    /// The key `kid` names, fetching the set if it is not known yet.
-    pub(super) async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, SessionError> {
+    /// The key `kid` names, fetching the set if it is not known yet;
+    /// `fetched` is set when this call fetched, or waited for a fetch.
+    pub(super) async fn key(
+        &self,
+        kid: &str,
+        fetched: &mut bool,
+    ) -> Result<Arc<DecodingKey>, SessionError> {
         if let Some(key) = self.cached(kid) {
             return Ok(key);
         }
         let _fetching = self.shared.fetching.lock().await;
         if let Some(key) = self.cached(kid) {
+            // Fetched by whoever held the lock.
+            *fetched = true;
             return Ok(key);
         }
         if self.shared.read().may_fetch(&self.shared.deadlines) {
+            *fetched = true;
             self.shared.fetch_and_store().await;
         }
         let cache = self.shared.read();
@@ -199,13 +209,32 @@ impl Shared {
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "jwks.fetch",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "GET",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let fetched = self.fetch_in_span().instrument(span.clone()).await;
+        if fetched.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        fetched
+    }
+
+    async fn fetch_in_span(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
         let fetch = async {
             let response = self
                 .http
                 .get(&self.jwks_url)
+                .headers(crate::telemetry::outgoing_headers())
                 .send()
                 .await
                 .map_err(|err| err.without_url().to_string())?;
+            tracing::Span::current()
+                .record("http.response.status_code", response.status().as_u16());
             if !response.status().is_success() {
                 return Err(format!("HTTP {}", response.status().as_u16()));
             }

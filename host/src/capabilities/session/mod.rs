@@ -150,6 +150,17 @@ impl SessionVerifier {
     /// The Clerk user id (`sub`) that `token` proves (contract, "Session
     /// tokens").
     pub async fn validate(&self, token: &str) -> Result<String, SessionError> {
+        self.validate_noting_fetch(token, &mut false).await
+    }
+
+    /// [`SessionVerifier::validate`], setting `fetched` when the issuer's
+    /// keys were fetched for this token (or a fetch under way was waited
+    /// for), which its trace span reports.
+    pub(crate) async fn validate_noting_fetch(
+        &self,
+        token: &str,
+        fetched: &mut bool,
+    ) -> Result<String, SessionError> {
         let Some((issuer, keys)) = &self.issuer else {
             tracing::warn!(
                 "CLERK_JWT_ISSUER_DOMAIN is not set: session tokens cannot be verified (deployment fault)"
@@ -161,7 +172,7 @@ impl SessionVerifier {
             return Err(SessionError::Invalid);
         }
         let kid = header.kid.ok_or(SessionError::Invalid)?;
-        let key = keys.key(&kid).await?;
+        let key = keys.key(&kid, fetched).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|_| SessionError::Invalid)?;
         let claims = data.claims;

@@ -1,0 +1,74 @@
+//! Traces: the spans keybust opens for each request, and how a trace
+//! crosses into and out of the process (W3C `traceparent`).
+//!
+//! keybust describes its work as [`tracing`] spans under one target,
+//! [`TRACE_TARGET`]. Whatever subscriber the process installs decides what
+//! becomes of them: the `keybust` binary hands them to OpenTelemetry when
+//! `OTEL_*` asks for it ([`export`]) and turns them off otherwise, so a
+//! process without tracing pays one cached "disabled" check per span. An
+//! embedder with a `tracing-opentelemetry` layer of its own gets the same
+//! spans in its traces.
+//!
+//! The spans, for one request through the component:
+//!
+//! ```text
+//! POST /api/invalidate-user-api-key-cache   (server; parent from traceparent)
+//! ├── instantiate
+//! └── guest
+//!     ├── origins.is_allowed
+//!     ├── session.validate                  (jwks.refetched)
+//!     │   └── jwks.fetch                    (client; sends traceparent)
+//!     ├── convex.post                       (client; sends traceparent)
+//!     └── cache.delete                      (cache.backend; Upstash gets traceparent)
+//! ```
+//!
+//! No span carries a token, a secret, a key hash or a cache key.
+
+pub mod export;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The target of every span keybust opens for a request. A subscriber can
+/// turn them all on or off by it; log output leaves them out.
+pub const TRACE_TARGET: &str = "keybust::trace";
+
+/// Continues the trace an incoming request names in `traceparent` (and
+/// `tracestate`): `span` becomes a child of the caller's span. Without a
+/// usable header, `span` starts a trace of its own.
+pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    // Fails only when no OpenTelemetry layer listens: nothing to continue then.
+    let _ = span.set_parent(parent);
+}
+
+/// The `traceparent` (and `tracestate`) that carry the current span's trace
+/// to a backend; empty when no trace is being recorded.
+pub(crate) fn outgoing_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        TraceContextPropagator::new()
+            .inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    }
+    headers
+}
+
+/// The id of the trace `span` belongs to, for the access log; none when no
+/// trace is being recorded.
+pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
