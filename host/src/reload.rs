@@ -2,10 +2,13 @@
 //!
 //! Deploy tools and editors rarely write a file in place: they write a new
 //! file and rename it over the old one, which replaces the inode a watch on
-//! the file itself would follow. So the watch is on the parent directory,
-//! filtered by file name, and events are debounced: a burst of writes and
-//! renames becomes one reload once the directory has been quiet for
-//! [`DEBOUNCE`]. A reload whose bytes equal the serving version does nothing.
+//! the file itself would follow. Kubernetes ConfigMap and Secret mounts go
+//! further: the file's name is a symbolic link through `..data`, and an
+//! update renames a new `..data` link into place without touching that name.
+//! So the watch is on the parent directory, takes any change in it, and is
+//! debounced: a burst of writes and renames becomes one reload once the
+//! directory has been quiet for [`DEBOUNCE`]. A reload whose bytes equal the
+//! serving version does nothing, so changes to other files cost one read.
 
 use crate::endpoint::Endpoint;
 use notify::{RecursiveMode, Watcher};
@@ -75,14 +78,10 @@ pub fn watch(endpoint: Arc<Endpoint>, path: PathBuf) -> notify::Result<notify::R
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(ToOwned::to_owned);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+        if !event.kind.is_access() {
             let _ = tx.send(());
         }
     })?;

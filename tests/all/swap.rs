@@ -342,3 +342,51 @@ async fn a_repeated_swap_keeps_the_rollback_target() {
     assert_eq!(rollback.status(), 200);
     assert_eq!(component(&stack).await["digest"], embedded.as_str());
 }
+
+/// A Kubernetes ConfigMap (or Secret) mount: the component's name is a
+/// symbolic link into `..data`, itself a link to a timestamped directory.
+/// An update writes a new directory and renames a new `..data` link over
+/// the old one; the component's own name is never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_is_picked_up_by_the_watch() {
+    use std::os::unix::fs::symlink;
+    let mount = tempfile::tempdir().unwrap();
+    let write_version = |name: &str, bytes: &[u8]| {
+        let dir = mount.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("endpoint.wasm"), bytes).unwrap();
+    };
+    write_version("..2026_11_29_10_00_00.1", EMBEDDED_COMPONENT);
+    symlink("..2026_11_29_10_00_00.1", mount.path().join("..data")).unwrap();
+    let path = mount.path().join("endpoint.wasm");
+    symlink("..data/endpoint.wasm", &path).unwrap();
+    let options = Options {
+        args: vec!["--component".into(), path.display().to_string()],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    assert_eq!(
+        component(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+
+    // What the kubelet does on an update.
+    let next = variant("configmap-2");
+    write_version("..2026_11_29_10_05_00.2", &next);
+    symlink("..2026_11_29_10_05_00.2", mount.path().join("..data_tmp")).unwrap();
+    std::fs::rename(mount.path().join("..data_tmp"), mount.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(mount.path().join("..2026_11_29_10_00_00.1")).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while component(&stack).await["digest"] != hex_digest(&next) {
+        assert!(
+            Instant::now() < deadline,
+            "the update was not picked up within 2 s:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+}
