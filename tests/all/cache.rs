@@ -312,3 +312,65 @@ async fn the_old_cache_timeout_setting_still_counts_and_warns() {
     let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
     answer.assert_json(200, r#"{"ok":true}"#);
 }
+
+/// With the cache on a real three-node Redis Cluster (and a deploy
+/// prefix), the owner's key goes from the node that holds its slot, and
+/// every other key, on every node, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_loses_the_owners_key_on_the_node_that_holds_it() {
+    let cluster = tokio::task::spawn_blocking(support::RedisCluster::start)
+        .await
+        .unwrap();
+    let options = Options {
+        env: vec![
+            ("REDIS_CLUSTER_NODES", cluster.nodes_setting()),
+            ("VERCEL_ENV", "preview".into()),
+            ("VERCEL_GIT_COMMIT_SHA", "abcdef0123456789".into()),
+        ],
+        prefix: "preview:abcdef01:".to_owned(),
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let owners = stack.cache_key(hashes::OWNED);
+    let others = [
+        format!("user-api-key:{}", hashes::OWNED),
+        stack.cache_key(hashes::OWNED_2),
+        stack.cache_key(hashes::OTHER_OWNER),
+        stack.cache_key(hashes::UNKNOWN),
+        stack.cache_key(hashes::EMPTY_OBJECT),
+        stack.cache_key(hashes::ARRAY),
+    ];
+    cluster.set(&owners, r#"{"userId":"user_owner"}"#);
+    for key in &others {
+        cluster.set(key, "kept");
+    }
+    let owner_node = cluster.owner(&owners);
+    assert!(
+        others.iter().any(|key| cluster.owner(key) != owner_node),
+        "the keys must span more than one node for this test to mean anything"
+    );
+    let before = cluster.keys_by_node();
+    assert!(before[owner_node].contains(&owners));
+
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+
+    let mut expected = before;
+    expected[owner_node].retain(|key| *key != owners);
+    assert_eq!(cluster.keys_by_node(), expected);
+    // The background check reaches the cluster: ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(stack.keybust.admin_url("/readyz"))
+            .await
+            .unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        let reasons = ready.text().await.unwrap();
+        assert!(Instant::now() < deadline, "not ready: {reasons}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.keybust.assert_logs_clean(&[]);
+}

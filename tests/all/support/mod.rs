@@ -22,7 +22,7 @@ pub use convex::{FakeConvex, hashes};
 pub use issuer::{Issuer, now, primary_key, sign, stranger_key};
 pub use process::Keybust;
 pub use programs::{test_programs, variant};
-pub use redis::Redis;
+pub use redis::{Redis, RedisCluster};
 pub use stack::{Backend, Options, Stack};
 
 pub const ENDPOINT: &str = "/api/invalidate-user-api-key-cache";

@@ -20,13 +20,24 @@ fn free_port() -> u16 {
 /// A real `redis-server` on a free loopback port, killed on drop.
 pub struct Redis {
     pub port: u16,
+    /// Arguments beyond the defaults.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// A server started with `extra` arguments.
+    fn start_with(extra: Vec<String>) -> Self {
         let port = free_port();
-        let mut redis = Redis { port, child: None };
+        let mut redis = Redis {
+            port,
+            extra,
+            child: None,
+        };
         redis.spawn();
         redis
     }
@@ -35,6 +46,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -91,6 +103,130 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real three-node Redis Cluster (three masters, no replicas), made the
+/// way an operator makes one: three `redis-server --cluster-enabled yes`
+/// and `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Redis> = (0..3)
+            .map(|i| {
+                let config = dir.path().join(format!("nodes-{i}.conf"));
+                Redis::start_with(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    config.display().to_string(),
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                    "--dir".into(),
+                    dir.path().display().to_string(),
+                ])
+            })
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("redis-cli must be installed: run scripts/test.sh, which installs it");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let mut conn = node.client().get_connection().unwrap();
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never became ok: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    /// The seed nodes, as `REDIS_CLUSTER_NODES` takes them.
+    pub fn nodes_setting(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Sets `key` on the node that holds its slot.
+    pub fn set(&self, key: &str, value: &str) {
+        let node = self.owner(key);
+        self.nodes[node].set(key, value);
+    }
+
+    /// The index of the node whose slots include `key`'s.
+    pub fn owner(&self, key: &str) -> usize {
+        let mut conn = self.nodes[0].client().get_connection().unwrap();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .unwrap();
+        let shards: Vec<redis::Value> =
+            redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).unwrap();
+        for shard in shards {
+            let redis::Value::Array(fields) = shard else {
+                continue;
+            };
+            let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end))) =
+                (fields.first(), fields.get(1))
+            else {
+                continue;
+            };
+            if !(*start..=*end).contains(&slot) {
+                continue;
+            }
+            let Some(redis::Value::Array(master)) = fields.get(2) else {
+                continue;
+            };
+            if let Some(redis::Value::Int(port)) = master.get(1) {
+                return self
+                    .nodes
+                    .iter()
+                    .position(|node| i64::from(node.port) == *port)
+                    .expect("the slot's owner is one of the nodes");
+            }
+        }
+        panic!("no node holds slot {slot}");
+    }
+
+    /// The keys each node holds.
+    pub fn keys_by_node(&self) -> Vec<Vec<String>> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let mut conn = node.client().get_connection().unwrap();
+                let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+                keys.sort();
+                keys
+            })
+            .collect()
     }
 }
 

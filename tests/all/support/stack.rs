@@ -162,7 +162,10 @@ impl Stack {
                 let own = options.env.iter().any(|(name, _)| {
                     matches!(
                         *name,
-                        "REDIS_URL" | "UPSTASH_REDIS_REST_URL" | "KEYBUST_CACHE"
+                        "REDIS_URL"
+                            | "REDIS_CLUSTER_NODES"
+                            | "UPSTASH_REDIS_REST_URL"
+                            | "KEYBUST_CACHE"
                     )
                 });
                 if !own {

@@ -1,18 +1,21 @@
 //! The `cache` capability: forgetting a key in the gateway's validation cache.
 //!
 //! Every backend sits behind [`CacheBackend`]; [`Cache`] adds what all of
-//! them share: the deploy prefix and the deadline. Three backends ship:
-//! Redis over RESP, the Upstash REST API, and an in-process store.
+//! them share: the deploy prefix and the deadline. Four backends ship:
+//! Redis over RESP, Redis Cluster, the Upstash REST API, and an in-process
+//! store.
 
 mod embedded;
 mod health;
 mod redis;
+mod redis_cluster;
 mod settings;
 mod upstash;
 
 pub use self::embedded::EmbeddedCache;
 pub use self::health::CacheHealth;
 pub use self::redis::RedisCache;
+pub use self::redis_cluster::RedisClusterCache;
 pub use self::settings::{
     CacheArgs, CacheBackendSettings, CacheChoice, CacheSettings, deploy_prefix,
 };
@@ -87,6 +90,10 @@ impl Cache {
         let backend: Arc<dyn CacheBackend> = match &settings.backend {
             CacheBackendSettings::Redis { url } => {
                 Arc::new(RedisCache::new(url.expose(), deadlines)?)
+            }
+            CacheBackendSettings::RedisCluster { nodes } => {
+                let nodes: Vec<&str> = nodes.expose().split(',').map(str::trim).collect();
+                Arc::new(RedisClusterCache::new(&nodes, deadlines)?)
             }
             CacheBackendSettings::Upstash { url, token } => {
                 Arc::new(UpstashCache::new(url.clone(), token.clone(), http))

@@ -26,6 +26,20 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 #[cfg(target_os = "linux")]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Keepalive and `TCP_USER_TIMEOUT` for every connection to Redis, so the
+/// kernel gives up on a peer that vanished.
+pub(super) fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE)
+        .with_interval(KEEPALIVE);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(TCP_USER_TIMEOUT);
+    tcp
+}
+
 /// A Redis server reached through redis-rs's `ConnectionManager`.
 pub struct RedisCache {
     client: redis::Client,
@@ -44,15 +58,7 @@ impl RedisCache {
         let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|err| {
             CacheError::Unavailable(format!("invalid REDIS_URL: {:?}", err.kind()))
         })?;
-        let keepalive = TcpKeepalive::new()
-            .with_time(KEEPALIVE)
-            .with_interval(KEEPALIVE);
-        let tcp = TcpSettings::default()
-            .set_nodelay(true)
-            .set_keepalive(keepalive);
-        #[cfg(target_os = "linux")]
-        let tcp = tcp.set_user_timeout(TCP_USER_TIMEOUT);
-        let client = redis::Client::open(info.set_tcp_settings(tcp))
+        let client = redis::Client::open(info.set_tcp_settings(tcp_settings()))
             .map_err(|err| CacheError::Unavailable(format!("redis: {:?}", err.kind())))?;
         // No response timeout of redis-rs's own: it would retry on the same
         // silent connection. The deadline is the cache's (`timed_out`).

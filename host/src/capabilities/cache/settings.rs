@@ -15,6 +15,12 @@ pub enum CacheBackendSettings {
         /// The `redis://` or `rediss://` URL; it may carry a password.
         url: Secret,
     },
+    /// `REDIS_CLUSTER_NODES`: a Redis Cluster over RESP.
+    RedisCluster {
+        /// The seed nodes' `redis://` or `rediss://` URLs, comma-separated;
+        /// they may carry a password.
+        nodes: Secret,
+    },
     /// `UPSTASH_REDIS_REST_URL` + `UPSTASH_REDIS_REST_TOKEN`.
     Upstash {
         /// The REST endpoint, without a trailing slash.
@@ -34,7 +40,7 @@ pub enum CacheBackendSettings {
 /// Which cache backend to use, when chosen explicitly (`--cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CacheChoice {
-    /// Redis over RESP (`REDIS_URL` must be set).
+    /// Redis over RESP (`REDIS_URL` or `REDIS_CLUSTER_NODES` must be set).
     Redis,
     /// Upstash's REST API (`UPSTASH_*` must be set).
     Upstash,
@@ -84,7 +90,14 @@ pub struct CacheArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// Upstash REST endpoint; used with --upstash-redis-rest-token when REDIS_URL is unset.
+    /// A Redis Cluster: comma-separated redis:// or rediss:// URLs of seed
+    /// nodes (any few of its masters; the rest are discovered). Not with
+    /// REDIS_URL. Wins over Upstash.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true)]
+    pub redis_cluster_nodes: Option<String>,
+
+    /// Upstash REST endpoint; used with --upstash-redis-rest-token when
+    /// neither REDIS_URL nor REDIS_CLUSTER_NODES is set.
     #[arg(long, env = "UPSTASH_REDIS_REST_URL")]
     pub upstash_redis_rest_url: Option<String>,
 
@@ -115,16 +128,40 @@ impl CacheArgs {
     /// The backend the connection settings name: Redis, else Upstash, else
     /// none.
     fn backend(&self, plain: PlainHttp) -> Result<CacheBackendSettings, ConfigError> {
-        if let Some(url) = non_empty(self.redis_url.clone()) {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let is_redis_url = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        match (
+            non_empty(self.redis_url.clone()),
+            non_empty(self.redis_cluster_nodes.clone()),
+        ) {
+            (Some(_), Some(_)) => {
                 return Err(ConfigError::invalid(
-                    "REDIS_URL",
-                    "must start with redis:// or rediss://",
+                    "REDIS_CLUSTER_NODES",
+                    "set REDIS_URL for one Redis or REDIS_CLUSTER_NODES for a cluster, not both",
                 ));
             }
-            return Ok(CacheBackendSettings::Redis {
-                url: Secret::new(url),
-            });
+            (Some(url), None) => {
+                if !is_redis_url(&url) {
+                    return Err(ConfigError::invalid(
+                        "REDIS_URL",
+                        "must start with redis:// or rediss://",
+                    ));
+                }
+                return Ok(CacheBackendSettings::Redis {
+                    url: Secret::new(url),
+                });
+            }
+            (None, Some(nodes)) => {
+                if !nodes.split(',').all(|node| is_redis_url(node.trim())) {
+                    return Err(ConfigError::invalid(
+                        "REDIS_CLUSTER_NODES",
+                        "must be comma-separated redis:// or rediss:// URLs",
+                    ));
+                }
+                return Ok(CacheBackendSettings::RedisCluster {
+                    nodes: Secret::new(nodes),
+                });
+            }
+            (None, None) => {}
         }
         Ok(self.upstash(plain)?.unwrap_or(CacheBackendSettings::Unset))
     }
@@ -155,7 +192,11 @@ impl CacheArgs {
         let backend = match (self.cache, backend) {
             (None, backend) => backend,
             (Some(CacheChoice::Embedded), _) => CacheBackendSettings::Embedded,
-            (Some(CacheChoice::Redis), backend @ CacheBackendSettings::Redis { .. }) => backend,
+            (
+                Some(CacheChoice::Redis),
+                backend @ (CacheBackendSettings::Redis { .. }
+                | CacheBackendSettings::RedisCluster { .. }),
+            ) => backend,
             (Some(CacheChoice::Upstash), _) => self.upstash(plain)?.ok_or_else(|| {
                 ConfigError::invalid(
                     "KEYBUST_CACHE",
@@ -165,7 +206,7 @@ impl CacheArgs {
             (Some(CacheChoice::Redis), _) => {
                 return Err(ConfigError::invalid(
                     "KEYBUST_CACHE",
-                    "redis needs REDIS_URL",
+                    "redis needs REDIS_URL or REDIS_CLUSTER_NODES",
                 ));
             }
         };
@@ -273,5 +314,39 @@ mod tests {
         assert!(settings(&[("KEYBUST_CACHE", "upstash"), ("REDIS_URL", "redis://h")]).is_err());
         assert!(settings(&[("UPSTASH_REDIS_REST_URL", "http://x")]).is_err());
         assert!(settings(&[("REDIS_URL", "http://x")]).is_err());
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_its_seed_nodes() {
+        let s = settings(&[(
+            "REDIS_CLUSTER_NODES",
+            "redis://10.0.0.1:6379, rediss://u:p@10.0.0.2:6379",
+        )])
+        .unwrap();
+        assert!(matches!(
+            s.backend,
+            CacheBackendSettings::RedisCluster { .. }
+        ));
+        let s = settings(&[
+            ("KEYBUST_CACHE", "redis"),
+            ("REDIS_CLUSTER_NODES", "redis://10.0.0.1:6379"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            s.backend,
+            CacheBackendSettings::RedisCluster { .. }
+        ));
+        // Not both, and every entry a Redis URL (the error does not quote it).
+        assert!(
+            settings(&[
+                ("REDIS_URL", "redis://h"),
+                ("REDIS_CLUSTER_NODES", "redis://10.0.0.1:6379")
+            ])
+            .is_err()
+        );
+        let err = settings(&[("REDIS_CLUSTER_NODES", "redis://h:1,secret-host:2")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret-host"), "{err}");
     }
 }
