@@ -4,10 +4,11 @@
 //! component, then hand it `hyper::Request`s.
 
 use crate::access::{AccessRecord, REQUEST_ID};
-use crate::artifacts::{ArtifactCache, ArtifactKey};
+use crate::artifacts::{ArtifactCache, ArtifactKey, hex_digest};
 use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
 use crate::engine::{self, EngineError};
+use crate::history::History;
 use crate::limits::Limits;
 use crate::plugin::{self, GuestFailure, LoadError};
 use crate::slot::{ComponentSlot, Version};
@@ -30,6 +31,9 @@ pub struct EndpointConfig {
     pub artifact_key: Option<PathBuf>,
     /// The size bound of the precompiled component cache.
     pub cache_max_bytes: u64,
+    /// Directory where accepted versions are recorded, so a swap survives
+    /// a restart ([`History`]); none: every start serves what it is given.
+    pub history_dir: Option<PathBuf>,
     /// Bounds on guests, requests and connections.
     pub limits: Limits,
 }
@@ -41,6 +45,7 @@ impl Default for EndpointConfig {
             cache_dir: None,
             artifact_key: None,
             cache_max_bytes: crate::artifacts::DEFAULT_MAX_BYTES,
+            history_dir: None,
             limits: Limits::default(),
         }
     }
@@ -302,6 +307,13 @@ impl Endpoint {
     }
 
     /// Serves the component `bytes`, labelled `source`, as `config` says.
+    ///
+    /// With a history directory, `source` is the configured source (the
+    /// `--component` value) and what [`History::restore`] decides serves:
+    /// the last accepted version and its rollback target, when they were
+    /// accepted under that source and it still holds `bytes`. A recorded
+    /// version that no longer loads (a host whose world changed, say) is
+    /// passed over, with a warning, for `bytes`.
     pub async fn load(
         capabilities: Arc<Capabilities>,
         bytes: Vec<u8>,
@@ -312,19 +324,58 @@ impl Endpoint {
         let artifacts = config.artifact_cache(&engine);
         let linker = engine::new_linker(&engine)?;
         let limits = Arc::new(config.limits.clone());
-        let slot = ComponentSlot::new(
-            linker,
-            artifacts,
-            capabilities,
-            limits,
-            bytes,
-            source.clone(),
-        )
-        .await
-        .map_err(|error| EndpointError::Load {
-            source_name: source,
-            error,
-        })?;
+        let history = config.history_dir.as_deref().and_then(|dir| {
+            History::open(dir)
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "component history disabled: swaps will not survive a restart");
+                })
+                .ok()
+        });
+        let new_slot = |bytes: Vec<u8>, source: String| {
+            ComponentSlot::new(
+                linker.clone(),
+                artifacts.clone(),
+                capabilities.clone(),
+                limits.clone(),
+                bytes,
+                source,
+            )
+        };
+        let restored = history
+            .as_ref()
+            .and_then(|history| history.restore(&source, &hex_digest(&bytes)));
+        let mut restored_slot = None;
+        if let Some(start) = restored {
+            let current = start.current.bytes.clone();
+            match new_slot(start.current.bytes, start.current.source).await {
+                Ok(slot) => {
+                    if let Some(previous) = start.previous
+                        && let Err(err) = slot.set_previous(previous.bytes, previous.source).await
+                    {
+                        tracing::warn!(error = %err, "the recorded rollback target no longer loads; there is none");
+                    }
+                    restored_slot = Some((slot, current));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the last accepted component no longer loads; serving the configured one");
+                }
+            }
+        }
+        let (mut slot, serving) = match restored_slot {
+            Some(restored) => restored,
+            None => {
+                let slot = new_slot(bytes.clone(), source.clone())
+                    .await
+                    .map_err(|error| EndpointError::Load {
+                        source_name: source.clone(),
+                        error,
+                    })?;
+                (slot, bytes)
+            }
+        };
+        if let Some(history) = history {
+            slot.keep_history(history, source, serving).await;
+        }
         Ok(Endpoint::new(slot))
     }
 }

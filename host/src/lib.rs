@@ -93,7 +93,9 @@ pub mod capabilities;
 // request, swapped in place.
 pub mod artifacts;
 pub mod engine;
+pub mod history;
 pub mod plugin;
+mod private_files;
 pub mod reload;
 pub mod slot;
 pub mod store;

@@ -137,7 +137,8 @@ impl CommonArgs {
         let state_dir = self.state_dir.clone().or_else(default_state_dir);
         Ok(EndpointConfig {
             cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
-            artifact_key: state_dir.map(|dir| dir.join("artifact.key")),
+            artifact_key: state_dir.as_ref().map(|dir| dir.join("artifact.key")),
+            history_dir: state_dir.map(|dir| dir.join("components")),
             cache_max_bytes: self.cache_max_bytes,
             limits,
         })

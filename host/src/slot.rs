@@ -11,6 +11,7 @@
 
 use crate::artifacts::{ArtifactCache, Origin, hex_digest};
 use crate::capabilities::Capabilities;
+use crate::history::{Accepted, History};
 use crate::limits::Limits;
 use crate::plugin::{LoadError, Plugin};
 use crate::store::RequestState;
@@ -85,6 +86,47 @@ pub struct ComponentSlot {
     /// async mutex, because it is held across the compile's `.await`;
     /// requests never take it.
     swapping: tokio::sync::Mutex<()>,
+    /// Where accepted versions are recorded, to survive a restart; the
+    /// record is written under the swap lock, so it follows the swaps in
+    /// their order.
+    history: Option<Arc<Recorder>>,
+}
+
+/// The history and the `--component` value it is kept under.
+struct Recorder {
+    history: History,
+    configured: String,
+}
+
+impl Recorder {
+    /// Records `current` (with its `bytes`, when they may not be stored
+    /// yet) and `previous`, off the async threads. A failure is logged: the
+    /// swap stands, but a restart would not bring it back.
+    async fn record(
+        self: &Arc<Self>,
+        current: &Version,
+        bytes: Option<Vec<u8>>,
+        previous: Option<&Version>,
+    ) {
+        let recorder = self.clone();
+        let current = Accepted::now(current.digest(), &current.source);
+        let previous = previous.map(|version| Accepted::now(version.digest(), &version.source));
+        let written = tokio::task::spawn_blocking(move || {
+            recorder
+                .history
+                .record(&recorder.configured, current, bytes.as_deref(), previous)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "the component history cannot be written: a restart would not serve this version");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the component history was not written");
+            }
+        }
+    }
 }
 
 impl ComponentSlot {
@@ -98,7 +140,7 @@ impl ComponentSlot {
         source: String,
     ) -> Result<Self, LoadError> {
         let linker = Arc::new(linker);
-        let (version, _) = prepare(
+        let (version, _, _) = prepare(
             &linker,
             artifacts.as_ref(),
             &capabilities,
@@ -116,7 +158,40 @@ impl ComponentSlot {
             current: ArcSwap::from_pointee(version),
             previous: Mutex::new(None),
             swapping: tokio::sync::Mutex::new(()),
+            history: None,
         })
+    }
+
+    /// Loads `bytes` as the rollback target, without serving them: the
+    /// previous version recorded before a restart.
+    pub async fn set_previous(&self, bytes: Vec<u8>, source: String) -> Result<(), LoadError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let (version, _, _) = prepare(
+            &self.linker,
+            self.artifacts.as_ref(),
+            &self.capabilities,
+            &self.limits,
+            bytes,
+            source,
+        )
+        .await?;
+        *self.lock_previous() = Some(Arc::new(version));
+        Ok(())
+    }
+
+    /// Records every version that serves from now on in `history`, under
+    /// the `--component` value `configured`, and records the serving one
+    /// (whose bytes are `bytes`) and the rollback target now.
+    pub async fn keep_history(&mut self, history: History, configured: String, bytes: Vec<u8>) {
+        let recorder = Arc::new(Recorder {
+            history,
+            configured,
+        });
+        let previous = self.previous();
+        recorder
+            .record(&self.current(), Some(bytes), previous.as_deref())
+            .await;
+        self.history = Some(recorder);
     }
 
     /// The version new requests run on.
@@ -174,7 +249,7 @@ impl ComponentSlot {
             source,
         )
         .await;
-        let (version, origin) = match prepared {
+        let (version, origin, bytes) = match prepared {
             Ok(prepared) => prepared,
             Err(err) => {
                 self.capabilities.metrics.swap(false, None);
@@ -183,6 +258,9 @@ impl ComponentSlot {
         };
         let version = Arc::new(version);
         let old = self.current.swap(version.clone());
+        if let Some(history) = &self.history {
+            history.record(&version, Some(bytes), Some(&old)).await;
+        }
         *self.lock_previous() = Some(old);
         let took = started.elapsed();
         self.capabilities.metrics.swap(true, Some(version.digest()));
@@ -203,10 +281,16 @@ impl ComponentSlot {
     /// Puts the previous version back; the replaced one becomes "previous".
     pub async fn rollback(&self) -> Result<Arc<Version>, RollbackError> {
         let _one_at_a_time = self.swapping.lock().await;
-        let mut previous = self.lock_previous();
-        let back = previous.take().ok_or(RollbackError::NoPrevious)?;
-        *previous = Some(self.current.swap(back.clone()));
-        drop(previous);
+        let (back, replaced) = {
+            let mut previous = self.lock_previous();
+            let back = previous.take().ok_or(RollbackError::NoPrevious)?;
+            let replaced = self.current.swap(back.clone());
+            *previous = Some(replaced.clone());
+            (back, replaced)
+        };
+        if let Some(history) = &self.history {
+            history.record(&back, None, Some(&replaced)).await;
+        }
         self.capabilities.metrics.swap(true, Some(back.digest()));
         tracing::info!(digest = back.digest(), "rolled back");
         Ok(back)
@@ -220,19 +304,21 @@ async fn prepare(
     limits: &Arc<Limits>,
     bytes: Vec<u8>,
     source: String,
-) -> Result<(Version, Origin), LoadError> {
+) -> Result<(Version, Origin, Vec<u8>), LoadError> {
     let limits = limits.clone();
     let compile_linker = linker.clone();
     let artifacts = artifacts.cloned();
     // Compiling takes hundreds of milliseconds of CPU: keep it off the
-    // threads that serve requests.
-    let (plugin, origin) = tokio::task::spawn_blocking(move || {
-        Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes, limits)
+    // threads that serve requests. The bytes come back for the history.
+    let (loaded, bytes) = tokio::task::spawn_blocking(move || {
+        let loaded = Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes, limits);
+        (loaded, bytes)
     })
     .await
     .map_err(|err| {
         LoadError::Compile(wasmtime::Error::from(err).context("compilation did not finish"))
-    })??;
+    })?;
+    let (plugin, origin) = loaded?;
     plugin.probe(capabilities.clone()).await?;
     Ok((
         Version {
@@ -241,5 +327,6 @@ async fn prepare(
             loaded_at: SystemTime::now(),
         },
         origin,
+        bytes,
     ))
 }

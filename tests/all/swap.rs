@@ -390,3 +390,89 @@ async fn a_configmap_update_is_picked_up_by_the_watch() {
         .await
         .assert_json(200, r#"{"ok":true}"#);
 }
+
+/// keybust with the admin token, its state in `state`, and `extra` arguments.
+async fn with_state(state: &Path, extra: Vec<String>) -> Stack {
+    let mut options = with_admin_token(extra);
+    options.env = vec![("KEYBUST_STATE_DIR", state.display().to_string())];
+    Stack::with(Backend::Embedded, options).await
+}
+
+async fn stop(mut stack: Stack) {
+    stack.keybust.signal(libc::SIGTERM);
+    assert!(stack.keybust.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A swap made through the admin API, and its rollback target, survive a
+/// restart; a rollback after the restart is recorded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_survives_a_restart_with_its_rollback_target() {
+    let state = tempfile::tempdir().unwrap();
+    let next = variant("durable");
+    let stack = with_state(state.path(), vec![]).await;
+    let answer = put(&stack, Some(ADMIN_TOKEN), next.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    stop(stack).await;
+
+    let stack = with_state(state.path(), vec![]).await;
+    let now = component(&stack).await;
+    assert_eq!(now["digest"], hex_digest(&next));
+    assert_eq!(now["source"], "admin");
+    assert_eq!(now["previous_digest"], hex_digest(EMBEDDED_COMPONENT));
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    let rolled = stack
+        .http
+        .post(stack.keybust.admin_url("/admin/component/rollback"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rolled.status(), 200);
+    stop(stack).await;
+
+    let stack = with_state(state.path(), vec![]).await;
+    let now = component(&stack).await;
+    assert_eq!(now["digest"], hex_digest(EMBEDDED_COMPONENT));
+    assert_eq!(now["previous_digest"], hex_digest(&next));
+}
+
+/// A restart with another `--component` serves it, not the recorded swap;
+/// and so does one whose `--component` file changed while keybust was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_component_setting_wins_over_the_record() {
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let swapped = variant("swapped-in");
+    let stack = with_state(state.path(), vec![]).await;
+    assert_eq!(
+        put(&stack, Some(ADMIN_TOKEN), swapped.clone()).await.status,
+        200
+    );
+    stop(stack).await;
+
+    let path = files.path().join("endpoint.wasm");
+    let configured = variant("configured");
+    deploy(&path, &configured);
+    let args = vec!["--component".to_owned(), path.display().to_string()];
+    let stack = with_state(state.path(), args.clone()).await;
+    let now = component(&stack).await;
+    assert_eq!(now["digest"], hex_digest(&configured));
+    assert_eq!(now["source"], path.display().to_string());
+    // A swap under this setting is kept over a restart...
+    assert_eq!(
+        put(&stack, Some(ADMIN_TOKEN), swapped.clone()).await.status,
+        200
+    );
+    stop(stack).await;
+    let stack = with_state(state.path(), args.clone()).await;
+    assert_eq!(component(&stack).await["digest"], hex_digest(&swapped));
+    stop(stack).await;
+
+    // ...until the file itself changes while keybust is down.
+    let newer = variant("configured-2");
+    deploy(&path, &newer);
+    let stack = with_state(state.path(), args).await;
+    assert_eq!(component(&stack).await["digest"], hex_digest(&newer));
+}

@@ -13,6 +13,7 @@ mod trust;
 
 pub use self::trust::{ArtifactKey, default_key_path};
 
+use crate::private_files::{check_owned, create_private_dir, write_private};
 use sha2::{Digest, Sha256};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -51,8 +52,8 @@ impl ArtifactCache {
         engine: &Engine,
     ) -> std::io::Result<Self> {
         let dir = dir.into();
-        trust::create_private_dir(&dir)?;
-        trust::check_owned(&dir, true)?;
+        create_private_dir(&dir)?;
+        check_owned(&dir, true)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(ArtifactCache {
@@ -113,9 +114,9 @@ impl ArtifactCache {
         if !entry.artifact.exists() {
             return None;
         }
-        let trusted = trust::check_owned(&self.dir, true)
-            .and_then(|()| trust::check_owned(&entry.artifact, false))
-            .and_then(|()| trust::check_owned(&entry.mac, false));
+        let trusted = check_owned(&self.dir, true)
+            .and_then(|()| check_owned(&entry.artifact, false))
+            .and_then(|()| check_owned(&entry.mac, false));
         if let Err(err) = trusted {
             tracing::warn!(error = %err, "untrusted precompiled component; rebuilding");
             return None;
@@ -186,23 +187,6 @@ struct Entry {
     name: String,
     artifact: PathBuf,
     mac: PathBuf,
-}
-
-/// Writes `path` owner-only through a temporary file and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    drop(file);
-    std::fs::rename(&tmp, path)
 }
 
 /// Lower-case hex SHA-256 of `bytes`: how components are named everywhere

@@ -3,11 +3,13 @@
 //! A precompiled component is machine code that keybust maps and runs in
 //! the process that holds every secret. An entry is used only when:
 //! * the directory and the entry belong to this process's user, are
-//!   writable by nobody else, and are not symbolic links ([`check_owned`]);
+//!   writable by nobody else, and are not symbolic links
+//!   ([`crate::private_files::check_owned`]);
 //! * its HMAC-SHA256, keyed by an [`ArtifactKey`] kept outside the cache
 //!   directory, matches: a checksum alone can be recomputed by whoever
 //!   plants an entry, a MAC cannot without the key.
 
+use crate::private_files::{check_owned, create_private_dir};
 use aws_lc_rs::hmac;
 use std::fs;
 use std::io::{self, Write};
@@ -103,51 +105,6 @@ fn create_key_file(path: &Path) -> io::Result<Vec<u8>> {
         }
         Err(err) => Err(err),
     }
-}
-
-/// Creates `dir` (and its parents) owner-only when it does not exist.
-pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
-}
-
-/// Refuses `path` unless it is a directory (`dir`) or a regular file, not
-/// a symbolic link, owned by this process's effective user, and not
-/// writable by group or others.
-pub(super) fn check_owned(path: &Path, dir: bool) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    let refuse = |why: &str| {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} {why}", path.display()),
-        ))
-    };
-    if meta.file_type().is_symlink() {
-        return refuse("is a symbolic link");
-    }
-    if dir && !meta.is_dir() {
-        return refuse("is not a directory");
-    }
-    if !dir && !meta.is_file() {
-        return refuse("is not a regular file");
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if meta.uid() != rustix::process::geteuid().as_raw() {
-            return refuse("belongs to another user");
-        }
-        if meta.mode() & 0o022 != 0 {
-            return refuse("is writable by group or others");
-        }
-    }
-    Ok(())
 }
 
 /// The default place for the key: the user's state directory

@@ -1,0 +1,383 @@
+//! The record of accepted components, kept across restarts.
+//!
+//! Every version that starts serving (at start, by a swap from any source,
+//! by a rollback) is recorded in a directory of keybust's state: the
+//! component's bytes under their digest, and `state.json` naming the
+//! version serving, the one before it (the rollback target), and what the
+//! configured source (`--component`) held when it was last read. Each file
+//! is replaced atomically; blobs no longer named are removed.
+//!
+//! At start, [`History::restore`] decides what serves:
+//! * the recorded version, when the configured source is the same one it
+//!   was recorded under (the same `--component` value) and still holds what
+//!   it held then: a swap made through the admin API, or a followed tag,
+//!   survives a restart, and so does the rollback target;
+//! * the configured source otherwise: a new `--component` value, or new
+//!   content under the same one (a file replaced or a new build with a new
+//!   embedded component while the process was down), is the operator's
+//!   newer word.
+
+use crate::artifacts::hex_digest;
+use crate::private_files::{check_owned, create_private_dir, write_private};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The name of the state file in the history directory.
+const STATE_FILE: &str = "state.json";
+
+/// Why the history cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The directory or a file in it cannot be created, read or trusted.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// One recorded version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// SHA-256 of the component's bytes, lower-case hex.
+    pub digest: String,
+    /// Where the bytes came from: `embedded`, a file path, `admin`, an
+    /// `oci://` reference.
+    pub source: String,
+    /// When it started serving, in seconds since the Unix epoch.
+    pub accepted_at: u64,
+}
+
+impl Accepted {
+    /// A version accepted now.
+    pub fn now(digest: &str, source: &str) -> Self {
+        Accepted {
+            digest: digest.to_owned(),
+            source: source.to_owned(),
+            accepted_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+        }
+    }
+}
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    /// The `--component` value the record belongs to.
+    configured: Option<String>,
+    /// The digest of what the configured source held when last read.
+    configured_digest: Option<String>,
+    /// The version serving.
+    current: Option<Accepted>,
+    /// The rollback target.
+    previous: Option<Accepted>,
+}
+
+/// A version to load at start: its bytes and where they came from.
+pub struct Restored {
+    /// The component's bytes.
+    pub bytes: Vec<u8>,
+    /// Its source, as recorded.
+    pub source: String,
+}
+
+/// What serves at start, as [`History::restore`] decides.
+pub struct Start {
+    /// The version to serve.
+    pub current: Restored,
+    /// The rollback target, when one was recorded and its bytes are intact.
+    pub previous: Option<Restored>,
+}
+
+/// The history directory and the state it holds; see the module docs.
+/// Writes are made under a lock, one at a time (they come from the slot's
+/// swaps, which are serialized already).
+pub struct History {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+impl History {
+    /// Opens (creating it owner-only if needed) the history in `dir`. A
+    /// state file that cannot be parsed is set aside with a warning: the
+    /// configured source serves.
+    pub fn open(dir: &Path) -> Result<Self, HistoryError> {
+        let io_error = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| HistoryError::Io { path, source }
+        };
+        create_private_dir(dir).map_err(io_error(dir))?;
+        check_owned(dir, true).map_err(io_error(dir))?;
+        let path = dir.join(STATE_FILE);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => {
+                check_owned(&path, false).map_err(io_error(&path))?;
+                serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                    tracing::warn!(path = %path.display(), error = %err, "unreadable component history; starting a new one");
+                    State::default()
+                })
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => State::default(),
+            Err(err) => return Err(io_error(&path)(err)),
+        };
+        Ok(History {
+            dir: dir.to_owned(),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// What to serve at start instead of the configured source
+    /// (`configured`, the `--component` value, whose bytes now have
+    /// `configured_digest`); none when the configured source serves. See
+    /// the module docs for the rule. A recorded version whose bytes are
+    /// missing or do not match their digest is passed over, with a warning.
+    pub fn restore(&self, configured: &str, configured_digest: &str) -> Option<Start> {
+        let state = self.lock().clone();
+        if state.configured.as_deref() != Some(configured) {
+            if state.current.is_some() {
+                tracing::info!(
+                    configured,
+                    recorded = state.configured.as_deref().unwrap_or_default(),
+                    "--component changed since the last run: serving it, not the recorded version"
+                );
+            }
+            return None;
+        }
+        if state.configured_digest.as_deref() != Some(configured_digest) {
+            tracing::info!(
+                configured,
+                "the configured component changed since the last run: serving it, not the recorded version"
+            );
+            return None;
+        }
+        let recorded = state.current.as_ref()?;
+        let current = self.read(recorded)?;
+        let previous = state.previous.as_ref().and_then(|entry| self.read(entry));
+        tracing::info!(
+            digest = recorded.digest,
+            source = current.source,
+            "serving the last accepted component"
+        );
+        Some(Start { current, previous })
+    }
+
+    /// Records that `current` serves now (its `bytes` are stored unless
+    /// already kept) with `previous` as the rollback target. `configured`
+    /// is the `--component` value; when `current` came from it, what it
+    /// holds is noted too.
+    pub fn record(
+        &self,
+        configured: &str,
+        current: Accepted,
+        bytes: Option<&[u8]>,
+        previous: Option<Accepted>,
+    ) -> Result<(), HistoryError> {
+        let mut state = self.lock();
+        if let Some(bytes) = bytes {
+            let blob = self.blob(&current.digest);
+            if !blob.exists() {
+                write_private(&blob, bytes).map_err(|source| HistoryError::Io {
+                    path: blob.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let mut next = state.clone();
+        if next.configured.as_deref() != Some(configured) {
+            next.configured = Some(configured.to_owned());
+            next.configured_digest = None;
+        }
+        if current.source == configured {
+            next.configured_digest = Some(current.digest.clone());
+        }
+        next.current = Some(current);
+        next.previous = previous;
+        let path = self.dir.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(&next).expect("the state serializes");
+        write_private(&path, &json).map_err(|source| HistoryError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        *state = next;
+        self.remove_unnamed_blobs(&state);
+        Ok(())
+    }
+
+    /// The recorded version serving, if any.
+    pub fn current(&self) -> Option<Accepted> {
+        self.lock().current.clone()
+    }
+
+    /// The recorded rollback target, if any.
+    pub fn previous(&self) -> Option<Accepted> {
+        self.lock().previous.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn blob(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("sha256-{digest}.wasm"))
+    }
+
+    /// The bytes of a recorded version, when they are there and intact.
+    fn read(&self, entry: &Accepted) -> Option<Restored> {
+        let path = self.blob(&entry.digest);
+        let bytes = check_owned(&path, false)
+            .and_then(|()| std::fs::read(&path))
+            .map_err(|err| {
+                tracing::warn!(path = %path.display(), error = %err, "a recorded component cannot be read; passing it over");
+            })
+            .ok()?;
+        if hex_digest(&bytes) != entry.digest {
+            tracing::warn!(path = %path.display(), "a recorded component does not match its digest; passing it over");
+            return None;
+        }
+        Some(Restored {
+            bytes,
+            source: entry.source.clone(),
+        })
+    }
+
+    /// Removes the blobs the state no longer names (best effort).
+    fn remove_unnamed_blobs(&self, state: &State) {
+        let named: Vec<String> = [&state.current, &state.previous]
+            .into_iter()
+            .flatten()
+            .map(|entry| format!("sha256-{}.wasm", entry.digest))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sha256-") && !named.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(bytes: &[u8], source: &str) -> Accepted {
+        Accepted::now(&hex_digest(bytes), source)
+    }
+
+    #[test]
+    fn a_swap_survives_a_restart_with_its_rollback_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        assert!(history.restore("embedded", &hex_digest(b"v1")).is_none());
+        history
+            .record("embedded", accepted(b"v1", "embedded"), Some(b"v1"), None)
+            .unwrap();
+        history
+            .record(
+                "embedded",
+                accepted(b"v2", "admin"),
+                Some(b"v2"),
+                Some(accepted(b"v1", "embedded")),
+            )
+            .unwrap();
+
+        let reopened = History::open(dir.path()).unwrap();
+        let start = reopened
+            .restore("embedded", &hex_digest(b"v1"))
+            .expect("the swap stands");
+        assert_eq!(start.current.bytes, b"v2");
+        assert_eq!(start.current.source, "admin");
+        assert_eq!(start.previous.expect("kept").bytes, b"v1");
+    }
+
+    #[test]
+    fn the_configured_source_wins_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        history
+            .record("/a.wasm", accepted(b"a", "/a.wasm"), Some(b"a"), None)
+            .unwrap();
+        history
+            .record(
+                "/a.wasm",
+                accepted(b"x", "admin"),
+                Some(b"x"),
+                Some(accepted(b"a", "/a.wasm")),
+            )
+            .unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        // Another --component value.
+        assert!(reopened.restore("/b.wasm", &hex_digest(b"b")).is_none());
+        // The same value, holding something new.
+        assert!(reopened.restore("/a.wasm", &hex_digest(b"a2")).is_none());
+        // The same value, unchanged: the admin swap stands.
+        let start = reopened
+            .restore("/a.wasm", &hex_digest(b"a"))
+            .expect("kept");
+        assert_eq!(start.current.bytes, b"x");
+    }
+
+    #[test]
+    fn damaged_records_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        history
+            .record("embedded", accepted(b"v1", "embedded"), Some(b"v1"), None)
+            .unwrap();
+        history
+            .record("embedded", accepted(b"v2", "admin"), Some(b"v2"), None)
+            .unwrap();
+        std::fs::write(
+            dir.path()
+                .join(format!("sha256-{}.wasm", hex_digest(b"v2"))),
+            b"tampered",
+        )
+        .unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        assert!(reopened.restore("embedded", &hex_digest(b"v1")).is_none());
+
+        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        assert!(reopened.restore("embedded", &hex_digest(b"v1")).is_none());
+    }
+
+    #[test]
+    fn only_the_named_blobs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        for (i, bytes) in [b"v1", b"v2", b"v3"].iter().enumerate() {
+            let previous = (i > 0).then(|| accepted([b"v1", b"v2"][i - 1], "admin"));
+            history
+                .record(
+                    "embedded",
+                    accepted(*bytes, "admin"),
+                    Some(*bytes),
+                    previous,
+                )
+                .unwrap();
+        }
+        let mut blobs: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("sha256-"))
+            .collect();
+        blobs.sort();
+        let mut expected = vec![
+            format!("sha256-{}.wasm", hex_digest(b"v2")),
+            format!("sha256-{}.wasm", hex_digest(b"v3")),
+        ];
+        expected.sort();
+        assert_eq!(blobs, expected);
+    }
+}
