@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with only rustup and cargo:
-# installs what the tests need (the wasm target, redis-server), then runs
-# every unit and integration test in the workspace, then a smoke run of the
-# load benchmark (status codes only).
+# installs what the tests need (the wasm target; redis-server, redis-cli and
+# docker-registry), then runs every unit and integration test in the
+# workspace, then a smoke run of the load benchmark (status codes only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing redis-server and redis-cli (for a cluster) from Debian's packages" >&2
+# Debian packages the tests run for real: redis-server, redis-cli (to make
+# a cluster), docker-registry (an OCI registry).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]} from Debian's packages" >&2
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 rustup target add wasm32-wasip2 >/dev/null

@@ -6,7 +6,7 @@
 //! | `GET /readyz` | 200 when the backends are configured, else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /admin/component` | digest, source, loaded_at, previous_digest |
-//! | `PUT /admin/component` | swap in the body's component (bearer token) |
+//! | `PUT /admin/component` | swap in the body's component, or the one `{"reference": "oci://…"}` names (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
 //!
 //! Mutations are taken from loopback peers only, unless
@@ -16,6 +16,7 @@
 use crate::body::{ResponseBody, json_response};
 use crate::config::Secret;
 use crate::endpoint::Endpoint;
+use crate::registry::{OciReference, Registry, RegistryError};
 use crate::slot::Version;
 use bytes::Bytes;
 use http::Method;
@@ -24,8 +25,10 @@ use hyper::body::Incoming;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-/// The largest component the admin API accepts.
-pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+pub use crate::plugin::MAX_COMPONENT_BYTES;
+
+/// The largest `{"reference": …}` body the admin API reads.
+const MAX_REFERENCE_BODY_BYTES: usize = 64 << 10;
 
 /// The admin plane's settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +78,7 @@ impl AdminArgs {
             token: token.filter(|t| !t.is_empty()).map(Secret::new),
             allow_remote: self.admin_allow_remote,
             probes_only: false,
+            registry: None,
         })
     }
 }
@@ -90,6 +94,9 @@ pub struct AdminPolicy {
     /// Only `/healthz`, `/readyz` and `/metrics` (`--metrics-listen`), so
     /// probes and scrapes can face the cluster while swaps stay private.
     pub probes_only: bool,
+    /// Where a `{"reference": "oci://…"}` upload is pulled from; none:
+    /// such uploads are refused.
+    pub registry: Option<Registry>,
 }
 
 /// Answers one admin request. Every request to the component API, and
@@ -161,43 +168,7 @@ async fn answer(
             (response, None)
         }
         (&Method::GET, "/admin/component") => (component_json(endpoint, 200, None), None),
-        (&Method::PUT, "/admin/component") => {
-            let body = match Limited::new(request.into_body(), MAX_COMPONENT_BYTES)
-                .collect()
-                .await
-            {
-                Ok(body) => body.to_bytes(),
-                Err(_) => {
-                    let message = format!(
-                        "component larger than {MAX_COMPONENT_BYTES} bytes, or the upload broke off"
-                    );
-                    return (error(413, &message), None);
-                }
-            };
-            let digest = crate::artifacts::hex_digest(&body);
-            match endpoint
-                .slot()
-                .replace(body.to_vec(), "admin".to_owned())
-                .await
-            {
-                Ok(swapped) => (
-                    component_json(
-                        endpoint,
-                        200,
-                        Some(json!({
-                            "compiled": swapped.origin == Some(crate::artifacts::Origin::Compiled),
-                            "already_serving": swapped.already_serving(),
-                            "took_ms": swapped.took.as_secs_f64() * 1000.0,
-                        })),
-                    ),
-                    Some(digest),
-                ),
-                Err(err) => {
-                    tracing::error!(error = %err, "admin swap refused; the current component keeps serving");
-                    (error(422, &err.to_string()), Some(digest))
-                }
-            }
-        }
+        (&Method::PUT, "/admin/component") => put_component(endpoint, policy, request).await,
         (&Method::POST, "/admin/component/rollback") => match endpoint.slot().rollback().await {
             Ok(back) => (
                 component_json(endpoint, 200, None),
@@ -210,6 +181,97 @@ async fn answer(
             "/healthz" | "/readyz" | "/metrics" | "/admin/component" | "/admin/component/rollback",
         ) => (error(405, "method not allowed"), None),
         _ => (json_response(404, r#"{"error":"Not found"}"#), None),
+    }
+}
+
+/// `PUT /admin/component`: the body is the component, or, as JSON
+/// (`Content-Type: application/json`), `{"reference": "oci://…"}` naming
+/// one to pull.
+async fn put_component(
+    endpoint: &Endpoint,
+    policy: &AdminPolicy,
+    request: hyper::Request<Incoming>,
+) -> (hyper::Response<ResponseBody>, Option<String>) {
+    let json = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let limit = if json {
+        MAX_REFERENCE_BODY_BYTES
+    } else {
+        MAX_COMPONENT_BYTES
+    };
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            let message = format!("body larger than {limit} bytes, or the upload broke off");
+            return (error(413, &message), None);
+        }
+    };
+    let (bytes, source) = if json {
+        match pull_reference(policy, &body).await {
+            Ok(pulled) => pulled,
+            Err(refusal) => return (refusal, None),
+        }
+    } else {
+        (body.to_vec(), "admin".to_owned())
+    };
+    let digest = crate::artifacts::hex_digest(&bytes);
+    match endpoint.slot().replace(bytes, source).await {
+        Ok(swapped) => (
+            component_json(
+                endpoint,
+                200,
+                Some(json!({
+                    "compiled": swapped.origin == Some(crate::artifacts::Origin::Compiled),
+                    "already_serving": swapped.already_serving(),
+                    "took_ms": swapped.took.as_secs_f64() * 1000.0,
+                })),
+            ),
+            Some(digest),
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "admin swap refused; the current component keeps serving");
+            (error(422, &err.to_string()), Some(digest))
+        }
+    }
+}
+
+/// The component a `{"reference": "oci://…"}` body names, pulled and
+/// checked, with the reference as its source.
+async fn pull_reference(
+    policy: &AdminPolicy,
+    body: &[u8],
+) -> Result<(Vec<u8>, String), hyper::Response<ResponseBody>> {
+    #[derive(serde::Deserialize)]
+    struct Upload {
+        reference: String,
+    }
+    let upload: Upload = serde_json::from_slice(body).map_err(|_| {
+        error(
+            400,
+            r#"expected {"reference": "oci://REGISTRY/REPOSITORY:TAG"}"#,
+        )
+    })?;
+    let reference =
+        OciReference::parse(&upload.reference).map_err(|err| error(400, &err.to_string()))?;
+    let Some(registry) = &policy.registry else {
+        return Err(error(
+            501,
+            "this listener pulls from no registry; upload the component's bytes",
+        ));
+    };
+    match registry.pull(&reference, None).await {
+        Ok(pulled) => Ok((pulled.bytes, reference.to_string())),
+        Err(err @ (RegistryError::Registry { .. } | RegistryError::TimedOut { .. })) => {
+            tracing::error!(error = %err, "admin pull failed; the current component keeps serving");
+            Err(error(502, &err.to_string()))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "admin pull refused; the current component keeps serving");
+            Err(error(422, &err.to_string()))
+        }
     }
 }
 

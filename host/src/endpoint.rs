@@ -86,6 +86,13 @@ pub enum EndpointError {
         /// Why.
         source: std::io::Error,
     },
+    /// The configured source cannot be read, and no version accepted
+    /// under it is recorded.
+    #[error("component {source_name} cannot be had, and no earlier version of it is recorded")]
+    Unavailable {
+        /// The configured source.
+        source_name: String,
+    },
     /// The component cannot serve.
     #[error("cannot load component {source_name}: {error}")]
     Load {
@@ -320,6 +327,18 @@ impl Endpoint {
         source: String,
         config: &EndpointConfig,
     ) -> Result<Self, EndpointError> {
+        Self::load_configured(capabilities, source, Some(bytes), config).await
+    }
+
+    /// Like [`Endpoint::load`], for a configured source that may not be
+    /// readable now (a registry that is down): without `bytes`, the last
+    /// version accepted under `source` serves, when the history has one.
+    pub async fn load_configured(
+        capabilities: Arc<Capabilities>,
+        source: String,
+        bytes: Option<Vec<u8>>,
+        config: &EndpointConfig,
+    ) -> Result<Self, EndpointError> {
         let engine = engine::new_engine(&config.limits)?;
         let artifacts = config.artifact_cache(&engine);
         let linker = engine::new_linker(&engine)?;
@@ -341,9 +360,10 @@ impl Endpoint {
                 source,
             )
         };
+        let configured_digest = bytes.as_deref().map(hex_digest);
         let restored = history
             .as_ref()
-            .and_then(|history| history.restore(&source, &hex_digest(&bytes)));
+            .and_then(|history| history.restore(&source, configured_digest.as_deref()));
         let mut restored_slot = None;
         if let Some(start) = restored {
             let current = start.current.bytes.clone();
@@ -364,6 +384,9 @@ impl Endpoint {
         let (mut slot, serving) = match restored_slot {
             Some(restored) => restored,
             None => {
+                let bytes = bytes.ok_or_else(|| EndpointError::Unavailable {
+                    source_name: source.clone(),
+                })?;
                 let slot = new_slot(bytes.clone(), source.clone())
                     .await
                     .map_err(|error| EndpointError::Load {

@@ -134,10 +134,11 @@ impl History {
 
     /// What to serve at start instead of the configured source
     /// (`configured`, the `--component` value, whose bytes now have
-    /// `configured_digest`); none when the configured source serves. See
-    /// the module docs for the rule. A recorded version whose bytes are
-    /// missing or do not match their digest is passed over, with a warning.
-    pub fn restore(&self, configured: &str, configured_digest: &str) -> Option<Start> {
+    /// `configured_digest`, or cannot be read now: none); none when the
+    /// configured source serves. See the module docs for the rule. A
+    /// recorded version whose bytes are missing or do not match their
+    /// digest is passed over, with a warning.
+    pub fn restore(&self, configured: &str, configured_digest: Option<&str>) -> Option<Start> {
         let state = self.lock().clone();
         if state.configured.as_deref() != Some(configured) {
             if state.current.is_some() {
@@ -149,7 +150,12 @@ impl History {
             }
             return None;
         }
-        if state.configured_digest.as_deref() != Some(configured_digest) {
+        if configured_digest.is_none() {
+            tracing::warn!(
+                configured,
+                "the configured component cannot be read now: serving the last accepted version"
+            );
+        } else if state.configured_digest.as_deref() != configured_digest {
             tracing::info!(
                 configured,
                 "the configured component changed since the last run: serving it, not the recorded version"
@@ -279,7 +285,11 @@ mod tests {
     fn a_swap_survives_a_restart_with_its_rollback_target() {
         let dir = tempfile::tempdir().unwrap();
         let history = History::open(dir.path()).unwrap();
-        assert!(history.restore("embedded", &hex_digest(b"v1")).is_none());
+        assert!(
+            history
+                .restore("embedded", Some(&hex_digest(b"v1")))
+                .is_none()
+        );
         history
             .record("embedded", accepted(b"v1", "embedded"), Some(b"v1"), None)
             .unwrap();
@@ -294,7 +304,7 @@ mod tests {
 
         let reopened = History::open(dir.path()).unwrap();
         let start = reopened
-            .restore("embedded", &hex_digest(b"v1"))
+            .restore("embedded", Some(&hex_digest(b"v1")))
             .expect("the swap stands");
         assert_eq!(start.current.bytes, b"v2");
         assert_eq!(start.current.source, "admin");
@@ -318,14 +328,40 @@ mod tests {
             .unwrap();
         let reopened = History::open(dir.path()).unwrap();
         // Another --component value.
-        assert!(reopened.restore("/b.wasm", &hex_digest(b"b")).is_none());
+        assert!(
+            reopened
+                .restore("/b.wasm", Some(&hex_digest(b"b")))
+                .is_none()
+        );
         // The same value, holding something new.
-        assert!(reopened.restore("/a.wasm", &hex_digest(b"a2")).is_none());
+        assert!(
+            reopened
+                .restore("/a.wasm", Some(&hex_digest(b"a2")))
+                .is_none()
+        );
         // The same value, unchanged: the admin swap stands.
         let start = reopened
-            .restore("/a.wasm", &hex_digest(b"a"))
+            .restore("/a.wasm", Some(&hex_digest(b"a")))
             .expect("kept");
         assert_eq!(start.current.bytes, b"x");
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_read_serves_the_record_made_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        let tag = "oci://127.0.0.1:5000/k:stable";
+        history
+            .record(tag, accepted(b"v1", tag), Some(b"v1"), None)
+            .unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        let start = reopened.restore(tag, None).expect("the record serves");
+        assert_eq!(start.current.bytes, b"v1");
+        assert!(
+            reopened
+                .restore("oci://127.0.0.1:5000/k:other", None)
+                .is_none()
+        );
     }
 
     #[test]
@@ -345,11 +381,19 @@ mod tests {
         )
         .unwrap();
         let reopened = History::open(dir.path()).unwrap();
-        assert!(reopened.restore("embedded", &hex_digest(b"v1")).is_none());
+        assert!(
+            reopened
+                .restore("embedded", Some(&hex_digest(b"v1")))
+                .is_none()
+        );
 
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         let reopened = History::open(dir.path()).unwrap();
-        assert!(reopened.restore("embedded", &hex_digest(b"v1")).is_none());
+        assert!(
+            reopened
+                .restore("embedded", Some(&hex_digest(b"v1")))
+                .is_none()
+        );
     }
 
     #[test]

@@ -93,9 +93,11 @@ pub mod capabilities;
 // request, swapped in place.
 pub mod artifacts;
 pub mod engine;
+pub mod follow;
 pub mod history;
 pub mod plugin;
 mod private_files;
+pub mod registry;
 pub mod reload;
 pub mod slot;
 pub mod store;

@@ -88,6 +88,7 @@ pub struct Metrics {
     capability_calls: Family<CapabilityOutcomeLabels, Counter>,
     capability_seconds: Family<CapabilityLabels, Histogram, fn() -> Histogram>,
     swaps: Family<SwapLabels, Counter>,
+    follow_polls: Family<SwapLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
 }
@@ -115,6 +116,12 @@ impl Metrics {
             "unavailable",
             "Causes of 503 answers: shed (no request slot), backend (a backend failed or timed out), not_configured, forbidden (outside the allow-lists)",
             unavailable.clone(),
+        );
+        let follow_polls = Family::<SwapLabels, Counter>::default();
+        registry.register(
+            "follow_polls",
+            "Polls of the followed tag: unchanged, swapped, refused (the new version failed its checks), failed (the registry could not be asked)",
+            follow_polls.clone(),
         );
         let guest_failures = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -200,6 +207,7 @@ impl Metrics {
             capability_calls,
             capability_seconds,
             swaps,
+            follow_polls,
             component,
         }
     }
@@ -239,6 +247,13 @@ impl Metrics {
     /// `forbidden`.
     pub fn unavailable(&self, cause: &'static str) {
         self.unavailable.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// Counts one poll of the followed tag, by how it ended.
+    pub fn follow_poll(&self, result: &'static str) {
+        self.follow_polls
+            .get_or_create(&SwapLabels { result })
+            .inc();
     }
 
     /// Counts a guest that trapped (`trap`) or ran out of time (`timeout`).

@@ -17,6 +17,7 @@ mod cache;
 mod dev;
 mod endpoint;
 mod example;
+mod fleet;
 mod hardening;
 mod operate;
 mod readiness;

@@ -1,5 +1,5 @@
 //! keybust's library served in the test's own runtime, as `keybust serve`
-//! serves its public listener (host/src/main.rs, `run`): for the contract's
+//! serves its public listener (host/src/bin/keybust/main.rs, `run`): for the contract's
 //! rules, where a process would prove nothing more and only cost a start.
 
 use super::logs::Logs;

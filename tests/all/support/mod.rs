@@ -15,6 +15,7 @@ pub mod process;
 pub mod programs;
 pub mod raw;
 pub mod redis;
+pub mod registry;
 pub mod stack;
 
 pub use answer::Answer;

@@ -1,7 +1,12 @@
-//! The `keybust` binary: `keybust serve` and `keybust dev`.
+//! The `keybust` binary: `keybust serve`, `keybust dev` and `keybust
+//! component push|check`.
+
+mod component;
+mod logging;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use component::ComponentCommand;
 use keybust::admin::{AdminArgs, AdminPolicy};
 use keybust::artifacts;
 use keybust::capabilities::{Capabilities, SettingsArgs};
@@ -9,10 +14,13 @@ use keybust::config::parse_duration;
 use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
 use keybust::limits::{LimitArgs, Limits};
 use keybust::plugin;
+use keybust::registry::{ComponentSource, OciReference, Registry, RegistryArgs};
 use keybust::server;
-use keybust::telemetry::export::{self, TelemetryArgs, Tracing};
+use keybust::telemetry::export::TelemetryArgs;
+use logging::{LogFormat, init_logging};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,14 +55,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Serve the endpoint; every setting below also reads its environment twin.
@@ -62,6 +62,9 @@ enum Command {
     /// Run the whole flow locally: embedded cache, stand-ins for Convex and the
     /// token issuer, and a ready-to-paste curl that gets a 200.
     Dev(Box<DevArgs>),
+    /// Publish a component to a registry, or check one before a rollout.
+    #[command(subcommand)]
+    Component(ComponentCommand),
 }
 
 #[derive(clap::Args)]
@@ -70,10 +73,20 @@ struct ServeArgs {
     #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
 
-    /// Component file to serve; it is watched, and SIGHUP re-reads it
+    /// Component to serve: a file (watched, and re-read on SIGHUP), or
+    /// oci://REGISTRY/REPOSITORY:TAG or @sha256:DIGEST, pulled at start
     /// [default: the component built from guest/, embedded in this binary].
     #[arg(long, env = "KEYBUST_COMPONENT")]
-    component: Option<PathBuf>,
+    component: Option<String>,
+
+    /// With an oci:// tag, how often to check where the tag points (each
+    /// check waits this give or take a fifth); when it moves, the new
+    /// version is pulled, checked and swapped in [default: off].
+    #[arg(long, env = "KEYBUST_FOLLOW_INTERVAL", value_parser = parse_duration)]
+    follow_interval: Option<Duration>,
+
+    #[command(flatten, next_help_heading = "Registry")]
+    registry: RegistryArgs,
 
     #[command(flatten, next_help_heading = "Admin plane")]
     admin: AdminArgs,
@@ -150,7 +163,7 @@ fn default_state_dir() -> Option<PathBuf> {
     artifacts::default_key_path().and_then(|key| key.parent().map(ToOwned::to_owned))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     // Errors on the request path (a closed stream, a refused call) must not
     // each capture a stack trace because the caller's environment happens to
     // set RUST_BACKTRACE: that costs a fifth of the throughput. Panics still
@@ -160,20 +173,19 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
     let cli = Cli::parse();
-    let common = match &cli.command {
-        Command::Serve(args) => &args.common,
-        Command::Dev(args) => &args.common,
-    };
-    let traces = common
-        .telemetry
-        .pipeline()
-        .context("invalid tracing configuration")?;
+    let traces = match &cli.command {
+        Command::Serve(args) => args.common.telemetry.pipeline(),
+        Command::Dev(args) => args.common.telemetry.pipeline(),
+        Command::Component(_) => Ok(None),
+    }
+    .context("invalid tracing configuration")?;
     init_logging(cli.log_format, traces.as_ref());
     let runtime = new_runtime(cli.worker_threads).context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(*args).await,
-            Command::Dev(args) => dev(*args).await,
+            Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Dev(args) => dev(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Component(command) => component::run(command).await,
         }
     });
     drop(runtime);
@@ -202,62 +214,70 @@ fn new_runtime(worker_threads: Option<u16>) -> std::io::Result<tokio::runtime::R
     builder.enable_all().build()
 }
 
-/// Log lines go to stderr, filtered by `RUST_LOG` (default `info`); with
-/// tracing on, keybust's spans also go to the OTLP exporter.
-fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
-    use tracing_subscriber::filter::FilterExt;
-    use tracing_subscriber::{Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt};
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Text => lines.boxed(),
-        LogFormat::Json => lines.json().boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(lines.with_filter(filter.and(export::without_trace_spans())))
-        .with(traces.map(Tracing::layer))
-        .init();
-}
-
-/// Loads the first component; keybust does not start without one.
+/// Loads the first component; keybust does not start without one. A
+/// registry that cannot be reached at start is survived when a version
+/// accepted under the same reference is recorded. Returns the manifest
+/// digest an `oci://` source was pulled through.
 async fn new_endpoint(
     capabilities: Arc<Capabilities>,
-    component: Option<&PathBuf>,
+    source: &ComponentSource,
+    registry: Option<&Registry>,
     common: &CommonArgs,
-) -> anyhow::Result<Endpoint> {
+) -> anyhow::Result<(Endpoint, Option<String>)> {
     let config = common.endpoint_config()?;
-    let (bytes, source) = match component {
-        Some(path) => (
-            std::fs::read(path)
-                .with_context(|| format!("cannot read component {}", path.display()))?,
-            path.display().to_string(),
+    let (bytes, manifest) = match source {
+        ComponentSource::Embedded => (Some(plugin::EMBEDDED_COMPONENT.to_vec()), None),
+        ComponentSource::File(path) => (
+            Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read component {}", path.display()))?,
+            ),
+            None,
         ),
-        None => (plugin::EMBEDDED_COMPONENT.to_vec(), "embedded".to_owned()),
+        ComponentSource::Oci(reference) => {
+            let registry = registry.context("no registry settings")?;
+            match registry.pull(reference, None).await {
+                Ok(pulled) => (Some(pulled.bytes), Some(pulled.manifest_digest)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot pull the configured component; looking for the last accepted version");
+                    (None, None)
+                }
+            }
+        }
     };
-    let endpoint = Endpoint::load(capabilities, bytes, source.clone(), &config).await?;
+    let endpoint = Endpoint::load_configured(capabilities, source.label(), bytes, &config).await?;
+    let serving = endpoint.slot().current();
     tracing::info!(
-        source,
-        digest = endpoint.slot().current().digest(),
+        source = serving.source,
+        digest = serving.digest(),
         "component loaded"
     );
-    Ok(endpoint)
+    Ok((endpoint, manifest))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings().context("invalid configuration")?;
+    let source = ComponentSource::parse(args.component.as_deref())?;
+    let followed = followed_tag(&source, args.follow_interval)?;
+    let registry = args.registry.registry().context("invalid configuration")?;
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
-    let endpoint =
-        Arc::new(new_endpoint(capabilities, args.component.as_ref(), &args.common).await?);
+    let (endpoint, manifest) =
+        new_endpoint(capabilities, &source, Some(&registry), &args.common).await?;
+    let endpoint = Arc::new(endpoint);
+    if let (Some(reference), Some(interval)) = (followed, args.follow_interval) {
+        tracing::info!(%reference, ?interval, "following the tag");
+        keybust::follow::follow(&endpoint, registry.clone(), reference, interval, manifest);
+    }
     for problem in endpoint.capabilities().configuration_problems() {
         tracing::warn!("{problem}: the endpoint is not ready until it is");
     }
     endpoint
         .capabilities()
         .start_background_checks(&settings.deadlines);
-    let policy = args.admin.policy()?;
+    let policy = AdminPolicy {
+        registry: Some(registry),
+        ..args.admin.policy()?
+    };
     if policy.token.is_none() {
         tracing::info!("no admin token is set: admin mutations are refused");
     } else if token_on_command_line() {
@@ -265,8 +285,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "--admin-token on the command line shows in `ps`; prefer KEYBUST_ADMIN_TOKEN or --admin-token-file"
         );
     }
-    let _watcher = match &args.component {
-        Some(path) => {
+    let _watcher = match &source {
+        ComponentSource::File(path) => {
             #[cfg(unix)]
             keybust::reload::reload_on_sighup(endpoint.clone(), path.clone())?;
             match keybust::reload::watch(endpoint.clone(), path.clone()) {
@@ -277,7 +297,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        None => {
+        ComponentSource::Embedded | ComponentSource::Oci(_) => {
             ignore_sighup()?;
             None
         }
@@ -294,6 +314,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     run(endpoint, listener, planes, &args.common).await
 }
 
+/// The tag to follow: `--follow-interval` needs an `oci://` reference with
+/// a tag, not a pinned digest (which never moves).
+fn followed_tag(
+    source: &ComponentSource,
+    interval: Option<Duration>,
+) -> anyhow::Result<Option<OciReference>> {
+    match (source, interval) {
+        (_, None) => Ok(None),
+        (ComponentSource::Oci(reference), Some(_)) if reference.tag().is_some() => {
+            Ok(Some(reference.clone()))
+        }
+        (_, Some(_)) => anyhow::bail!(
+            "--follow-interval needs --component oci://REGISTRY/REPOSITORY:TAG (a tag, not a digest or a file)"
+        ),
+    }
+}
+
 /// Whether the admin token was given as a flag rather than from the
 /// environment or a file.
 fn token_on_command_line() -> bool {
@@ -308,9 +345,7 @@ fn ignore_sighup() -> anyhow::Result<()> {
         let mut hangups = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                tracing::info!(
-                    "SIGHUP: no --component file to re-read; serving the embedded component"
-                );
+                tracing::info!("SIGHUP: the component is not a file; nothing to re-read");
             }
         });
     }
@@ -322,7 +357,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the dev stand-ins")?;
     let capabilities = Arc::new(Capabilities::from_settings(&env.settings)?);
-    let endpoint = Arc::new(new_endpoint(capabilities, None, &args.common).await?);
+    let (endpoint, _) =
+        new_endpoint(capabilities, &ComponentSource::Embedded, None, &args.common).await?;
+    let endpoint = Arc::new(endpoint);
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!(

@@ -1,0 +1,124 @@
+//! `keybust component push` and `keybust component check`: the rollout's
+//! two steps before a fleet follows a tag.
+
+use anyhow::Context;
+use clap::Subcommand;
+use keybust::capabilities::{Capabilities, Settings};
+use keybust::limits::Limits;
+use keybust::plugin::{MAX_COMPONENT_BYTES, Plugin};
+use keybust::registry::{ComponentSource, OciReference, RegistryArgs};
+use keybust::{artifacts, engine};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum ComponentCommand {
+    /// Check a component (it must pass `check`) and publish it at an
+    /// oci:// tag, in the wasm artifact layout `wkg oci push` writes; print
+    /// the manifest digest to pin and the component's digest.
+    Push(PushArgs),
+    /// Run exactly the checks a swap runs (compile, world check, one
+    /// instantiation), serving nothing: exit 0 when the component would be
+    /// accepted, 1 with the reason when not.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The component file.
+    file: PathBuf,
+
+    /// Where to publish it: oci://REGISTRY/REPOSITORY:TAG.
+    reference: String,
+
+    #[command(flatten, next_help_heading = "Registry")]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// A component file, or oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST).
+    component: String,
+
+    #[command(flatten, next_help_heading = "Registry")]
+    registry: RegistryArgs,
+}
+
+pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ComponentCommand::Check(args) => {
+            let bytes = match ComponentSource::parse(Some(&args.component))? {
+                ComponentSource::Oci(reference) => {
+                    let registry = args.registry.registry()?;
+                    registry.pull(&reference, None).await?.bytes
+                }
+                _ => read(Path::new(&args.component))?,
+            };
+            Ok(match check(bytes).await {
+                Ok(digest) => {
+                    println!("ok: sha256:{digest} fits keybust:gateway/endpoint and instantiates");
+                    ExitCode::SUCCESS
+                }
+                Err(reason) => {
+                    eprintln!("refused: {reason}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
+        ComponentCommand::Push(args) => {
+            let reference = OciReference::parse(&args.reference)?;
+            if reference.tag().is_none() {
+                anyhow::bail!("{reference}: push to a tag (oci://REGISTRY/REPOSITORY:TAG)");
+            }
+            let bytes = read(&args.file)?;
+            if let Err(reason) = check(bytes.clone()).await {
+                eprintln!("refused: {reason}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let registry = args.registry.registry()?;
+            let pushed = registry.push(&reference, bytes).await?;
+            println!(
+                "pushed {reference}\nmanifest {}\ncomponent sha256:{}\npin it as oci://{}/{}@{}",
+                pushed.manifest_digest,
+                pushed.component_digest,
+                reference.registry(),
+                reference.oci().repository(),
+                pushed.manifest_digest
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        anyhow::bail!(
+            "{} is larger than {MAX_COMPONENT_BYTES} bytes",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// The checks a swap makes, with unconfigured capabilities (instantiation
+/// calls none of them): its digest when they pass, the reason when not.
+async fn check(bytes: Vec<u8>) -> Result<String, String> {
+    let limits = Arc::new(Limits::default());
+    let engine = engine::new_engine(&limits).map_err(|err| err.to_string())?;
+    let linker = engine::new_linker(&engine).map_err(|err| err.to_string())?;
+    let capabilities =
+        Arc::new(Capabilities::from_settings(&Settings::default()).map_err(|err| err.to_string())?);
+    let digest = artifacts::hex_digest(&bytes);
+    let plugin = tokio::task::spawn_blocking(move || Plugin::load(&linker, &bytes, limits))
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
+    plugin
+        .probe(capabilities)
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(digest)
+}

@@ -1,0 +1,143 @@
+//! Following a tag: every instance of a fleet polls the tag it serves and
+//! swaps in what it points to when it moves.
+//!
+//! Each poll is one `HEAD` of the tag's manifest. Polls are spread: each
+//! waits the interval give or take a fifth, at random, so a fleet started
+//! together does not poll (nor pull) in step. When the digest moves, the
+//! instance pulls through the new digest (so the bytes are the ones that
+//! digest names, even if the tag moves again meanwhile), checks and swaps
+//! like any other swap. A version that is refused is not tried again until
+//! the tag moves once more; a registry that cannot be reached is tried
+//! again at the next poll. The serving version keeps serving throughout.
+
+use crate::endpoint::Endpoint;
+use crate::registry::{OciReference, Registry, RegistryError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How one poll ended, as counted in `keybust_follow_polls_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollResult {
+    /// The tag points where it did.
+    Unchanged,
+    /// The tag moved and its new version serves.
+    Swapped,
+    /// The tag moved to a version that was refused.
+    Refused,
+    /// The registry could not be asked, or the pull failed.
+    Failed,
+}
+
+impl PollResult {
+    /// The label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            PollResult::Unchanged => "unchanged",
+            PollResult::Swapped => "swapped",
+            PollResult::Refused => "refused",
+            PollResult::Failed => "failed",
+        }
+    }
+}
+
+/// Polls `reference`'s tag every `interval` (with jitter) for as long as
+/// `endpoint` lives, swapping in each new version. `serving` is the
+/// manifest digest the tag pointed to when the serving version was pulled,
+/// if known. Needs a tokio runtime.
+pub fn follow(
+    endpoint: &Arc<Endpoint>,
+    registry: Registry,
+    reference: OciReference,
+    interval: Duration,
+    serving: Option<String>,
+) {
+    let endpoint = Arc::downgrade(endpoint);
+    tokio::spawn(async move {
+        let mut follower = Follower {
+            registry,
+            reference,
+            seen: serving,
+        };
+        loop {
+            tokio::time::sleep(jittered(interval)).await;
+            let Some(endpoint) = endpoint.upgrade() else {
+                return;
+            };
+            let result = follower.poll(&endpoint).await;
+            endpoint.capabilities().metrics.follow_poll(result.label());
+        }
+    });
+}
+
+struct Follower {
+    registry: Registry,
+    reference: OciReference,
+    /// The last manifest digest tried (served or refused).
+    seen: Option<String>,
+}
+
+impl Follower {
+    async fn poll(&mut self, endpoint: &Endpoint) -> PollResult {
+        let digest = match self.registry.resolve(&self.reference).await {
+            Ok(digest) => digest,
+            Err(err) => {
+                tracing::warn!(reference = %self.reference, error = %err, "cannot resolve the followed tag; trying again at the next poll");
+                return PollResult::Failed;
+            }
+        };
+        if self.seen.as_deref() == Some(digest.as_str()) {
+            return PollResult::Unchanged;
+        }
+        let pulled = match self.registry.pull(&self.reference, Some(&digest)).await {
+            Ok(pulled) => pulled,
+            Err(err @ (RegistryError::Registry { .. } | RegistryError::TimedOut { .. })) => {
+                tracing::warn!(reference = %self.reference, error = %err, "cannot pull the followed tag's new version; trying again at the next poll");
+                return PollResult::Failed;
+            }
+            Err(err) => {
+                self.seen = Some(digest);
+                tracing::error!(reference = %self.reference, error = %err, "the followed tag's new version is refused; the current one keeps serving");
+                endpoint.capabilities().metrics.swap(false, None);
+                return PollResult::Refused;
+            }
+        };
+        self.seen = Some(digest.clone());
+        match endpoint
+            .slot()
+            .replace(pulled.bytes, self.reference.to_string())
+            .await
+        {
+            Ok(swapped) => {
+                if !swapped.already_serving() {
+                    tracing::info!(reference = %self.reference, manifest = digest, "followed the tag to a new version");
+                }
+                PollResult::Swapped
+            }
+            Err(err) => {
+                tracing::error!(reference = %self.reference, manifest = digest, error = %err, "the followed tag's new version is refused; the current one keeps serving");
+                PollResult::Refused
+            }
+        }
+    }
+}
+
+/// `interval` give or take a fifth, at random.
+fn jittered(interval: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    // Without randomness the interval is used as is.
+    let _ = aws_lc_rs::rand::fill(&mut byte);
+    let fraction = 0.8 + 0.4 * f64::from(byte[0]) / 255.0;
+    interval.mul_f64(fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        let interval = std::time::Duration::from_secs(10);
+        for _ in 0..100 {
+            let waited = super::jittered(interval);
+            assert!(waited >= interval.mul_f64(0.8) && waited <= interval.mul_f64(1.2));
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Components in OCI registries: pulled, resolved and pushed in the wasm
+//! artifact layout that `oci-wasm` defines (the one `wkg oci push` and
+//! `wash push` write): one `application/wasm` layer holding the component,
+//! and an `application/vnd.wasm.config.v0+json` config.
+//!
+//! What is pulled is checked before anyone compiles it: the manifest's
+//! bytes against a pinned digest, the layer against the digest the manifest
+//! gives it, and its size against the bound a swap has. Registries are
+//! reached over HTTPS, except those on loopback and those named in
+//! `--insecure-registry`. Every exchange with a registry is bounded by
+//! `--registry-timeout`.
+
+mod credentials;
+mod reference;
+
+pub use self::credentials::{Credentials, CredentialsError};
+pub use self::reference::{ComponentSource, InvalidReference, OCI_SCHEME, OciReference};
+
+use crate::artifacts::hex_digest;
+use crate::config::{ConfigError, Secret, parse_duration};
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The largest component pulled: the bound an upload has.
+const MAX_COMPONENT_BYTES: u64 = crate::plugin::MAX_COMPONENT_BYTES as u64;
+
+/// The largest manifest read.
+const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+/// Registry settings, as flags with environment twins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// User name for registries (with KEYBUST_REGISTRY_PASSWORD); without
+    /// it, the docker config's credentials for the registry, if any.
+    #[arg(long, env = "KEYBUST_REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
+
+    /// Password or token for registries (prefer the environment variable).
+    #[arg(long, env = "KEYBUST_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+
+    /// Directory of the docker config.json whose credentials are used
+    /// [default: ~/.docker].
+    #[arg(long, env = "DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Registries (host or host:port, comma-separated) reached over plain
+    /// HTTP; loopback registries always are.
+    #[arg(long, env = "KEYBUST_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+
+    /// Time one pull, resolve or push may take.
+    #[arg(long, env = "KEYBUST_REGISTRY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub registry_timeout: Duration,
+}
+
+impl RegistryArgs {
+    /// The registry client these settings describe.
+    pub fn registry(&self) -> Result<Registry, ConfigError> {
+        let login = match (&self.registry_username, &self.registry_password) {
+            (Some(user), Some(password)) => Some((user.clone(), Secret::new(password.clone()))),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "KEYBUST_REGISTRY_USERNAME",
+                    "KEYBUST_REGISTRY_USERNAME and KEYBUST_REGISTRY_PASSWORD must be set together",
+                ));
+            }
+        };
+        let docker_config = self
+            .docker_config
+            .clone()
+            .or_else(|| dirs::home_dir().map(|home| home.join(".docker")));
+        Ok(Registry {
+            credentials: Credentials {
+                login,
+                docker_config,
+            },
+            insecure: self
+                .insecure_registry
+                .iter()
+                .map(|host| host.trim().to_owned())
+                .filter(|host| !host.is_empty())
+                .collect(),
+            timeout: self.registry_timeout,
+        })
+    }
+}
+
+/// Why a registry exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The credentials cannot be had.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The registry refused or could not be reached.
+    #[error("{reference}: {source}")]
+    Registry {
+        /// The reference.
+        reference: String,
+        /// What oci-client reports.
+        source: oci_client::errors::OciDistributionError,
+    },
+    /// The registry took longer than `--registry-timeout`.
+    #[error("{reference}: the registry did not answer within {timeout:?}")]
+    TimedOut {
+        /// The reference.
+        reference: String,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// What the reference names is not a wasm component artifact.
+    #[error("{reference}: not a wasm component artifact: {reason}")]
+    NotAComponent {
+        /// The reference.
+        reference: String,
+        /// Why.
+        reason: String,
+    },
+    /// Bytes pulled do not hash to the digest that names them.
+    #[error("{reference}: {what} digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The reference.
+        reference: String,
+        /// `manifest` or `component`.
+        what: &'static str,
+        /// The digest that names the bytes.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+    /// The component is larger than a swap accepts.
+    #[error("{reference}: the component is larger than {MAX_COMPONENT_BYTES} bytes")]
+    TooLarge {
+        /// The reference.
+        reference: String,
+    },
+    /// The bytes to push are not a component.
+    #[error("not a component that can be published: {0:#}")]
+    Unpublishable(anyhow::Error),
+    /// The push failed.
+    #[error("{reference}: push failed: {source:#}")]
+    Push {
+        /// The reference.
+        reference: String,
+        /// Why.
+        source: anyhow::Error,
+    },
+}
+
+/// A component pulled from a registry and checked.
+#[derive(Debug)]
+pub struct Pulled {
+    /// The component's bytes.
+    pub bytes: Vec<u8>,
+    /// The digest of the manifest it was pulled through (`sha256:…`).
+    pub manifest_digest: String,
+}
+
+/// What a push published.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The manifest's digest (`sha256:…`), what `@sha256:` pins.
+    pub manifest_digest: String,
+    /// SHA-256 of the component's bytes, as keybust names versions.
+    pub component_digest: String,
+}
+
+/// Pulls, resolves and pushes components; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    credentials: Credentials,
+    insecure: Vec<String>,
+    timeout: Duration,
+}
+
+impl Registry {
+    /// A client for `reference`'s registry: HTTPS unless the registry is
+    /// on loopback or named insecure.
+    fn client(&self, reference: &OciReference) -> oci_client::Client {
+        let mut plain = self.insecure.clone();
+        if reference.is_loopback() {
+            plain.push(reference.registry().to_owned());
+        }
+        oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain),
+            connect_timeout: Some(self.timeout.min(Duration::from_secs(10))),
+            read_timeout: Some(self.timeout),
+            ..ClientConfig::default()
+        })
+    }
+
+    fn auth(&self, reference: &OciReference) -> Result<RegistryAuth, RegistryError> {
+        Ok(self.credentials.for_registry(reference.registry())?)
+    }
+
+    /// Runs `exchange` within the registry timeout.
+    async fn bounded<T>(
+        &self,
+        reference: &OciReference,
+        exchange: impl Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| RegistryError::TimedOut {
+                reference: reference.to_string(),
+                timeout: self.timeout,
+            })?
+    }
+
+    /// The digest of the manifest `reference` names now: its pin, or what
+    /// its tag points to (one `HEAD` request).
+    pub async fn resolve(&self, reference: &OciReference) -> Result<String, RegistryError> {
+        if let Some(digest) = reference.pinned_digest() {
+            return Ok(digest.to_owned());
+        }
+        let auth = self.auth(reference)?;
+        let client = self.client(reference);
+        self.bounded(reference, async {
+            client
+                .fetch_manifest_digest(reference.oci(), &auth)
+                .await
+                .map_err(|source| RegistryError::Registry {
+                    reference: reference.to_string(),
+                    source,
+                })
+        })
+        .await
+    }
+
+    /// Pulls the component `reference` names, through the manifest with
+    /// `digest` when given (what [`Registry::resolve`] found), and checks
+    /// it: the manifest against the digest it was asked by, its layout,
+    /// the component's size and its digest.
+    pub async fn pull(
+        &self,
+        reference: &OciReference,
+        digest: Option<&str>,
+    ) -> Result<Pulled, RegistryError> {
+        let auth = self.auth(reference)?;
+        let client = self.client(reference);
+        let expected = digest.or(reference.pinned_digest());
+        let by = match expected {
+            Some(digest) => reference.pinned_to(digest),
+            None => reference.oci().clone(),
+        };
+        self.bounded(reference, async {
+            let registry_error = |source| RegistryError::Registry {
+                reference: reference.to_string(),
+                source,
+            };
+            let not_a_component = |reason: String| RegistryError::NotAComponent {
+                reference: reference.to_string(),
+                reason,
+            };
+            let (raw, _) = client
+                .pull_manifest_raw(&by, &auth, &[OCI_IMAGE_MEDIA_TYPE])
+                .await
+                .map_err(registry_error)?;
+            if raw.len() > MAX_MANIFEST_BYTES {
+                return Err(not_a_component("the manifest is too large".into()));
+            }
+            let manifest_digest = format!("sha256:{}", hex_digest(&raw));
+            if let Some(expected) = expected
+                && manifest_digest != expected
+            {
+                return Err(RegistryError::DigestMismatch {
+                    reference: reference.to_string(),
+                    what: "manifest",
+                    expected: expected.to_owned(),
+                    actual: manifest_digest,
+                });
+            }
+            let manifest: OciImageManifest = serde_json::from_slice(&raw)
+                .map_err(|err| not_a_component(format!("not an image manifest: {err}")))?;
+            if manifest.config.media_type != oci_wasm::WASM_MANIFEST_CONFIG_MEDIA_TYPE {
+                return Err(not_a_component(format!(
+                    "its config is {}, not {}",
+                    manifest.config.media_type,
+                    oci_wasm::WASM_MANIFEST_CONFIG_MEDIA_TYPE
+                )));
+            }
+            let [layer] = manifest.layers.as_slice() else {
+                return Err(not_a_component(format!(
+                    "{} layers, not one",
+                    manifest.layers.len()
+                )));
+            };
+            if layer.media_type != oci_wasm::WASM_LAYER_MEDIA_TYPE {
+                return Err(not_a_component(format!(
+                    "its layer is {}, not {}",
+                    layer.media_type,
+                    oci_wasm::WASM_LAYER_MEDIA_TYPE
+                )));
+            }
+            if u64::try_from(layer.size).map_or(true, |size| size > MAX_COMPONENT_BYTES) {
+                return Err(RegistryError::TooLarge {
+                    reference: reference.to_string(),
+                });
+            }
+            let mut stream = client
+                .pull_blob_stream(&by, layer)
+                .await
+                .map_err(registry_error)?
+                .stream;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|err| {
+                    // oci-client checks the digest at the stream's end.
+                    match err
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
+                    {
+                        Some(oci_client::errors::DigestError::VerificationError {
+                            expected,
+                            actual,
+                        }) => RegistryError::DigestMismatch {
+                            reference: reference.to_string(),
+                            what: "component",
+                            expected: expected.clone(),
+                            actual: actual.clone(),
+                        },
+                        _ => registry_error(err.into()),
+                    }
+                })?;
+                if (bytes.len() + chunk.len()) as u64 > MAX_COMPONENT_BYTES {
+                    return Err(RegistryError::TooLarge {
+                        reference: reference.to_string(),
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            let actual = format!("sha256:{}", hex_digest(&bytes));
+            if actual != layer.digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: reference.to_string(),
+                    what: "component",
+                    expected: layer.digest.clone(),
+                    actual,
+                });
+            }
+            Ok(Pulled {
+                bytes,
+                manifest_digest,
+            })
+        })
+        .await
+    }
+
+    /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
+    /// artifact layout.
+    pub async fn push(
+        &self,
+        reference: &OciReference,
+        bytes: Vec<u8>,
+    ) -> Result<Pushed, RegistryError> {
+        let component_digest = hex_digest(&bytes);
+        let (config, layer) = oci_wasm::WasmConfig::from_raw_component(bytes, None)
+            .map_err(RegistryError::Unpublishable)?;
+        let auth = self.auth(reference)?;
+        let client = oci_wasm::WasmClient::new(self.client(reference));
+        self.bounded(reference, async {
+            client
+                .push(reference.oci(), &auth, layer, config, None)
+                .await
+                .map_err(|source| RegistryError::Push {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+            let manifest_digest = client
+                .fetch_manifest_digest(reference.oci(), &auth)
+                .await
+                .map_err(|source| RegistryError::Registry {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+            Ok(Pushed {
+                manifest_digest,
+                component_digest,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,315 @@
+//! Fleets: components published to a real OCI registry with `keybust
+//! component push`, checked with `keybust component check`, pulled at
+//! start, pinned by digest, followed by every instance, and swapped in by
+//! reference through the admin API.
+
+use crate::support::registry::OciRegistry;
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use keybust::artifacts::hex_digest;
+use keybust::plugin::EMBEDDED_COMPONENT;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const ADMIN_TOKEN: &str = "test-admin-token-fleet";
+
+fn variant(tag: &str) -> Vec<u8> {
+    support::variant(EMBEDDED_COMPONENT, tag)
+}
+
+/// An empty component: valid, but it serves nothing.
+const OTHER_WORLD: &[u8] = b"\0asm\x0d\0\x01\0";
+
+/// Runs `keybust component ARGS`, with no registry credentials.
+fn keybust_component(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::process::binary())
+        .arg("component")
+        .args(args)
+        .env_clear()
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+/// `keybust component push FILE REFERENCE` of `bytes`; its stdout.
+fn push(dir: &Path, bytes: &[u8], reference: &str) -> String {
+    let file = dir.join(format!("{}.wasm", &hex_digest(bytes)[..12]));
+    std::fs::write(&file, bytes).unwrap();
+    let output = keybust_component(&["push", file.to_str().unwrap(), reference]);
+    assert!(
+        output.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The manifest digest a push printed.
+fn manifest_digest(pushed: &str) -> String {
+    pushed
+        .lines()
+        .find_map(|line| line.strip_prefix("manifest "))
+        .expect("push prints the manifest digest")
+        .to_owned()
+}
+
+async fn serving(stack: &Stack) -> Value {
+    let text = reqwest::get(stack.keybust.admin_url("/admin/component"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// keybust with the admin token and `args`.
+async fn serve_with(args: &[&str]) -> Stack {
+    let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    args.extend(["--admin-token".to_owned(), ADMIN_TOKEN.to_owned()]);
+    let options = Options {
+        args,
+        env: vec![("DOCKER_CONFIG", "/nonexistent".to_owned())],
+        ..Options::default()
+    };
+    Stack::with(Backend::Embedded, options).await
+}
+
+/// keybust serving `component`, with `extra` arguments.
+async fn serve(component: &str, extra: &[&str]) -> Stack {
+    let mut args = vec!["--component", component];
+    args.extend_from_slice(extra);
+    serve_with(&args).await
+}
+
+/// Three instances follow one tag under load: a new push reaches all three
+/// within 5 s with no failed request; broken pushes (bytes that are not a
+/// component, a component for another world) leave all three serving, and
+/// each one logs and counts the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_a_tag() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let tag = registry.reference("keybust/endpoint:stable");
+    push(files.path(), EMBEDDED_COMPONENT, &tag);
+
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(serve(&tag, &["--follow-interval", "1s"]).await);
+    }
+    for stack in &fleet {
+        assert_eq!(
+            serving(stack).await["digest"],
+            hex_digest(EMBEDDED_COMPONENT)
+        );
+        assert_eq!(serving(stack).await["source"], tag);
+    }
+    let fleet = Arc::new(fleet);
+
+    // 16 connections keep sending valid requests across the fleet.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let (fleet, stop, failures, sent) =
+            (fleet.clone(), stop.clone(), failures.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            let stack = &fleet[client % 3];
+            while !stop.load(Ordering::Relaxed) {
+                let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if answer.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let next = variant("fleet-v2");
+    let pushed_at = Instant::now();
+    push(files.path(), &next, &tag);
+    for stack in fleet.iter() {
+        while serving(stack).await["digest"] != hex_digest(&next) {
+            assert!(
+                pushed_at.elapsed() < Duration::from_secs(5),
+                "an instance did not follow within 5 s:\n{}",
+                stack.keybust.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Broken pushes, one after the other: each instance refuses each.
+    for (what, bytes) in [
+        ("not a component", b"definitely not wasm".to_vec()),
+        ("another world", OTHER_WORLD.to_vec()),
+    ] {
+        registry
+            .push_unchecked("keybust/endpoint", "stable", bytes)
+            .await;
+        let refusals = if what == "not a component" { 1 } else { 2 };
+        for stack in fleet.iter() {
+            stack
+                .wait_for_metric(&format!(
+                    "keybust_follow_polls_total{{result=\"refused\"}} {refusals}"
+                ))
+                .await;
+            assert_eq!(serving(stack).await["digest"], hex_digest(&next), "{what}");
+        }
+    }
+    // Refused versions are not tried again while the tag stays put.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for stack in fleet.iter() {
+        let metrics = stack.metrics().await;
+        assert!(
+            metrics.contains("keybust_follow_polls_total{result=\"refused\"} 2\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("keybust_follow_polls_total{result=\"unchanged\"}"));
+        let logs = stack.keybust.logs();
+        assert!(logs.contains("not a valid component"), "{logs}");
+        assert!(logs.contains("does not fit"), "{logs}");
+        assert!(logs.contains("the followed tag's new version is refused"));
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(sent.load(Ordering::Relaxed) > 100, "the load did not run");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
+}
+
+/// A digest-pinned reference serves exactly those bytes; bytes that do not
+/// match the digest that names them are refused at start, by `check`, and
+/// by the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_reference_is_checked_against_the_bytes_pulled() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let tag = registry.reference("keybust/pinned:v1");
+    let pushed = push(files.path(), EMBEDDED_COMPONENT, &tag);
+    let manifest = manifest_digest(&pushed);
+    let pinned = registry.reference(&format!("keybust/pinned@{manifest}"));
+
+    let stack = serve(&pinned, &[]).await;
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+    let check = keybust_component(&["check", &pinned]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The registry's copy of the component goes bad (same length).
+    let blob = registry.blob_path(&format!("sha256:{}", hex_digest(EMBEDDED_COMPONENT)));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let check = keybust_component(&["check", &pinned]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("digest mismatch"));
+
+    let answer = Answer::of(
+        stack
+            .http
+            .put(stack.keybust.admin_url("/admin/component"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "reference": pinned }).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(answer.body.contains("digest mismatch"), "{}", answer.body);
+
+    let output = std::process::Command::new(support::process::binary())
+        .args(["serve", "--component", &pinned])
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", files.path().join("fresh-state"))
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("digest mismatch"), "{stderr}");
+    assert!(
+        stderr.contains("no earlier version of it is recorded"),
+        "{stderr}"
+    );
+}
+
+/// `check` and `push` gate a rollout: a component for another world is
+/// refused by both, with the reason, and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_push_refuse_what_a_swap_would() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let good = files.path().join("good.wasm");
+    std::fs::write(&good, EMBEDDED_COMPONENT).unwrap();
+    let bad = files.path().join("bad.wasm");
+    std::fs::write(&bad, OTHER_WORLD).unwrap();
+
+    let ok = keybust_component(&["check", good.to_str().unwrap()]);
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(&hex_digest(EMBEDDED_COMPONENT)));
+    let refused = keybust_component(&["check", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not fit"));
+
+    let tag = registry.reference("keybust/gate:v1");
+    let refused = keybust_component(&["push", bad.to_str().unwrap(), &tag]);
+    assert_eq!(refused.status.code(), Some(1));
+    let check = keybust_component(&["check", &tag]);
+    assert!(!check.status.success(), "nothing was published");
+}
+
+/// The admin API swaps in a component named by reference, on one instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_pulls_a_reference() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let next = variant("by-reference");
+    let tag = registry.reference("keybust/admin:v2");
+    push(files.path(), &next, &tag);
+    let stack = serve_with(&[]).await;
+    let answer = Answer::of(
+        stack
+            .http
+            .put(stack.keybust.admin_url("/admin/component"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "reference": tag }).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let now = serving(&stack).await;
+    assert_eq!(now["digest"], hex_digest(&next));
+    assert_eq!(now["source"], tag);
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+}

@@ -1,0 +1,117 @@
+//! A real OCI registry: Debian's `docker-registry` (CNCF distribution),
+//! on a free loopback port with its storage in a temporary directory; and
+//! a publisher that pushes what `keybust component push` refuses to, the
+//! way another tool (or a mistake) could.
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct OciRegistry {
+    pub port: u16,
+    child: Child,
+    storage: tempfile::TempDir,
+}
+
+impl OciRegistry {
+    pub fn start() -> Self {
+        let storage = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry must be installed: run scripts/test.sh, which installs it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OciRegistry {
+            port,
+            child,
+            storage,
+        }
+    }
+
+    /// `oci://127.0.0.1:PORT/{repository}`.
+    pub fn reference(&self, repository_and_tag: &str) -> String {
+        format!("oci://127.0.0.1:{}/{repository_and_tag}", self.port)
+    }
+
+    /// The file the registry keeps a blob's bytes in.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.storage
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Publishes `bytes` at `repository:tag` as a wasm artifact (one
+    /// `application/wasm` layer, a wasm config) without checking them.
+    pub async fn push_unchecked(&self, repository: &str, tag: &str, bytes: Vec<u8>) {
+        let reference = oci_client::Reference::with_tag(
+            format!("127.0.0.1:{}", self.port),
+            repository.to_owned(),
+            tag.to_owned(),
+        );
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let digest = format!("sha256:{}", keybust::artifacts::hex_digest(&bytes));
+        let layers = vec![ImageLayer::new(bytes, "application/wasm".to_owned(), None)];
+        let config = Config::new(
+            serde_json::json!({
+                "created": "2026-11-29T00:00:00Z",
+                "architecture": "wasm",
+                "os": "wasip2",
+                "layerDigests": [digest],
+            })
+            .to_string()
+            .into_bytes(),
+            "application/vnd.wasm.config.v0+json".to_owned(),
+            None,
+        );
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
+        client
+            .push(
+                &reference,
+                &layers,
+                config,
+                &RegistryAuth::Anonymous,
+                Some(manifest),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
