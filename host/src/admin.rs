@@ -16,7 +16,7 @@
 use crate::body::{ResponseBody, json_response};
 use crate::config::Secret;
 use crate::endpoint::Endpoint;
-use crate::registry::{OciReference, Registry, RegistryError};
+use crate::registry::{OciReference, Registry};
 use crate::slot::Version;
 use bytes::Bytes;
 use http::Method;
@@ -212,8 +212,31 @@ async fn put_component(
     let (bytes, source) = if json {
         match pull_reference(policy, &body).await {
             Ok(pulled) => pulled,
-            Err(refusal) => return (refusal, None),
+            Err(refusal) => {
+                if refusal.status() == 422 {
+                    endpoint.capabilities().metrics.swap(false, None);
+                }
+                return (refusal, None);
+            }
         }
+    } else if policy
+        .registry
+        .as_ref()
+        .is_some_and(Registry::requires_signatures)
+    {
+        endpoint.capabilities().metrics.swap(false, None);
+        let digest = crate::artifacts::hex_digest(&body);
+        tracing::error!(
+            digest,
+            "admin upload refused: --verify-key needs a signed component pulled by reference"
+        );
+        return (
+            error(
+                422,
+                r#"--verify-key needs signed components: PUT {"reference": "oci://…"} instead of the bytes"#,
+            ),
+            Some(digest),
+        );
     } else {
         (body.to_vec(), "admin".to_owned())
     };
@@ -264,7 +287,7 @@ async fn pull_reference(
     };
     match registry.pull(&reference, None).await {
         Ok(pulled) => Ok((pulled.bytes, reference.to_string())),
-        Err(err @ (RegistryError::Registry { .. } | RegistryError::TimedOut { .. })) => {
+        Err(err) if err.is_transient() => {
             tracing::error!(error = %err, "admin pull failed; the current component keeps serving");
             Err(error(502, &err.to_string()))
         }

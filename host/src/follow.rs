@@ -11,7 +11,7 @@
 //! again at the next poll. The serving version keeps serving throughout.
 
 use crate::endpoint::Endpoint;
-use crate::registry::{OciReference, Registry, RegistryError};
+use crate::registry::{OciReference, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +90,7 @@ impl Follower {
         }
         let pulled = match self.registry.pull(&self.reference, Some(&digest)).await {
             Ok(pulled) => pulled,
-            Err(err @ (RegistryError::Registry { .. } | RegistryError::TimedOut { .. })) => {
+            Err(err) if err.is_transient() => {
                 tracing::warn!(reference = %self.reference, error = %err, "cannot pull the followed tag's new version; trying again at the next poll");
                 return PollResult::Failed;
             }

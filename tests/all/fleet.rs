@@ -313,3 +313,212 @@ async fn the_admin_api_pulls_a_reference() {
         .await
         .assert_json(200, r#"{"ok":true}"#);
 }
+
+/// A fresh ECDSA P-256 key pair in `dir`: `NAME.key` (PKCS#8 PEM, as
+/// `cosign import-key-pair` takes) and `NAME.pub` (the public key, PEM).
+fn key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+    let public = pair.public_key().as_der().unwrap();
+    let private_path = dir.join(format!("{name}.key"));
+    let public_path = dir.join(format!("{name}.pub"));
+    std::fs::write(
+        &private_path,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())),
+    )
+    .unwrap();
+    std::fs::write(
+        &public_path,
+        pem::encode(&pem::Pem::new("PUBLIC KEY", public.as_ref().to_vec())),
+    )
+    .unwrap();
+    (private_path, public_path)
+}
+
+/// `keybust component push --sign-key KEY` of `bytes`.
+fn push_signed(dir: &Path, bytes: &[u8], reference: &str, key: &Path) {
+    let file = dir.join(format!("{}.wasm", &hex_digest(bytes)[..12]));
+    std::fs::write(&file, bytes).unwrap();
+    let output = keybust_component(&[
+        "push",
+        file.to_str().unwrap(),
+        reference,
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "signed push failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("(signed)"));
+}
+
+/// With `--verify-key`, a component serves only with a cosign signature by
+/// that key over its manifest digest: unsigned ones and ones signed by
+/// another key are refused, logged and counted; uploads of bytes, which
+/// cannot be verified, are refused; a correctly signed one serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_verify_key_only_signed_components_serve() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let (theirs, _) = key_pair(files.path(), "theirs");
+    let signed = variant("signed");
+    let unsigned = variant("unsigned");
+    let stranger = variant("signed-by-another-key");
+    let signed_tag = registry.reference("keybust/endpoint:signed");
+    let unsigned_tag = registry.reference("keybust/endpoint:unsigned");
+    let stranger_tag = registry.reference("keybust/endpoint:stranger");
+    push_signed(files.path(), &signed, &signed_tag, &ours);
+    push(files.path(), &unsigned, &unsigned_tag);
+    push_signed(files.path(), &stranger, &stranger_tag, &theirs);
+
+    let stack = serve_with(&["--verify-key", our_public.to_str().unwrap()]).await;
+    let put_reference = |reference: String| {
+        let stack = &stack;
+        async move {
+            Answer::of(
+                stack
+                    .http
+                    .put(stack.keybust.admin_url("/admin/component"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "reference": reference }).to_string())
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    for (what, tag) in [("unsigned", &unsigned_tag), ("another key", &stranger_tag)] {
+        let answer = put_reference(tag.clone()).await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.body);
+        assert!(
+            answer.body.contains("no valid signature"),
+            "{what}: {}",
+            answer.body
+        );
+        assert_eq!(
+            serving(&stack).await["digest"],
+            hex_digest(EMBEDDED_COMPONENT),
+            "{what}"
+        );
+    }
+    let upload = Answer::of(
+        stack
+            .http
+            .put(stack.keybust.admin_url("/admin/component"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(signed.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(upload.status, 422, "{}", upload.body);
+    stack
+        .wait_for_metric("keybust_component_swaps_total{result=\"failed\"} 3")
+        .await;
+    assert!(stack.keybust.logs().contains("admin pull refused"));
+
+    let answer = put_reference(signed_tag.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&signed));
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+
+    // An unsigned component does not start a fresh instance either.
+    let output = std::process::Command::new(support::process::binary())
+        .args(["serve", "--component", &unsigned_tag, "--verify-key"])
+        .arg(&our_public)
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", files.path().join("fresh-state"))
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no valid signature"), "{stderr}");
+}
+
+/// A registry that wants a login gets it from KEYBUST_REGISTRY_USERNAME and
+/// KEYBUST_REGISTRY_PASSWORD, or from a docker config.json; without either,
+/// it refuses, and keybust says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_come_from_the_environment_or_a_docker_config() {
+    let registry = tokio::task::spawn_blocking(|| {
+        OciRegistry::start_with_login(Some(("deployer", "s3cret-registry-pw")))
+    })
+    .await
+    .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("endpoint.wasm");
+    std::fs::write(&file, EMBEDDED_COMPONENT).unwrap();
+    let tag = registry.reference("keybust/private:v1");
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        std::process::Command::new(support::process::binary())
+            .args(args)
+            .env_clear()
+            .env("DOCKER_CONFIG", "/nonexistent")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    };
+
+    let anonymous = run(&["component", "push", file.to_str().unwrap(), &tag], &[]);
+    assert!(
+        !anonymous.status.success(),
+        "an anonymous push must be refused"
+    );
+    let login = [
+        ("KEYBUST_REGISTRY_USERNAME", "deployer".to_owned()),
+        ("KEYBUST_REGISTRY_PASSWORD", "s3cret-registry-pw".to_owned()),
+    ];
+    let pushed = run(&["component", "push", file.to_str().unwrap(), &tag], &login);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    // `docker login` writes base64("user:password") under the registry's host.
+    let docker = files.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let host = format!("127.0.0.1:{}", registry.port);
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({
+            "auths": { host: { "auth": base64_login("deployer", "s3cret-registry-pw") } }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let checked = run(
+        &["component", "check", &tag],
+        &[("DOCKER_CONFIG", docker.display().to_string())],
+    );
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let refused = run(&["component", "check", &tag], &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!stderr.contains("s3cret-registry-pw"), "{stderr}");
+}
+
+fn base64_login(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}

@@ -8,13 +8,17 @@
 //! gives it, and its size against the bound a swap has. Registries are
 //! reached over HTTPS, except those on loopback and those named in
 //! `--insecure-registry`. Every exchange with a registry is bounded by
-//! `--registry-timeout`.
+//! `--registry-timeout`. With `--verify-key`, a component is pulled only
+//! when a cosign signature by that key names its manifest digest
+//! ([`VerifyKey`]).
 
 mod credentials;
 mod reference;
+mod signatures;
 
 pub use self::credentials::{Credentials, CredentialsError};
 pub use self::reference::{ComponentSource, InvalidReference, OCI_SCHEME, OciReference};
+pub use self::signatures::{SignatureError, VerifyKey};
 
 use crate::artifacts::hex_digest;
 use crate::config::{ConfigError, Secret, parse_duration};
@@ -56,6 +60,14 @@ pub struct RegistryArgs {
     /// Time one pull, resolve or push may take.
     #[arg(long, env = "KEYBUST_REGISTRY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub registry_timeout: Duration,
+
+    /// Public key (PEM, as `cosign generate-key-pair` writes cosign.pub;
+    /// ECDSA P-256 or Ed25519) that must have signed every component:
+    /// pulled ones need its cosign signature over their manifest digest,
+    /// and components that are not pulled (files, uploads) are refused
+    /// [default: signatures are not checked].
+    #[arg(long, env = "KEYBUST_VERIFY_KEY")]
+    pub verify_key: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -75,7 +87,15 @@ impl RegistryArgs {
             .docker_config
             .clone()
             .or_else(|| dirs::home_dir().map(|home| home.join(".docker")));
+        let verify_key = match &self.verify_key {
+            Some(path) => Some(
+                VerifyKey::load(path)
+                    .map_err(|err| ConfigError::invalid("KEYBUST_VERIFY_KEY", err.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Registry {
+            verify_key,
             credentials: Credentials {
                 login,
                 docker_config,
@@ -139,6 +159,14 @@ pub enum RegistryError {
         /// The reference.
         reference: String,
     },
+    /// The signature check failed, or signing did.
+    #[error("{reference}: {source}")]
+    Signature {
+        /// The reference.
+        reference: String,
+        /// Why.
+        source: SignatureError,
+    },
     /// The bytes to push are not a component.
     #[error("not a component that can be published: {0:#}")]
     Unpublishable(anyhow::Error),
@@ -150,6 +178,22 @@ pub enum RegistryError {
         /// Why.
         source: anyhow::Error,
     },
+}
+
+impl RegistryError {
+    /// Whether trying again later may work: the registry could not be
+    /// reached or asked, as opposed to what it holds being refused.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Registry { .. }
+                | RegistryError::TimedOut { .. }
+                | RegistryError::Signature {
+                    source: SignatureError::Registry(_),
+                    ..
+                }
+        )
+    }
 }
 
 /// A component pulled from a registry and checked.
@@ -174,20 +218,34 @@ pub struct Pushed {
 #[derive(Debug, Clone)]
 pub struct Registry {
     credentials: Credentials,
+    /// The key components must be signed with, when one is set.
+    verify_key: Option<VerifyKey>,
     insecure: Vec<String>,
     timeout: Duration,
 }
 
 impl Registry {
-    /// A client for `reference`'s registry: HTTPS unless the registry is
-    /// on loopback or named insecure.
-    fn client(&self, reference: &OciReference) -> oci_client::Client {
+    /// Whether every component must be signed (`--verify-key`): then only
+    /// pulled components, whose signature is checked, may serve.
+    pub fn requires_signatures(&self) -> bool {
+        self.verify_key.is_some()
+    }
+
+    /// The registries reached over plain HTTP for `reference`: those named
+    /// insecure, and its own when it is on loopback.
+    fn plain_http(&self, reference: &OciReference) -> Vec<String> {
         let mut plain = self.insecure.clone();
         if reference.is_loopback() {
             plain.push(reference.registry().to_owned());
         }
+        plain
+    }
+
+    /// A client for `reference`'s registry: HTTPS unless the registry is
+    /// on loopback or named insecure.
+    fn client(&self, reference: &OciReference) -> oci_client::Client {
         oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
+            protocol: ClientProtocol::HttpsExcept(self.plain_http(reference)),
             connect_timeout: Some(self.timeout.min(Duration::from_secs(10))),
             read_timeout: Some(self.timeout),
             ..ClientConfig::default()
@@ -275,6 +333,20 @@ impl Registry {
                     actual: manifest_digest,
                 });
             }
+            if let Some(key) = &self.verify_key {
+                key.verify(
+                    sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
+                    cosign_auth(&auth),
+                    reference.registry(),
+                    reference.oci().repository(),
+                    &manifest_digest,
+                )
+                .await
+                .map_err(|source| RegistryError::Signature {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+            }
             let manifest: OciImageManifest = serde_json::from_slice(&raw)
                 .map_err(|err| not_a_component(format!("not an image manifest: {err}")))?;
             if manifest.config.media_type != oci_wasm::WASM_MANIFEST_CONFIG_MEDIA_TYPE {
@@ -352,11 +424,13 @@ impl Registry {
     }
 
     /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
-    /// artifact layout.
+    /// artifact layout, and signs its manifest digest with `sign_key`
+    /// (and its password) when given.
     pub async fn push(
         &self,
         reference: &OciReference,
         bytes: Vec<u8>,
+        sign_key: Option<(&std::path::Path, Option<&Secret>)>,
     ) -> Result<Pushed, RegistryError> {
         let component_digest = hex_digest(&bytes);
         let (config, layer) = oci_wasm::WasmConfig::from_raw_component(bytes, None)
@@ -378,11 +452,100 @@ impl Registry {
                     reference: reference.to_string(),
                     source,
                 })?;
+            if let Some((key, password)) = sign_key {
+                signatures::sign(
+                    sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
+                    cosign_auth(&auth),
+                    reference.registry(),
+                    reference.oci().repository(),
+                    &manifest_digest,
+                    key,
+                    password,
+                )
+                .await
+                .map_err(|source| RegistryError::Signature {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+            }
             Ok(Pushed {
                 manifest_digest,
                 component_digest,
             })
         })
         .await
+    }
+}
+
+/// The same credentials for sigstore's registry client (which links
+/// another oci-client release).
+fn cosign_auth(auth: &RegistryAuth) -> sigstore::registry::Auth {
+    match auth {
+        RegistryAuth::Anonymous => sigstore::registry::Auth::Anonymous,
+        RegistryAuth::Basic(user, password) => {
+            sigstore::registry::Auth::Basic(user.clone(), password.clone())
+        }
+        RegistryAuth::Bearer(token) => sigstore::registry::Auth::Bearer(token.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    }
+
+    fn registry(args: &[&str]) -> Result<Registry, ConfigError> {
+        let mut argv = vec!["keybust"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("parses")
+            .registry
+            .registry()
+    }
+
+    fn reference(text: &str) -> OciReference {
+        OciReference::parse(text).unwrap()
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_named_registries() {
+        let named = registry(&["--insecure-registry", "registry.lan:5000, other.lan"]).unwrap();
+        assert_eq!(
+            named.plain_http(&reference("oci://ghcr.io/acme/k:v1")),
+            ["registry.lan:5000", "other.lan"]
+        );
+        assert!(
+            named
+                .plain_http(&reference("oci://127.0.0.1:5000/k:v1"))
+                .contains(&"127.0.0.1:5000".to_owned())
+        );
+        let strict = registry(&[]).unwrap();
+        assert!(
+            strict
+                .plain_http(&reference("oci://ghcr.io/acme/k:v1"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_login_needs_both_halves_and_a_verify_key_must_be_a_key() {
+        assert!(registry(&["--registry-username", "ci"]).is_err());
+        assert!(registry(&["--registry-username", "ci", "--registry-password", "pw"]).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_key = dir.path().join("cosign.pub");
+        std::fs::write(
+            &not_a_key,
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let err = registry(&["--verify-key", not_a_key.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("KEYBUST_VERIFY_KEY"), "{err}");
+        assert!(!registry(&[]).unwrap().requires_signatures());
     }
 }

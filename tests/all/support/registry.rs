@@ -18,7 +18,25 @@ pub struct OciRegistry {
 
 impl OciRegistry {
     pub fn start() -> Self {
+        Self::start_with_login(None)
+    }
+
+    /// A registry that takes pushes and pulls only from `user` with
+    /// `password` (HTTP basic, checked against an htpasswd file).
+    pub fn start_with_login(login: Option<(&str, &str)>) -> Self {
         let storage = tempfile::tempdir().unwrap();
+        let auth = match login {
+            Some((user, password)) => {
+                let htpasswd = storage.path().join("htpasswd");
+                let hash = bcrypt::hash(password, 4).unwrap();
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: keybust-tests\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))
             .unwrap()
             .local_addr()
@@ -28,7 +46,7 @@ impl OciRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage.path().join("data").display()
             ),
         )

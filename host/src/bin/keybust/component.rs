@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 use keybust::capabilities::{Capabilities, Settings};
+use keybust::config::Secret;
 use keybust::limits::Limits;
 use keybust::plugin::{MAX_COMPONENT_BYTES, Plugin};
 use keybust::registry::{ComponentSource, OciReference, RegistryArgs};
@@ -17,11 +18,11 @@ pub enum ComponentCommand {
     /// Check a component (it must pass `check`) and publish it at an
     /// oci:// tag, in the wasm artifact layout `wkg oci push` writes; print
     /// the manifest digest to pin and the component's digest.
-    Push(PushArgs),
+    Push(Box<PushArgs>),
     /// Run exactly the checks a swap runs (compile, world check, one
     /// instantiation), serving nothing: exit 0 when the component would be
     /// accepted, 1 with the reason when not.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
 }
 
 #[derive(clap::Args)]
@@ -31,6 +32,16 @@ pub struct PushArgs {
 
     /// Where to publish it: oci://REGISTRY/REPOSITORY:TAG.
     reference: String,
+
+    /// Private key to sign the published manifest digest with, as `cosign
+    /// sign --key` does (PKCS#8 PEM, or a cosign key; ECDSA P-256 or
+    /// Ed25519) [default: unsigned].
+    #[arg(long, env = "KEYBUST_SIGN_KEY")]
+    sign_key: Option<PathBuf>,
+
+    /// Password of an encrypted --sign-key.
+    #[arg(long, env = "COSIGN_PASSWORD", hide_env_values = true)]
+    sign_key_password: Option<String>,
 
     #[command(flatten, next_help_heading = "Registry")]
     registry: RegistryArgs,
@@ -77,9 +88,12 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             let registry = args.registry.registry()?;
-            let pushed = registry.push(&reference, bytes).await?;
+            let password = args.sign_key_password.map(Secret::new);
+            let sign_key = args.sign_key.as_deref().map(|key| (key, password.as_ref()));
+            let pushed = registry.push(&reference, bytes, sign_key).await?;
             println!(
-                "pushed {reference}\nmanifest {}\ncomponent sha256:{}\npin it as oci://{}/{}@{}",
+                "pushed {reference}{}\nmanifest {}\ncomponent sha256:{}\npin it as oci://{}/{}@{}",
+                if sign_key.is_some() { " (signed)" } else { "" },
                 pushed.manifest_digest,
                 pushed.component_digest,
                 reference.registry(),

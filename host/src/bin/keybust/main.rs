@@ -260,6 +260,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let source = ComponentSource::parse(args.component.as_deref())?;
     let followed = followed_tag(&source, args.follow_interval)?;
     let registry = args.registry.registry().context("invalid configuration")?;
+    if registry.requires_signatures() && matches!(source, ComponentSource::File(_)) {
+        anyhow::bail!(
+            "--verify-key needs signed components: a file cannot be verified; serve an oci:// reference"
+        );
+    }
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     let (endpoint, manifest) =
         new_endpoint(capabilities, &source, Some(&registry), &args.common).await?;
