@@ -23,6 +23,7 @@ use http::Method;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 pub use crate::plugin::MAX_COMPONENT_BYTES;
@@ -103,7 +104,7 @@ pub struct AdminPolicy {
 /// every refused one, leaves one audit line (target `keybust::audit`):
 /// peer, action, digest, outcome.
 pub async fn handle(
-    endpoint: &Endpoint,
+    endpoint: &Arc<Endpoint>,
     policy: &AdminPolicy,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
@@ -134,7 +135,7 @@ pub async fn handle(
 
 /// The answer, and the digest a swap or rollback concerned.
 async fn answer(
-    endpoint: &Endpoint,
+    endpoint: &Arc<Endpoint>,
     policy: &AdminPolicy,
     peer: Option<std::net::SocketAddr>,
     request: hyper::Request<Incoming>,
@@ -188,7 +189,7 @@ async fn answer(
 /// (`Content-Type: application/json`), `{"reference": "oci://…"}` naming
 /// one to pull.
 async fn put_component(
-    endpoint: &Endpoint,
+    endpoint: &Arc<Endpoint>,
     policy: &AdminPolicy,
     request: hyper::Request<Incoming>,
 ) -> (hyper::Response<ResponseBody>, Option<String>) {
@@ -209,6 +210,11 @@ async fn put_component(
             return (error(413, &message), None);
         }
     };
+    let signed = json
+        && policy
+            .registry
+            .as_ref()
+            .is_some_and(Registry::requires_signatures);
     let (bytes, source) = if json {
         match pull_reference(policy, &body).await {
             Ok(pulled) => pulled,
@@ -241,7 +247,22 @@ async fn put_component(
         (body.to_vec(), "admin".to_owned())
     };
     let digest = crate::artifacts::hex_digest(&bytes);
-    match endpoint.slot().replace(bytes, source).await {
+    // The swap runs to its end (history record included) even if the
+    // client hangs up meanwhile.
+    let slot_owner = endpoint.clone();
+    let swapped = tokio::spawn(async move {
+        slot_owner
+            .slot()
+            .replace_signed(bytes, source, signed)
+            .await
+    })
+    .await
+    .unwrap_or_else(|join| {
+        Err(crate::plugin::LoadError::Compile(
+            wasmtime::Error::from(join).context("the swap did not finish"),
+        ))
+    });
+    match swapped {
         Ok(swapped) => (
             component_json(
                 endpoint,

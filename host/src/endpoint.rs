@@ -34,6 +34,9 @@ pub struct EndpointConfig {
     /// Directory where accepted versions are recorded, so a swap survives
     /// a restart ([`History`]); none: every start serves what it is given.
     pub history_dir: Option<PathBuf>,
+    /// Restore from the history only versions whose signature was checked
+    /// (and the embedded one): set when `--verify-key` is.
+    pub signed_only: bool,
     /// Bounds on guests, requests and connections.
     pub limits: Limits,
 }
@@ -46,6 +49,7 @@ impl Default for EndpointConfig {
             artifact_key: None,
             cache_max_bytes: crate::artifacts::DEFAULT_MAX_BYTES,
             history_dir: None,
+            signed_only: false,
             limits: Limits::default(),
         }
     }
@@ -70,6 +74,18 @@ impl EndpointConfig {
             }
         }
     }
+}
+
+/// The configured component (`--component`) as it reads at start.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    /// Its label: `embedded`, the file path, the `oci://` reference; the
+    /// history is kept under it.
+    pub source: String,
+    /// Its bytes; none when it cannot be read now.
+    pub bytes: Option<Vec<u8>>,
+    /// Whether they were pulled with their signature checked.
+    pub signed: bool,
 }
 
 /// Why an endpoint could not be built.
@@ -327,18 +343,27 @@ impl Endpoint {
         source: String,
         config: &EndpointConfig,
     ) -> Result<Self, EndpointError> {
-        Self::load_configured(capabilities, source, Some(bytes), config).await
+        let configured = Configured {
+            source,
+            bytes: Some(bytes),
+            signed: false,
+        };
+        Self::load_configured(capabilities, configured, config).await
     }
 
     /// Like [`Endpoint::load`], for a configured source that may not be
-    /// readable now (a registry that is down): without `bytes`, the last
-    /// version accepted under `source` serves, when the history has one.
+    /// readable now (a registry that is down): without bytes, the last
+    /// version accepted under its label serves, when the history has one.
     pub async fn load_configured(
         capabilities: Arc<Capabilities>,
-        source: String,
-        bytes: Option<Vec<u8>>,
+        configured: Configured,
         config: &EndpointConfig,
     ) -> Result<Self, EndpointError> {
+        let Configured {
+            source,
+            bytes,
+            signed,
+        } = configured;
         let engine = engine::new_engine(&config.limits)?;
         let artifacts = config.artifact_cache(&engine);
         let linker = engine::new_linker(&engine)?;
@@ -350,27 +375,36 @@ impl Endpoint {
                 })
                 .ok()
         });
-        let new_slot = |bytes: Vec<u8>, source: String| {
-            ComponentSlot::new(
+        let new_slot = |bytes: Vec<u8>, source: String, signed: bool| {
+            ComponentSlot::new_signed(
                 linker.clone(),
                 artifacts.clone(),
                 capabilities.clone(),
                 limits.clone(),
                 bytes,
                 source,
+                signed,
             )
         };
         let configured_digest = bytes.as_deref().map(hex_digest);
-        let restored = history
-            .as_ref()
-            .and_then(|history| history.restore(&source, configured_digest.as_deref()));
+        let restored = history.as_ref().and_then(|history| {
+            history.restore(&source, configured_digest.as_deref(), config.signed_only)
+        });
         let mut restored_slot = None;
         if let Some(start) = restored {
             let current = start.current.bytes.clone();
-            match new_slot(start.current.bytes, start.current.source).await {
+            match new_slot(
+                start.current.bytes,
+                start.current.source,
+                start.current.signed,
+            )
+            .await
+            {
                 Ok(slot) => {
                     if let Some(previous) = start.previous
-                        && let Err(err) = slot.set_previous(previous.bytes, previous.source).await
+                        && let Err(err) = slot
+                            .set_previous(previous.bytes, previous.source, previous.signed)
+                            .await
                     {
                         tracing::warn!(error = %err, "the recorded rollback target no longer loads; there is none");
                     }
@@ -387,7 +421,7 @@ impl Endpoint {
                 let bytes = bytes.ok_or_else(|| EndpointError::Unavailable {
                     source_name: source.clone(),
                 })?;
-                let slot = new_slot(bytes.clone(), source.clone())
+                let slot = new_slot(bytes.clone(), source.clone(), signed)
                     .await
                     .map_err(|error| EndpointError::Load {
                         source_name: source.clone(),

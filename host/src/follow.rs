@@ -104,7 +104,11 @@ impl Follower {
         self.seen = Some(digest.clone());
         match endpoint
             .slot()
-            .replace(pulled.bytes, self.reference.to_string())
+            .replace_signed(
+                pulled.bytes,
+                self.reference.to_string(),
+                self.registry.requires_signatures(),
+            )
             .await
         {
             Ok(swapped) => {

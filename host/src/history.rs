@@ -51,6 +51,9 @@ pub struct Accepted {
     pub source: String,
     /// When it started serving, in seconds since the Unix epoch.
     pub accepted_at: u64,
+    /// Whether it was pulled with its signature checked (`--verify-key`).
+    #[serde(default)]
+    pub signed: bool,
 }
 
 impl Accepted {
@@ -62,7 +65,20 @@ impl Accepted {
             accepted_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs()),
+            signed: false,
         }
+    }
+
+    /// The same, noting whether its signature was checked.
+    pub fn signed(mut self, signed: bool) -> Self {
+        self.signed = signed;
+        self
+    }
+
+    /// Whether it may serve when signatures are required: checked, or the
+    /// component built into keybust.
+    fn trusted_when_signatures_are_required(&self) -> bool {
+        self.signed || self.source == "embedded"
     }
 }
 
@@ -85,6 +101,8 @@ pub struct Restored {
     pub bytes: Vec<u8>,
     /// Its source, as recorded.
     pub source: String,
+    /// Whether its signature was checked when it was pulled.
+    pub signed: bool,
 }
 
 /// What serves at start, as [`History::restore`] decides.
@@ -105,8 +123,8 @@ pub struct History {
 
 impl History {
     /// Opens (creating it owner-only if needed) the history in `dir`. A
-    /// state file that cannot be parsed is set aside with a warning: the
-    /// configured source serves.
+    /// state file that cannot be parsed is ignored, with a warning (the
+    /// configured source serves), and replaced at the next record.
     pub fn open(dir: &Path) -> Result<Self, HistoryError> {
         let io_error = |path: &Path| {
             let path = path.display().to_string();
@@ -138,7 +156,15 @@ impl History {
     /// configured source serves. See the module docs for the rule. A
     /// recorded version whose bytes are missing or do not match their
     /// digest is passed over, with a warning.
-    pub fn restore(&self, configured: &str, configured_digest: Option<&str>) -> Option<Start> {
+    ///
+    /// With `signed_only` (`--verify-key`), recorded versions whose
+    /// signature was not checked are passed over too.
+    pub fn restore(
+        &self,
+        configured: &str,
+        configured_digest: Option<&str>,
+        signed_only: bool,
+    ) -> Option<Start> {
         let state = self.lock().clone();
         if state.configured.as_deref() != Some(configured) {
             if state.current.is_some() {
@@ -162,9 +188,23 @@ impl History {
             );
             return None;
         }
-        let recorded = state.current.as_ref()?;
+        let trusted = |entry: &&Accepted| {
+            let trusted = !signed_only || entry.trusted_when_signatures_are_required();
+            if !trusted {
+                tracing::warn!(
+                    digest = entry.digest,
+                    "a recorded component was not signature-checked; --verify-key passes it over"
+                );
+            }
+            trusted
+        };
+        let recorded = state.current.as_ref().filter(trusted)?;
         let current = self.read(recorded)?;
-        let previous = state.previous.as_ref().and_then(|entry| self.read(entry));
+        let previous = state
+            .previous
+            .as_ref()
+            .filter(trusted)
+            .and_then(|entry| self.read(entry));
         tracing::info!(
             digest = recorded.digest,
             source = current.source,
@@ -175,14 +215,16 @@ impl History {
 
     /// Records that `current` serves now (its `bytes` are stored unless
     /// already kept) with `previous` as the rollback target. `configured`
-    /// is the `--component` value; when `current` came from it, what it
-    /// holds is noted too.
+    /// is the `--component` value; when `current` was just read from it
+    /// (`just_read`: at start, by the file watch, by following a tag; not
+    /// by a rollback), what it holds is noted too.
     pub fn record(
         &self,
         configured: &str,
         current: Accepted,
         bytes: Option<&[u8]>,
         previous: Option<Accepted>,
+        just_read: bool,
     ) -> Result<(), HistoryError> {
         let mut state = self.lock();
         if let Some(bytes) = bytes {
@@ -199,7 +241,7 @@ impl History {
             next.configured = Some(configured.to_owned());
             next.configured_digest = None;
         }
-        if current.source == configured {
+        if just_read && current.source == configured {
             next.configured_digest = Some(current.digest.clone());
         }
         next.current = Some(current);
@@ -251,6 +293,7 @@ impl History {
         Some(Restored {
             bytes,
             source: entry.source.clone(),
+            signed: entry.signed,
         })
     }
 
@@ -287,11 +330,17 @@ mod tests {
         let history = History::open(dir.path()).unwrap();
         assert!(
             history
-                .restore("embedded", Some(&hex_digest(b"v1")))
+                .restore("embedded", Some(&hex_digest(b"v1")), false)
                 .is_none()
         );
         history
-            .record("embedded", accepted(b"v1", "embedded"), Some(b"v1"), None)
+            .record(
+                "embedded",
+                accepted(b"v1", "embedded"),
+                Some(b"v1"),
+                None,
+                true,
+            )
             .unwrap();
         history
             .record(
@@ -299,12 +348,13 @@ mod tests {
                 accepted(b"v2", "admin"),
                 Some(b"v2"),
                 Some(accepted(b"v1", "embedded")),
+                true,
             )
             .unwrap();
 
         let reopened = History::open(dir.path()).unwrap();
         let start = reopened
-            .restore("embedded", Some(&hex_digest(b"v1")))
+            .restore("embedded", Some(&hex_digest(b"v1")), false)
             .expect("the swap stands");
         assert_eq!(start.current.bytes, b"v2");
         assert_eq!(start.current.source, "admin");
@@ -316,7 +366,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let history = History::open(dir.path()).unwrap();
         history
-            .record("/a.wasm", accepted(b"a", "/a.wasm"), Some(b"a"), None)
+            .record("/a.wasm", accepted(b"a", "/a.wasm"), Some(b"a"), None, true)
             .unwrap();
         history
             .record(
@@ -324,24 +374,25 @@ mod tests {
                 accepted(b"x", "admin"),
                 Some(b"x"),
                 Some(accepted(b"a", "/a.wasm")),
+                true,
             )
             .unwrap();
         let reopened = History::open(dir.path()).unwrap();
         // Another --component value.
         assert!(
             reopened
-                .restore("/b.wasm", Some(&hex_digest(b"b")))
+                .restore("/b.wasm", Some(&hex_digest(b"b")), false)
                 .is_none()
         );
         // The same value, holding something new.
         assert!(
             reopened
-                .restore("/a.wasm", Some(&hex_digest(b"a2")))
+                .restore("/a.wasm", Some(&hex_digest(b"a2")), false)
                 .is_none()
         );
         // The same value, unchanged: the admin swap stands.
         let start = reopened
-            .restore("/a.wasm", Some(&hex_digest(b"a")))
+            .restore("/a.wasm", Some(&hex_digest(b"a")), false)
             .expect("kept");
         assert_eq!(start.current.bytes, b"x");
     }
@@ -352,16 +403,104 @@ mod tests {
         let history = History::open(dir.path()).unwrap();
         let tag = "oci://127.0.0.1:5000/k:stable";
         history
-            .record(tag, accepted(b"v1", tag), Some(b"v1"), None)
+            .record(tag, accepted(b"v1", tag), Some(b"v1"), None, true)
             .unwrap();
         let reopened = History::open(dir.path()).unwrap();
-        let start = reopened.restore(tag, None).expect("the record serves");
+        let start = reopened
+            .restore(tag, None, false)
+            .expect("the record serves");
         assert_eq!(start.current.bytes, b"v1");
         assert!(
             reopened
-                .restore("oci://127.0.0.1:5000/k:other", None)
+                .restore("oci://127.0.0.1:5000/k:other", None, false)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn with_signatures_required_unchecked_versions_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        let tag = "oci://127.0.0.1:5000/k:stable";
+        history
+            .record(
+                tag,
+                accepted(b"v1", tag).signed(true),
+                Some(b"v1"),
+                None,
+                true,
+            )
+            .unwrap();
+        history
+            .record(
+                tag,
+                accepted(b"v2", "admin"),
+                Some(b"v2"),
+                Some(accepted(b"v1", tag).signed(true)),
+                true,
+            )
+            .unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        let digest = hex_digest(b"v1");
+        assert_eq!(
+            reopened
+                .restore(tag, Some(&digest), false)
+                .expect("kept")
+                .current
+                .bytes,
+            b"v2"
+        );
+        // The admin upload was never signature-checked.
+        assert!(reopened.restore(tag, Some(&digest), true).is_none());
+
+        // A checked version serves, with an unchecked rollback target left out.
+        history
+            .record(
+                tag,
+                accepted(b"v3", tag).signed(true),
+                Some(b"v3"),
+                Some(accepted(b"v2", "admin")),
+                false,
+            )
+            .unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        let start = reopened.restore(tag, Some(&digest), true).expect("signed");
+        assert_eq!(start.current.bytes, b"v3");
+        assert!(start.previous.is_none());
+    }
+
+    #[test]
+    fn a_rollback_does_not_change_what_the_source_is_known_to_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        let file = "/srv/endpoint.wasm";
+        history
+            .record(file, accepted(b"old", file), Some(b"old"), None, true)
+            .unwrap();
+        history
+            .record(
+                file,
+                accepted(b"new", file),
+                Some(b"new"),
+                Some(accepted(b"old", file)),
+                true,
+            )
+            .unwrap();
+        // Rolled back to the old bytes: the file still holds the new ones.
+        history
+            .record(
+                file,
+                accepted(b"old", file),
+                None,
+                Some(accepted(b"new", file)),
+                false,
+            )
+            .unwrap();
+        let reopened = History::open(dir.path()).unwrap();
+        let start = reopened
+            .restore(file, Some(&hex_digest(b"new")), false)
+            .expect("the rollback stands");
+        assert_eq!(start.current.bytes, b"old");
     }
 
     #[test]
@@ -369,10 +508,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let history = History::open(dir.path()).unwrap();
         history
-            .record("embedded", accepted(b"v1", "embedded"), Some(b"v1"), None)
+            .record(
+                "embedded",
+                accepted(b"v1", "embedded"),
+                Some(b"v1"),
+                None,
+                true,
+            )
             .unwrap();
         history
-            .record("embedded", accepted(b"v2", "admin"), Some(b"v2"), None)
+            .record(
+                "embedded",
+                accepted(b"v2", "admin"),
+                Some(b"v2"),
+                None,
+                true,
+            )
             .unwrap();
         std::fs::write(
             dir.path()
@@ -383,7 +534,7 @@ mod tests {
         let reopened = History::open(dir.path()).unwrap();
         assert!(
             reopened
-                .restore("embedded", Some(&hex_digest(b"v1")))
+                .restore("embedded", Some(&hex_digest(b"v1")), false)
                 .is_none()
         );
 
@@ -391,7 +542,7 @@ mod tests {
         let reopened = History::open(dir.path()).unwrap();
         assert!(
             reopened
-                .restore("embedded", Some(&hex_digest(b"v1")))
+                .restore("embedded", Some(&hex_digest(b"v1")), false)
                 .is_none()
         );
     }
@@ -408,6 +559,7 @@ mod tests {
                     accepted(*bytes, "admin"),
                     Some(*bytes),
                     previous,
+                    true,
                 )
                 .unwrap();
         }

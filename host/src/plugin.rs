@@ -192,11 +192,9 @@ impl Plugin {
         let task = tokio::spawn(
             async move {
                 let _hold = hold;
-                let guest = tracing::info_span!(
-                    target: TRACE_TARGET,
-                    "guest",
-                    otel.status_code = tracing::field::Empty,
-                );
+                // Opened once the instance exists, so it starts when the
+                // guest does; a failure before that leaves it unopened.
+                let mut guest = tracing::Span::none();
                 let call = async {
                     let started = Instant::now();
                     let proxy = pre
@@ -204,6 +202,11 @@ impl Plugin {
                         .instrument(tracing::info_span!(target: TRACE_TARGET, "instantiate"))
                         .await?;
                     metrics.instantiated(started.elapsed());
+                    guest = tracing::info_span!(
+                        target: TRACE_TARGET,
+                        "guest",
+                        otel.status_code = tracing::field::Empty,
+                    );
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, request, outparam)

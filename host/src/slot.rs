@@ -28,6 +28,10 @@ pub struct Version {
     pub source: String,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Whether it was pulled with its signature checked (`--verify-key`):
+    /// only such versions (and the embedded one) are restored from the
+    /// history when signatures are required.
+    pub signed: bool,
 }
 
 impl Version {
@@ -107,14 +111,22 @@ impl Recorder {
         current: &Version,
         bytes: Option<Vec<u8>>,
         previous: Option<&Version>,
+        just_read: bool,
     ) {
         let recorder = self.clone();
-        let current = Accepted::now(current.digest(), &current.source);
-        let previous = previous.map(|version| Accepted::now(version.digest(), &version.source));
+        let accepted = |version: &Version| {
+            Accepted::now(version.digest(), &version.source).signed(version.signed)
+        };
+        let current = accepted(current);
+        let previous = previous.map(accepted);
         let written = tokio::task::spawn_blocking(move || {
-            recorder
-                .history
-                .record(&recorder.configured, current, bytes.as_deref(), previous)
+            recorder.history.record(
+                &recorder.configured,
+                current,
+                bytes.as_deref(),
+                previous,
+                just_read,
+            )
         })
         .await;
         match written {
@@ -139,6 +151,29 @@ impl ComponentSlot {
         bytes: Vec<u8>,
         source: String,
     ) -> Result<Self, LoadError> {
+        Self::new_signed(
+            linker,
+            artifacts,
+            capabilities,
+            limits,
+            bytes,
+            source,
+            false,
+        )
+        .await
+    }
+
+    /// Like [`ComponentSlot::new`], noting whether the first version was
+    /// pulled with its signature checked.
+    pub async fn new_signed(
+        linker: Linker<RequestState>,
+        artifacts: Option<ArtifactCache>,
+        capabilities: Arc<Capabilities>,
+        limits: Arc<Limits>,
+        bytes: Vec<u8>,
+        source: String,
+        signed: bool,
+    ) -> Result<Self, LoadError> {
         let linker = Arc::new(linker);
         let (version, _, _) = prepare(
             &linker,
@@ -147,6 +182,7 @@ impl ComponentSlot {
             &limits,
             bytes,
             source,
+            signed,
         )
         .await?;
         capabilities.metrics.serving(version.digest());
@@ -164,7 +200,12 @@ impl ComponentSlot {
 
     /// Loads `bytes` as the rollback target, without serving them: the
     /// previous version recorded before a restart.
-    pub async fn set_previous(&self, bytes: Vec<u8>, source: String) -> Result<(), LoadError> {
+    pub async fn set_previous(
+        &self,
+        bytes: Vec<u8>,
+        source: String,
+        signed: bool,
+    ) -> Result<(), LoadError> {
         let _one_at_a_time = self.swapping.lock().await;
         let (version, _, _) = prepare(
             &self.linker,
@@ -173,6 +214,7 @@ impl ComponentSlot {
             &self.limits,
             bytes,
             source,
+            signed,
         )
         .await?;
         *self.lock_previous() = Some(Arc::new(version));
@@ -189,7 +231,7 @@ impl ComponentSlot {
         });
         let previous = self.previous();
         recorder
-            .record(&self.current(), Some(bytes), previous.as_deref())
+            .record(&self.current(), Some(bytes), previous.as_deref(), true)
             .await;
         self.history = Some(recorder);
     }
@@ -225,6 +267,17 @@ impl ComponentSlot {
     /// made under the swap lock, so two sources swapping the same bytes at
     /// once cannot make the serving version its own rollback target.
     pub async fn replace(&self, bytes: Vec<u8>, source: String) -> Result<Swapped, LoadError> {
+        self.replace_signed(bytes, source, false).await
+    }
+
+    /// Like [`ComponentSlot::replace`], noting whether the bytes were
+    /// pulled with their signature checked.
+    pub async fn replace_signed(
+        &self,
+        bytes: Vec<u8>,
+        source: String,
+        signed: bool,
+    ) -> Result<Swapped, LoadError> {
         let _one_at_a_time = self.swapping.lock().await;
         let started = Instant::now();
         let current = self.current();
@@ -247,6 +300,7 @@ impl ComponentSlot {
             &self.limits,
             bytes,
             source,
+            signed,
         )
         .await;
         let (version, origin, bytes) = match prepared {
@@ -258,10 +312,12 @@ impl ComponentSlot {
         };
         let version = Arc::new(version);
         let old = self.current.swap(version.clone());
+        *self.lock_previous() = Some(old.clone());
         if let Some(history) = &self.history {
-            history.record(&version, Some(bytes), Some(&old)).await;
+            history
+                .record(&version, Some(bytes), Some(&old), true)
+                .await;
         }
-        *self.lock_previous() = Some(old);
         let took = started.elapsed();
         self.capabilities.metrics.swap(true, Some(version.digest()));
         tracing::info!(
@@ -289,7 +345,7 @@ impl ComponentSlot {
             (back, replaced)
         };
         if let Some(history) = &self.history {
-            history.record(&back, None, Some(&replaced)).await;
+            history.record(&back, None, Some(&replaced), false).await;
         }
         self.capabilities.metrics.swap(true, Some(back.digest()));
         tracing::info!(digest = back.digest(), "rolled back");
@@ -304,6 +360,7 @@ async fn prepare(
     limits: &Arc<Limits>,
     bytes: Vec<u8>,
     source: String,
+    signed: bool,
 ) -> Result<(Version, Origin, Vec<u8>), LoadError> {
     let limits = limits.clone();
     let compile_linker = linker.clone();
@@ -325,6 +382,7 @@ async fn prepare(
             plugin,
             source,
             loaded_at: SystemTime::now(),
+            signed,
         },
         origin,
         bytes,

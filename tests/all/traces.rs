@@ -230,3 +230,32 @@ async fn with_the_exporter_set_to_none_nothing_is_sent() {
         "a trace id was logged with tracing off"
     );
 }
+
+/// A request whose Convex call fails: the failing hop and the server span
+/// have status error, and still nothing secret is exported.
+#[tokio::test]
+async fn a_failing_hop_is_marked_in_the_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = traced_stack(Backend::Redis, &receiver, &[]).await;
+    let token = stack.issuer.token();
+    assert_eq!(traced_post(&stack, &token, hashes::STATUS_500).await, 503);
+    let spans = receiver
+        .wait_for_trace(&trace_id_bytes(), &[SERVER_SPAN, "convex.post"])
+        .await;
+    let error = opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32;
+    let convex = named(&spans, "convex.post");
+    assert_eq!(convex.status.as_ref().map(|s| s.code), Some(error));
+    assert_eq!(
+        attribute(convex, "http.response.status_code").as_deref(),
+        Some("500")
+    );
+    let server = named(&spans, SERVER_SPAN);
+    assert_eq!(server.status.as_ref().map(|s| s.code), Some(error));
+    assert!(
+        spans.iter().all(|span| span.events.is_empty()),
+        "no log events in spans"
+    );
+    for secret in [token.as_str(), SECRET, hashes::STATUS_500] {
+        assert!(!receiver.exported_anywhere(secret));
+    }
+}

@@ -1,6 +1,7 @@
 //! Credentials for a registry: `KEYBUST_REGISTRY_USERNAME` /
-//! `KEYBUST_REGISTRY_PASSWORD`, else what a docker `config.json` holds for
-//! the registry (its `auths`, or the credential helper it names), else none.
+//! `KEYBUST_REGISTRY_PASSWORD` for the one registry they are bound to (the
+//! configured component's), else what a docker `config.json` holds for the
+//! registry (its `auths`, or the credential helper it names), else none.
 
 use crate::config::Secret;
 use oci_client::secrets::RegistryAuth;
@@ -9,8 +10,12 @@ use std::path::{Path, PathBuf};
 /// Where credentials come from.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    /// A user name and password for every registry.
+    /// A user name and password, and the one registry they are for: they
+    /// are never sent to a registry someone else named (an admin request's
+    /// reference, say).
     pub login: Option<(String, Secret)>,
+    /// The registry `login` is for; none: no registry yet.
+    pub login_registry: Option<String>,
     /// The directory of a docker `config.json`.
     pub docker_config: Option<PathBuf>,
 }
@@ -28,7 +33,11 @@ pub struct CredentialsError {
 impl Credentials {
     /// The authentication to use with `registry`.
     pub fn for_registry(&self, registry: &str) -> Result<RegistryAuth, CredentialsError> {
-        if let Some((user, password)) = &self.login {
+        if let Some((user, password)) = self
+            .login
+            .as_ref()
+            .filter(|_| self.login_registry.as_deref() == Some(registry))
+        {
             return Ok(RegistryAuth::Basic(
                 user.clone(),
                 password.expose().to_owned(),
@@ -86,6 +95,7 @@ mod tests {
         .unwrap();
         let credentials = Credentials {
             login: None,
+            login_registry: None,
             docker_config: Some(dir.path().to_owned()),
         };
         match credentials.for_registry("127.0.0.1:5000").unwrap() {
@@ -104,14 +114,21 @@ mod tests {
     fn an_explicit_login_wins_and_no_config_is_anonymous() {
         let login = Credentials {
             login: Some(("ci".into(), Secret::new("pw"))),
+            login_registry: Some("ghcr.io".into()),
             docker_config: Some("/nonexistent".into()),
         };
         assert!(matches!(
             login.for_registry("ghcr.io").unwrap(),
             RegistryAuth::Basic(..)
         ));
+        // Not to any other registry.
+        assert!(matches!(
+            login.for_registry("evil.example:5000").unwrap(),
+            RegistryAuth::Anonymous
+        ));
         let none = Credentials {
             login: None,
+            login_registry: None,
             docker_config: Some("/nonexistent".into()),
         };
         assert!(matches!(

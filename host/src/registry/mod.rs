@@ -38,8 +38,9 @@ const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 /// Registry settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
-    /// User name for registries (with KEYBUST_REGISTRY_PASSWORD); without
-    /// it, the docker config's credentials for the registry, if any.
+    /// User name (with KEYBUST_REGISTRY_PASSWORD) for the registry of
+    /// --component (or of the reference `keybust component` is given), and
+    /// for no other; other registries get the docker config's credentials.
     #[arg(long, env = "KEYBUST_REGISTRY_USERNAME")]
     pub registry_username: Option<String>,
 
@@ -98,6 +99,7 @@ impl RegistryArgs {
             verify_key,
             credentials: Credentials {
                 login,
+                login_registry: None,
                 docker_config,
             },
             insecure: self
@@ -184,15 +186,29 @@ impl RegistryError {
     /// Whether trying again later may work: the registry could not be
     /// reached or asked, as opposed to what it holds being refused.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            RegistryError::Registry { .. }
-                | RegistryError::TimedOut { .. }
-                | RegistryError::Signature {
-                    source: SignatureError::Registry(_),
-                    ..
-                }
-        )
+        use oci_client::errors::OciDistributionError as Oci;
+        match self {
+            RegistryError::TimedOut { .. } | RegistryError::Credentials(_) => true,
+            RegistryError::Signature {
+                source: SignatureError::Registry(_),
+                ..
+            } => true,
+            // What the registry holds is malformed: asking again gets the same.
+            RegistryError::Registry {
+                source:
+                    Oci::DigestError(_)
+                    | Oci::ManifestParsingError(_)
+                    | Oci::ManifestEncodingError(_)
+                    | Oci::JsonError(_)
+                    | Oci::SpecViolationError(_)
+                    | Oci::IncompatibleLayerMediaTypeError(_)
+                    | Oci::PullNoLayersError,
+                ..
+            } => false,
+            // Unreachable, 5xx, throttled, unauthorized, not there yet.
+            RegistryError::Registry { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -225,6 +241,14 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Sends the `KEYBUST_REGISTRY_USERNAME` login to `reference`'s
+    /// registry, and to no other: the configured component's, or the one
+    /// a `keybust component` command was given.
+    pub fn with_login_for(mut self, reference: &OciReference) -> Self {
+        self.credentials.login_registry = Some(reference.registry().to_owned());
+        self
+    }
+
     /// Whether every component must be signed (`--verify-key`): then only
     /// pulled components, whose signature is checked, may serve.
     pub fn requires_signatures(&self) -> bool {
@@ -252,8 +276,51 @@ impl Registry {
         })
     }
 
-    fn auth(&self, reference: &OciReference) -> Result<RegistryAuth, RegistryError> {
-        Ok(self.credentials.for_registry(reference.registry())?)
+    /// The credentials for `reference`'s registry, looked up off the async
+    /// threads: a docker credential helper is a process that may be slow.
+    /// Call it inside [`Registry::bounded`].
+    async fn auth(&self, reference: &OciReference) -> Result<RegistryAuth, RegistryError> {
+        let credentials = self.credentials.clone();
+        let registry = reference.registry().to_owned();
+        tokio::task::spawn_blocking(move || credentials.for_registry(&registry))
+            .await
+            .map_err(|err| {
+                RegistryError::Credentials(CredentialsError {
+                    registry: reference.registry().to_owned(),
+                    reason: format!("the lookup did not finish: {err}"),
+                })
+            })?
+            .map_err(RegistryError::Credentials)
+    }
+
+    /// Whether an unsigned verdict stands: the signature image is not in
+    /// the registry. When it is there but could not be read, or the
+    /// registry cannot be asked, the check is to be tried again.
+    async fn confirm_unsigned(
+        &self,
+        client: &oci_client::Client,
+        auth: &RegistryAuth,
+        reference: &OciReference,
+        digest: &str,
+    ) -> SignatureError {
+        let signature_tag = oci_client::Reference::with_tag(
+            reference.oci().registry().to_owned(),
+            reference.oci().repository().to_owned(),
+            format!("{}.sig", digest.replace(':', "-")),
+        );
+        match client.fetch_manifest_digest(&signature_tag, auth).await {
+            Err(oci_client::errors::OciDistributionError::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|error| {
+                    error.code == oci_client::errors::OciErrorCode::ManifestUnknown
+                }) =>
+            {
+                SignatureError::Unsigned {
+                    digest: digest.to_owned(),
+                }
+            }
+            Ok(_) => SignatureError::Registry("the signature image could not be read".into()),
+            Err(err) => SignatureError::Registry(format!("cannot look for a signature: {err}")),
+        }
     }
 
     /// Runs `exchange` within the registry timeout.
@@ -276,9 +343,9 @@ impl Registry {
         if let Some(digest) = reference.pinned_digest() {
             return Ok(digest.to_owned());
         }
-        let auth = self.auth(reference)?;
         let client = self.client(reference);
         self.bounded(reference, async {
+            let auth = self.auth(reference).await?;
             client
                 .fetch_manifest_digest(reference.oci(), &auth)
                 .await
@@ -299,7 +366,6 @@ impl Registry {
         reference: &OciReference,
         digest: Option<&str>,
     ) -> Result<Pulled, RegistryError> {
-        let auth = self.auth(reference)?;
         let client = self.client(reference);
         let expected = digest.or(reference.pinned_digest());
         let by = match expected {
@@ -307,6 +373,7 @@ impl Registry {
             None => reference.oci().clone(),
         };
         self.bounded(reference, async {
+            let auth = self.auth(reference).await?;
             let registry_error = |source| RegistryError::Registry {
                 reference: reference.to_string(),
                 source,
@@ -334,15 +401,22 @@ impl Registry {
                 });
             }
             if let Some(key) = &self.verify_key {
-                key.verify(
-                    sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
-                    cosign_auth(&auth),
-                    reference.registry(),
-                    reference.oci().repository(),
-                    &manifest_digest,
-                )
-                .await
-                .map_err(|source| RegistryError::Signature {
+                let verified = key
+                    .verify(
+                        sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
+                        cosign_auth(&auth),
+                        reference.registry(),
+                        reference.oci().repository(),
+                        &manifest_digest,
+                    )
+                    .await;
+                let verified = match verified {
+                    Err(SignatureError::NoneRead { digest }) => Err(self
+                        .confirm_unsigned(&client, &auth, reference, &digest)
+                        .await),
+                    other => other,
+                };
+                verified.map_err(|source| RegistryError::Signature {
                     reference: reference.to_string(),
                     source,
                 })?;
@@ -435,23 +509,29 @@ impl Registry {
         let component_digest = hex_digest(&bytes);
         let (config, layer) = oci_wasm::WasmConfig::from_raw_component(bytes, None)
             .map_err(RegistryError::Unpublishable)?;
-        let auth = self.auth(reference)?;
         let client = oci_wasm::WasmClient::new(self.client(reference));
         self.bounded(reference, async {
-            client
+            let auth = self.auth(reference).await?;
+            let pushed = client
                 .push(reference.oci(), &auth, layer, config, None)
                 .await
                 .map_err(|source| RegistryError::Push {
                     reference: reference.to_string(),
                     source,
                 })?;
-            let manifest_digest = client
-                .fetch_manifest_digest(reference.oci(), &auth)
-                .await
-                .map_err(|source| RegistryError::Registry {
-                    reference: reference.to_string(),
-                    source,
-                })?;
+            // The digest the registry gave the manifest this push wrote (in
+            // its Location), not what the tag points to a moment later: a
+            // concurrent push must not get this signature.
+            let manifest_digest = match pushed.manifest_url.rsplit_once("/manifests/") {
+                Some((_, digest)) if digest.starts_with("sha256:") => digest.to_owned(),
+                _ => client
+                    .fetch_manifest_digest(reference.oci(), &auth)
+                    .await
+                    .map_err(|source| RegistryError::Registry {
+                        reference: reference.to_string(),
+                        source,
+                    })?,
+            };
             if let Some((key, password)) = sign_key {
                 signatures::sign(
                     sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),

@@ -34,6 +34,14 @@ pub enum SignatureError {
         /// The manifest digest.
         digest: String,
     },
+    /// No signature could be read at all: the component is unsigned, or
+    /// the signature image could not be fetched (sigstore does not say
+    /// which; [`crate::registry::Registry`] asks the registry).
+    #[error("no signature could be read over {digest}")]
+    NoneRead {
+        /// The manifest digest.
+        digest: String,
+    },
 }
 
 /// The public key components must be signed with (`--verify-key`).
@@ -87,6 +95,11 @@ impl VerifyKey {
             .trusted_signature_layers(&auth, &image)
             .await
             .map_err(|err| SignatureError::Registry(err.to_string()))?;
+        if layers.is_empty() {
+            return Err(SignatureError::NoneRead {
+                digest: digest.to_owned(),
+            });
+        }
         let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
         sigstore::cosign::verify_constraints(&layers, constraints.iter()).map_err(|_| {
             SignatureError::Unsigned {

@@ -194,7 +194,11 @@ impl TelemetryArgs {
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("keybust");
-        Ok(Some(Tracing { provider, tracer }))
+        Ok(Some(Tracing {
+            provider,
+            tracer,
+            export_timeout: Duration::from_millis(self.timeout_ms),
+        }))
     }
 
     /// Where spans are posted: the traces URL as given, else the base URL
@@ -265,13 +269,14 @@ impl TelemetryArgs {
 pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    export_timeout: Duration,
 }
 
 impl Tracing {
     /// The subscriber layer that turns keybust's spans into OpenTelemetry
-    /// spans. It takes keybust's spans and its warnings and info events
-    /// (which become span events, e.g. why a backend call failed), not the
-    /// access line (the span already says it) nor other crates' events.
+    /// spans. It takes those spans alone, no log events: events can carry
+    /// text a component chose (its output, its error codes), and a
+    /// component sees the request's token.
     pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
     where
         S: tracing::Subscriber
@@ -279,18 +284,19 @@ impl Tracing {
             + Send
             + Sync,
     {
-        let wanted = Targets::new()
-            .with_target("keybust", LevelFilter::INFO)
-            .with_target("keybust::access", LevelFilter::OFF);
+        let wanted = Targets::new().with_target(TRACE_TARGET, LevelFilter::INFO);
         tracing_opentelemetry::layer()
             .with_tracer(self.tracer.clone())
             .with_filter(wanted)
     }
 
     /// Sends what is still batched and stops the exporter; blocks up to the
-    /// export timeout. Call it outside the async runtime.
+    /// export timeout and a second more. Call it outside the async runtime.
     pub fn shutdown(self) {
-        if let Err(err) = self.provider.shutdown() {
+        if let Err(err) = self
+            .provider
+            .shutdown_with_timeout(self.export_timeout + Duration::from_secs(1))
+        {
             tracing::warn!(error = %err, "the last spans could not be sent");
         }
     }

@@ -15,7 +15,7 @@
 //! POST /api/invalidate-user-api-key-cache   (server; parent from traceparent)
 //! ├── instantiate
 //! └── guest
-//!     ├── origins.is_allowed
+//!     ├── origins.is_allowed, origins.default_origin
 //!     ├── session.validate                  (jwks.refetched)
 //!     │   └── jwks.fetch                    (client; sends traceparent)
 //!     ├── convex.post                       (client; sends traceparent)
@@ -61,14 +61,14 @@ pub(crate) fn outgoing_headers() -> http::HeaderMap {
 }
 
 /// The id of the trace `span` belongs to, for the access log; none when no
-/// trace is being recorded.
+/// trace is being recorded, or this one is not sampled.
 pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
     if span.is_disabled() {
         return None;
     }
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
+    // An unsampled trace is exported nowhere: no id to look up.
+    (span_context.is_valid() && span_context.is_sampled())
         .then(|| span_context.trace_id().to_string())
 }

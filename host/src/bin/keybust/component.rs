@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use keybust::capabilities::{Capabilities, Settings};
 use keybust::config::Secret;
-use keybust::limits::Limits;
+use keybust::limits::{LimitArgs, Limits};
 use keybust::plugin::{MAX_COMPONENT_BYTES, Plugin};
 use keybust::registry::{ComponentSource, OciReference, RegistryArgs};
 use keybust::{artifacts, engine};
@@ -45,6 +45,12 @@ pub struct PushArgs {
 
     #[command(flatten, next_help_heading = "Registry")]
     registry: RegistryArgs,
+
+    #[command(
+        flatten,
+        next_help_heading = "Limits (as the serving instances have them)"
+    )]
+    limits: LimitArgs,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +60,12 @@ pub struct CheckArgs {
 
     #[command(flatten, next_help_heading = "Registry")]
     registry: RegistryArgs,
+
+    #[command(
+        flatten,
+        next_help_heading = "Limits (as the serving instances have them)"
+    )]
+    limits: LimitArgs,
 }
 
 pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
@@ -61,12 +73,12 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
         ComponentCommand::Check(args) => {
             let bytes = match ComponentSource::parse(Some(&args.component))? {
                 ComponentSource::Oci(reference) => {
-                    let registry = args.registry.registry()?;
+                    let registry = args.registry.registry()?.with_login_for(&reference);
                     registry.pull(&reference, None).await?.bytes
                 }
                 _ => read(Path::new(&args.component))?,
             };
-            Ok(match check(bytes).await {
+            Ok(match check(bytes, args.limits.limits()?).await {
                 Ok(digest) => {
                     println!("ok: sha256:{digest} fits keybust:gateway/endpoint and instantiates");
                     ExitCode::SUCCESS
@@ -83,11 +95,11 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{reference}: push to a tag (oci://REGISTRY/REPOSITORY:TAG)");
             }
             let bytes = read(&args.file)?;
-            if let Err(reason) = check(bytes.clone()).await {
+            if let Err(reason) = check(bytes.clone(), args.limits.limits()?).await {
                 eprintln!("refused: {reason}");
                 return Ok(ExitCode::FAILURE);
             }
-            let registry = args.registry.registry()?;
+            let registry = args.registry.registry()?.with_login_for(&reference);
             let password = args.sign_key_password.map(Secret::new);
             let sign_key = args.sign_key.as_deref().map(|key| (key, password.as_ref()));
             let pushed = registry.push(&reference, bytes, sign_key).await?;
@@ -117,10 +129,11 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The checks a swap makes, with unconfigured capabilities (instantiation
-/// calls none of them): its digest when they pass, the reason when not.
-async fn check(bytes: Vec<u8>) -> Result<String, String> {
-    let limits = Arc::new(Limits::default());
+/// The checks a swap makes, under `limits` (the instance memory bound
+/// among them), with unconfigured capabilities (instantiation calls none of
+/// them): its digest when they pass, the reason when not.
+async fn check(bytes: Vec<u8>, limits: Limits) -> Result<String, String> {
+    let limits = Arc::new(limits);
     let engine = engine::new_engine(&limits).map_err(|err| err.to_string())?;
     let linker = engine::new_linker(&engine).map_err(|err| err.to_string())?;
     let capabilities =

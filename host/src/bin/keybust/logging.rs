@@ -22,7 +22,9 @@ pub fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::{Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER))
+        // oci-client logs a registry's token answer at debug: never below info.
+        .add_directive("oci_client=info".parse().expect("a valid directive"));
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
@@ -30,8 +32,15 @@ pub fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().boxed(),
     };
-    tracing_subscriber::registry()
-        .with(lines.with_filter(filter.and(export::without_trace_spans())))
-        .with(traces.map(Tracing::layer))
-        .init();
+    let lines = lines.with_filter(filter.and(export::without_trace_spans()));
+    // Without tracing, no second layer at all: an absent layer still
+    // answers "always" and would turn the trace spans' cached "never" into
+    // a filter check per span.
+    match traces {
+        Some(traces) => tracing_subscriber::registry()
+            .with(lines)
+            .with(traces.layer())
+            .init(),
+        None => tracing_subscriber::registry().with(lines).init(),
+    }
 }

@@ -11,7 +11,7 @@ use keybust::admin::{AdminArgs, AdminPolicy};
 use keybust::artifacts;
 use keybust::capabilities::{Capabilities, SettingsArgs};
 use keybust::config::parse_duration;
-use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
+use keybust::endpoint::{Configured, ENDPOINT_PATH, Endpoint, EndpointConfig};
 use keybust::limits::{LimitArgs, Limits};
 use keybust::plugin;
 use keybust::registry::{ComponentSource, OciReference, Registry, RegistryArgs};
@@ -82,7 +82,7 @@ struct ServeArgs {
     /// With an oci:// tag, how often to check where the tag points (each
     /// check waits this give or take a fifth); when it moves, the new
     /// version is pulled, checked and swapped in [default: off].
-    #[arg(long, env = "KEYBUST_FOLLOW_INTERVAL", value_parser = parse_duration)]
+    #[arg(long, env = "KEYBUST_FOLLOW_INTERVAL", value_parser = parse_follow_interval)]
     follow_interval: Option<Duration>,
 
     #[command(flatten, next_help_heading = "Registry")]
@@ -141,6 +141,10 @@ struct CommonArgs {
 
     #[command(flatten, next_help_heading = "Tracing (OpenTelemetry)")]
     telemetry: TelemetryArgs,
+
+    /// Whether accepted versions are recorded in the state directory.
+    #[arg(skip = true)]
+    keep_history: bool,
 }
 
 impl CommonArgs {
@@ -151,7 +155,11 @@ impl CommonArgs {
         Ok(EndpointConfig {
             cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
             artifact_key: state_dir.as_ref().map(|dir| dir.join("artifact.key")),
-            history_dir: state_dir.map(|dir| dir.join("components")),
+            history_dir: state_dir
+                .filter(|_| self.keep_history)
+                .map(|dir| dir.join("components")),
+            // Set by the caller that knows whether signatures are required.
+            signed_only: false,
             cache_max_bytes: self.cache_max_bytes,
             limits,
         })
@@ -224,7 +232,9 @@ async fn new_endpoint(
     registry: Option<&Registry>,
     common: &CommonArgs,
 ) -> anyhow::Result<(Endpoint, Option<String>)> {
-    let config = common.endpoint_config()?;
+    let mut config = common.endpoint_config()?;
+    let signed = registry.is_some_and(Registry::requires_signatures);
+    config.signed_only = signed;
     let (bytes, manifest) = match source {
         ComponentSource::Embedded => (Some(plugin::EMBEDDED_COMPONENT.to_vec()), None),
         ComponentSource::File(path) => (
@@ -245,7 +255,12 @@ async fn new_endpoint(
             }
         }
     };
-    let endpoint = Endpoint::load_configured(capabilities, source.label(), bytes, &config).await?;
+    let configured = Configured {
+        source: source.label(),
+        bytes,
+        signed: signed && matches!(source, ComponentSource::Oci(_)),
+    };
+    let endpoint = Endpoint::load_configured(capabilities, configured, &config).await?;
     let serving = endpoint.slot().current();
     tracing::info!(
         source = serving.source,
@@ -259,7 +274,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings().context("invalid configuration")?;
     let source = ComponentSource::parse(args.component.as_deref())?;
     let followed = followed_tag(&source, args.follow_interval)?;
-    let registry = args.registry.registry().context("invalid configuration")?;
+    let mut registry = args.registry.registry().context("invalid configuration")?;
+    if let ComponentSource::Oci(reference) = &source {
+        registry = registry.with_login_for(reference);
+    }
     if registry.requires_signatures() && matches!(source, ComponentSource::File(_)) {
         anyhow::bail!(
             "--verify-key needs signed components: a file cannot be verified; serve an oci:// reference"
@@ -319,6 +337,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     run(endpoint, listener, planes, &args.common).await
 }
 
+/// A follow interval from 1 s to 24 h: shorter would hammer the registry,
+/// longer is not following.
+fn parse_follow_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value).map_err(|err| err.to_string())?;
+    if (Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&interval) {
+        Ok(interval)
+    } else {
+        Err("must be from 1s to 24h".to_owned())
+    }
+}
+
 /// The tag to follow: `--follow-interval` needs an `oci://` reference with
 /// a tag, not a pinned digest (which never moves).
 fn followed_tag(
@@ -362,8 +391,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the dev stand-ins")?;
     let capabilities = Arc::new(Capabilities::from_settings(&env.settings)?);
+    // No history: `dev` must not rewrite the record a `serve` keeps in the
+    // same state directory.
+    let mut common = args.common;
+    common.keep_history = false;
     let (endpoint, _) =
-        new_endpoint(capabilities, &ComponentSource::Embedded, None, &args.common).await?;
+        new_endpoint(capabilities, &ComponentSource::Embedded, None, &common).await?;
     let endpoint = Arc::new(endpoint);
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -375,7 +408,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "curl -i -X POST http://{addr}{ENDPOINT_PATH} \\\n  -H 'Authorization: Bearer {}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"keyHash\":\"{}\"}}'\n",
         env.token, env.key_hash
     );
-    run(endpoint, listener, Vec::new(), &args.common).await
+    run(endpoint, listener, Vec::new(), &common).await
 }
 
 /// Serves the public listener and the admin planes (the admin listener,
