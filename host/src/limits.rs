@@ -43,6 +43,9 @@ pub struct Limits {
     /// `max_connections` (behind a load balancer every client is the
     /// balancer).
     pub max_connections_per_ip: Option<usize>,
+    /// Requests one HTTP/2 connection may have open at once; each is
+    /// admitted (`max_concurrent_requests`) like any request.
+    pub max_concurrent_streams: u32,
 }
 
 /// File descriptors kept back from client connections: listeners, backend
@@ -63,6 +66,7 @@ impl Default for Limits {
             max_field_bytes: 64 << 10,
             body_timeout: Duration::from_secs(5),
             max_connections_per_ip: None,
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -142,6 +146,11 @@ pub struct LimitArgs {
     /// Largest request head accepted, in bytes (at least 8192); larger gets 431.
     #[arg(long, env = "KEYBUST_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
     pub max_header_bytes: usize,
+
+    /// Requests one HTTP/2 connection may have open at once (streams past
+    /// it are refused by the protocol); each is admitted like any request.
+    #[arg(long, env = "KEYBUST_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
 }
 
 /// A bound that cannot work.
@@ -178,6 +187,7 @@ impl LimitArgs {
             max_header_bytes: self.max_header_bytes,
             body_timeout: self.body_timeout,
             max_connections_per_ip: self.max_connections_per_ip.map(|n| n as usize),
+            max_concurrent_streams: self.max_concurrent_streams,
             ..Limits::default()
         })
     }

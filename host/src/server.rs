@@ -1,13 +1,17 @@
-//! Serving HTTP/1.1 on hyper: accepting, keep-alive, header timeouts and a
-//! graceful stop. What a request gets is decided by the handler given to
-//! [`serve`]: [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`].
+//! Serving HTTP on hyper: accepting, HTTP/1.1 and HTTP/2 (h2c with prior
+//! knowledge, told apart by the connection's first bytes), keep-alive,
+//! header bounds and timeouts, and a graceful stop. What a request gets is
+//! decided by the handler given to [`serve`]:
+//! [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
+//! HTTP/2 stream is a request like any other: admitted, bounded and timed
+//! the same way.
 
 use crate::body::ResponseBody;
 use crate::limits::Limits;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -76,15 +80,11 @@ pub async fn serve<F, Fut>(
             let response = handler(request);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let builder = connection_builder(&limits);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop(permit);
@@ -103,6 +103,27 @@ pub async fn serve<F, Fut>(
             "shutdown grace elapsed with requests still in flight"
         );
     }
+}
+
+/// How each connection is served: HTTP/1.1 with its head bounded in size
+/// and time; HTTP/2 with the same head bound per stream, and at most
+/// `--max-concurrent-streams` streams open at once.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    builder
 }
 
 /// Open connections per client address, for `--max-connections-per-ip`.

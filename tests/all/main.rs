@@ -26,3 +26,4 @@ mod session;
 mod settings;
 mod swap;
 mod traces;
+mod transport;
