@@ -259,3 +259,24 @@ async fn a_failing_hop_is_marked_in_the_trace() {
         assert!(!receiver.exported_anywhere(secret));
     }
 }
+
+/// A collector that cannot be reached is said so in the logs, and requests
+/// are served as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_cannot_be_reached_is_logged() {
+    let closed = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let options = Options {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let token = stack.issuer.token();
+    assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
+    stack.keybust.assert_logged("ExportError").await;
+    assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
+}

@@ -23,8 +23,21 @@ pub fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
     use tracing_subscriber::{Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER))
-        // oci-client logs a registry's token answer at debug: never below info.
-        .add_directive("oci_client=info".parse().expect("a valid directive"));
+        // Never below these, whatever RUST_LOG says: at debug, oci-client
+        // logs a registry's token answer, and the OpenTelemetry exporter a
+        // collector's answer, which may echo credentials.
+        .add_directive("oci_client=info".parse().expect("a valid directive"))
+        .add_directive("opentelemetry_sdk=warn".parse().expect("a valid directive"))
+        .add_directive(
+            "opentelemetry-otlp=warn"
+                .parse()
+                .expect("a valid directive"),
+        )
+        .add_directive(
+            "opentelemetry-http=warn"
+                .parse()
+                .expect("a valid directive"),
+        );
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
