@@ -55,6 +55,40 @@ fn manifest_digest(pushed: &str) -> String {
         .to_owned()
 }
 
+/// `PUT /admin/component` of `{"reference": reference}`.
+async fn put_reference(stack: &Stack, reference: &str) -> Answer {
+    Answer::of(
+        stack
+            .http
+            .put(stack.keybust.admin_url("/admin/component"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "reference": reference }).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// `keybust serve ARGS` with a fresh state directory under `dir`, which
+/// must refuse to start; its stderr.
+fn refused_start(args: &[&str], dir: &Path) -> String {
+    let state = tempfile::tempdir_in(dir).unwrap();
+    let output = std::process::Command::new(support::process::binary())
+        .arg("serve")
+        .args(args)
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", state.path())
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "keybust serve {args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 async fn serving(stack: &Stack) -> Value {
     let text = reqwest::get(stack.keybust.admin_url("/admin/component"))
         .await
@@ -222,32 +256,11 @@ async fn a_pinned_reference_is_checked_against_the_bytes_pulled() {
     assert_eq!(check.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&check.stderr).contains("digest mismatch"));
 
-    let answer = Answer::of(
-        stack
-            .http
-            .put(stack.keybust.admin_url("/admin/component"))
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(serde_json::json!({ "reference": pinned }).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = put_reference(&stack, &pinned).await;
     assert_eq!(answer.status, 422, "{}", answer.body);
     assert!(answer.body.contains("digest mismatch"), "{}", answer.body);
 
-    let output = std::process::Command::new(support::process::binary())
-        .args(["serve", "--component", &pinned])
-        .env_clear()
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_STATE_DIR", files.path().join("fresh-state"))
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--component", &pinned], files.path());
     assert!(stderr.contains("digest mismatch"), "{stderr}");
     assert!(
         stderr.contains("no earlier version of it is recorded"),
@@ -293,18 +306,7 @@ async fn the_admin_api_pulls_a_reference() {
     let tag = registry.reference("keybust/admin:v2");
     push(files.path(), &next, &tag);
     let stack = serve_with(&[]).await;
-    let answer = Answer::of(
-        stack
-            .http
-            .put(stack.keybust.admin_url("/admin/component"))
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(serde_json::json!({ "reference": tag }).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = put_reference(&stack, &tag).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let now = serving(&stack).await;
     assert_eq!(now["digest"], hex_digest(&next));
@@ -380,25 +382,8 @@ async fn with_a_verify_key_only_signed_components_serve() {
     push_signed(files.path(), &stranger, &stranger_tag, &theirs);
 
     let stack = serve_with(&["--verify-key", our_public.to_str().unwrap()]).await;
-    let put_reference = |reference: String| {
-        let stack = &stack;
-        async move {
-            Answer::of(
-                stack
-                    .http
-                    .put(stack.keybust.admin_url("/admin/component"))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .header("content-type", "application/json")
-                    .body(serde_json::json!({ "reference": reference }).to_string())
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
-    };
     for (what, tag) in [("unsigned", &unsigned_tag), ("another key", &stranger_tag)] {
-        let answer = put_reference(tag.clone()).await;
+        let answer = put_reference(&stack, tag).await;
         assert_eq!(answer.status, 422, "{what}: {}", answer.body);
         assert!(
             answer.body.contains("no valid signature"),
@@ -428,7 +413,7 @@ async fn with_a_verify_key_only_signed_components_serve() {
         .await;
     assert!(stack.keybust.logs().contains("admin pull refused"));
 
-    let answer = put_reference(signed_tag.clone()).await;
+    let answer = put_reference(&stack, &signed_tag).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(serving(&stack).await["digest"], hex_digest(&signed));
     Answer::of(stack.invalidate(hashes::OWNED).await)
@@ -436,18 +421,15 @@ async fn with_a_verify_key_only_signed_components_serve() {
         .assert_json(200, r#"{"ok":true}"#);
 
     // An unsigned component does not start a fresh instance either.
-    let output = std::process::Command::new(support::process::binary())
-        .args(["serve", "--component", &unsigned_tag, "--verify-key"])
-        .arg(&our_public)
-        .env_clear()
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_STATE_DIR", files.path().join("fresh-state"))
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(
+        &[
+            "--component",
+            &unsigned_tag,
+            "--verify-key",
+            our_public.to_str().unwrap(),
+        ],
+        files.path(),
+    );
     assert!(stderr.contains("no valid signature"), "{stderr}");
 }
 
@@ -521,4 +503,46 @@ async fn registry_credentials_come_from_the_environment_or_a_docker_config() {
 fn base64_login(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+/// `--follow-interval` is refused, with the reason, without a tag to follow
+/// or outside 1 s to 24 h; so is a file with `--verify-key`.
+#[test]
+fn unusable_follow_and_verify_settings_stop_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = "oci://127.0.0.1:5000/k@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let file = dir.path().join("endpoint.wasm");
+    std::fs::write(&file, EMBEDDED_COMPONENT).unwrap();
+    let key = dir.path().join("cosign.pub");
+    let (_, public) = key_pair(dir.path(), "cosign");
+    std::fs::rename(public, &key).unwrap();
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec!["--follow-interval", "1s"], "--follow-interval needs"),
+        (
+            vec!["--component", pinned, "--follow-interval", "1s"],
+            "--follow-interval needs",
+        ),
+        (
+            vec![
+                "--component",
+                "oci://127.0.0.1:5000/k:v1",
+                "--follow-interval",
+                "0s",
+            ],
+            "must be from 1s to 24h",
+        ),
+        (
+            vec![
+                "--component",
+                file.to_str().unwrap(),
+                "--verify-key",
+                key.to_str().unwrap(),
+            ],
+            "a file cannot be verified",
+        ),
+    ];
+    for (args, reason) in cases {
+        let stderr = refused_start(&args, dir.path());
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
 }

@@ -85,17 +85,37 @@ impl RedisCache {
     }
 }
 
+/// `DEL key` on any Redis connection (one server's, or a cluster's); the
+/// error names `backend`.
+pub(super) async fn del(
+    connection: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    backend: &str,
+) -> Result<(), CacheError> {
+    redis::cmd("DEL")
+        .arg(key)
+        .query_async::<i64>(connection)
+        .await
+        .map(drop)
+        .map_err(|err| CacheError::Unavailable(format!("{backend}: {err}")))
+}
+
+/// `PING` on any Redis connection; the error names `backend`.
+pub(super) async fn ping(
+    connection: &mut impl redis::aio::ConnectionLike,
+    backend: &str,
+) -> Result<(), CacheError> {
+    redis::cmd("PING")
+        .query_async::<String>(connection)
+        .await
+        .map(drop)
+        .map_err(|err| CacheError::Unavailable(format!("{backend}: {err}")))
+}
+
 impl CacheBackend for RedisCache {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>> {
         let mut connection = self.connection();
-        Box::pin(async move {
-            redis::cmd("DEL")
-                .arg(key)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map(drop)
-                .map_err(|err| CacheError::Unavailable(format!("redis: {err}")))
-        })
+        Box::pin(async move { del(&mut connection, key, "redis").await })
     }
 
     fn name(&self) -> &'static str {
@@ -104,13 +124,7 @@ impl CacheBackend for RedisCache {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), CacheError>> {
         let mut connection = self.connection();
-        Box::pin(async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .map(drop)
-                .map_err(|err| CacheError::Unavailable(format!("redis: {err}")))
-        })
+        Box::pin(async move { ping(&mut connection, "redis").await })
     }
 
     /// Replaces the connection a command started on at `started` that ran

@@ -7,7 +7,7 @@
 //! cache's deadline bounds every command, and a command that runs out of
 //! it replaces the whole cluster connection for the commands after it.
 
-use super::redis::tcp_settings;
+use super::redis::{del, ping, tcp_settings};
 use super::{BoxFuture, CacheBackend, CacheError};
 use crate::deadlines::Deadlines;
 use redis::cluster::{ClusterClient, ClusterConfig};
@@ -77,14 +77,7 @@ impl RedisClusterCache {
 impl CacheBackend for RedisClusterCache {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), CacheError>> {
         let mut connection = self.connection();
-        Box::pin(async move {
-            redis::cmd("DEL")
-                .arg(key)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map(drop)
-                .map_err(|err| CacheError::Unavailable(format!("redis cluster: {err}")))
-        })
+        Box::pin(async move { del(&mut connection, key, "redis cluster").await })
     }
 
     fn name(&self) -> &'static str {
@@ -96,13 +89,7 @@ impl CacheBackend for RedisClusterCache {
     /// delete (and, three in a row, readiness).
     fn ping(&self) -> BoxFuture<'_, Result<(), CacheError>> {
         let mut connection = self.connection();
-        Box::pin(async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .map(drop)
-                .map_err(|err| CacheError::Unavailable(format!("redis cluster: {err}")))
-        })
+        Box::pin(async move { ping(&mut connection, "redis cluster").await })
     }
 
     /// Replaces the connection a command started on at `started` that ran
