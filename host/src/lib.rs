@@ -101,6 +101,7 @@ pub mod registry;
 pub mod reload;
 pub mod slot;
 pub mod store;
+pub mod watch;
 
 // Serving.
 pub mod access;
@@ -110,6 +111,7 @@ pub mod endpoint;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 // `keybust dev`: the whole flow on one machine.
 pub mod dev;

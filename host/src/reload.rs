@@ -1,23 +1,10 @@
-//! Reloading the `--component` file: when it changes on disk, and on SIGHUP.
-//!
-//! Deploy tools and editors rarely write a file in place: they write a new
-//! file and rename it over the old one, which replaces the inode a watch on
-//! the file itself would follow. Kubernetes ConfigMap and Secret mounts go
-//! further: the file's name is a symbolic link through `..data`, and an
-//! update renames a new `..data` link into place without touching that name.
-//! So the watch is on the parent directory, takes any change in it, and is
-//! debounced: a burst of writes and renames becomes one reload once the
-//! directory has been quiet for [`DEBOUNCE`]. A reload whose bytes equal the
-//! serving version does nothing, so changes to other files cost one read.
+//! Reloading the `--component` file: when it changes on disk (see
+//! [`crate::watch`] for how changes are noticed), and on SIGHUP. A reload
+//! whose bytes equal the serving version does nothing.
 
 use crate::endpoint::Endpoint;
-use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Quiet time after the last change before the file is re-read.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Why the file did not become the serving component.
 #[derive(Debug, thiserror::Error)]
@@ -74,26 +61,12 @@ async fn reload_and_log(endpoint: &Endpoint, path: &Path, why: &str) {
 /// Watches `path` and reloads it after each burst of changes. The returned
 /// watcher must be kept alive for as long as the watch should last.
 pub fn watch(endpoint: Arc<Endpoint>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if !event.kind.is_access() {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait until no event has arrived for DEBOUNCE.
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            reload_and_log(&endpoint, &path, "file changed").await;
-        }
-    });
-    Ok(watcher)
+    let watched = path.clone();
+    crate::watch::on_change(&[watched], move || {
+        let endpoint = endpoint.clone();
+        let path = path.clone();
+        async move { reload_and_log(&endpoint, &path, "file changed").await }
+    })
 }
 
 /// Reloads `path` on every SIGHUP.

@@ -4,10 +4,12 @@
 //! decided by the handler given to [`serve`]:
 //! [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
 //! HTTP/2 stream is a request like any other: admitted, bounded and timed
-//! the same way.
+//! the same way. [`serve_tls`] does the same over TLS, where ALPN offers
+//! `h2` and the handshake is bounded by the header timeout.
 
 use crate::body::ResponseBody;
 use crate::limits::Limits;
+use crate::tls::Acceptor;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,6 +21,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 /// The client's address, on every request [`serve`] hands its handler.
@@ -29,6 +32,41 @@ pub struct Peer(pub SocketAddr);
 /// connections to finish their in-flight requests.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+) where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
+{
+    serve_with(listener, None, handler, shutdown, grace, limits).await;
+}
+
+/// [`serve`], with every connection a TLS connection accepted by `tls`.
+pub async fn serve_tls<F, Fut>(
+    listener: TcpListener,
+    tls: Acceptor,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+) where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
+{
+    serve_with(listener, Some(tls), handler, shutdown, grace, limits).await;
+}
+
+/// A connection's bytes, plaintext or TLS, behind one type so that both are
+/// served by the same code.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// [`serve`] or [`serve_tls`], as `tls` says.
+pub async fn serve_with<F, Fut>(
+    listener: TcpListener,
+    tls: Option<Acceptor>,
     handler: F,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -82,8 +120,29 @@ pub async fn serve<F, Fut>(
         });
         let builder = connection_builder(&limits);
         let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                // The handshake holds the connection's permit, so it is
+                // bounded like a request head: a client that stalls in it
+                // is dropped after the header timeout.
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }

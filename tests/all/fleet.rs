@@ -3,6 +3,7 @@
 //! start, pinned by digest, followed by every instance, and swapped in by
 //! reference through the admin API.
 
+use crate::support::process::refused_start;
 use crate::support::registry::OciRegistry;
 use crate::support::{self, Answer, Backend, Options, Stack, hashes};
 use keybust::artifacts::hex_digest;
@@ -69,24 +70,6 @@ async fn put_reference(stack: &Stack, reference: &str) -> Answer {
             .unwrap(),
     )
     .await
-}
-
-/// `keybust serve ARGS` with a fresh state directory under `dir`, which
-/// must refuse to start; its stderr.
-fn refused_start(args: &[&str], dir: &Path) -> String {
-    let state = tempfile::tempdir_in(dir).unwrap();
-    let output = std::process::Command::new(support::process::binary())
-        .arg("serve")
-        .args(args)
-        .env_clear()
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_STATE_DIR", state.path())
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "keybust serve {args:?} started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 async fn serving(stack: &Stack) -> Value {
@@ -260,7 +243,7 @@ async fn a_pinned_reference_is_checked_against_the_bytes_pulled() {
     assert_eq!(answer.status, 422, "{}", answer.body);
     assert!(answer.body.contains("digest mismatch"), "{}", answer.body);
 
-    let stderr = refused_start(&["--component", &pinned], files.path());
+    let stderr = refused_start(&["--component", &pinned]);
     assert!(stderr.contains("digest mismatch"), "{stderr}");
     assert!(
         stderr.contains("no earlier version of it is recorded"),
@@ -421,15 +404,12 @@ async fn with_a_verify_key_only_signed_components_serve() {
         .assert_json(200, r#"{"ok":true}"#);
 
     // An unsigned component does not start a fresh instance either.
-    let stderr = refused_start(
-        &[
-            "--component",
-            &unsigned_tag,
-            "--verify-key",
-            our_public.to_str().unwrap(),
-        ],
-        files.path(),
-    );
+    let stderr = refused_start(&[
+        "--component",
+        &unsigned_tag,
+        "--verify-key",
+        our_public.to_str().unwrap(),
+    ]);
     assert!(stderr.contains("no valid signature"), "{stderr}");
 }
 
@@ -542,7 +522,7 @@ fn unusable_follow_and_verify_settings_stop_startup() {
         ),
     ];
     for (args, reason) in cases {
-        let stderr = refused_start(&args, dir.path());
+        let stderr = refused_start(&args);
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 }

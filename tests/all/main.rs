@@ -14,6 +14,7 @@
 mod support;
 
 mod cache;
+mod deploy;
 mod dev;
 mod endpoint;
 mod example;
@@ -25,5 +26,7 @@ mod reliability;
 mod session;
 mod settings;
 mod swap;
+mod systemd;
+mod tls;
 mod traces;
 mod transport;

@@ -39,7 +39,7 @@ fn is_flag(token: &str) -> bool {
     })
 }
 
-fn is_env(token: &str) -> bool {
+pub(crate) fn is_env(token: &str) -> bool {
     token.len() > 2
         && token.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
         && token
@@ -47,15 +47,20 @@ fn is_env(token: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The flags and environment twins `keybust serve --help` lists.
-fn listed() -> (BTreeSet<String>, BTreeSet<String>) {
+/// What `keybust serve --help` prints, with no setting in the environment.
+pub(crate) fn serve_help() -> String {
     let output = std::process::Command::new(crate::support::process::binary())
         .args(["serve", "--help"])
         .env_clear()
         .output()
         .unwrap();
     assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The flags and environment twins `keybust serve --help` lists.
+pub(crate) fn listed() -> (BTreeSet<String>, BTreeSet<String>) {
+    let help = serve_help();
     let mut flags = BTreeSet::new();
     let mut envs = BTreeSet::new();
     for line in help.lines() {

@@ -5,6 +5,7 @@
 //! runtime ([`in_process::InProcess`]); [`Stack`] puts one together with its backends.
 
 pub mod answer;
+pub mod certs;
 pub mod convex;
 pub mod http;
 pub mod in_process;

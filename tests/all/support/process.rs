@@ -31,9 +31,37 @@ pub fn binary() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_keybust").into())
 }
 
+/// `keybust serve ARGS` with a fresh state directory, which must refuse to
+/// start; its stderr.
+pub fn refused_start(args: &[&str]) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let output = Command::new(binary())
+        .arg("serve")
+        .args(args)
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", state.path())
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "keybust serve {args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 impl Keybust {
     /// Starts `keybust <args>` with exactly `env` (plus listen addresses on free ports).
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::start_with(args, env, |_| {})
+    }
+
+    /// [`Keybust::start`], with `configure` given the command before it
+    /// runs (to pass file descriptors, for instance).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, String)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         use_aws_lc_for_tls();
         let dirs = tempfile::tempdir().unwrap();
         let mut command = Command::new(binary());
@@ -48,6 +76,7 @@ impl Keybust {
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        configure(&mut command);
         let mut child = command.spawn().expect("cannot start keybust");
         let logs = Logs::default();
         let stderr = child.stderr.take().unwrap();
@@ -78,12 +107,12 @@ impl Keybust {
                     logs.text()
                 ),
             };
-            if let Some(rest) = line.strip_prefix("admin listening on http://") {
-                admin = Some(rest.parse().unwrap());
-            } else if let Some(rest) = line.strip_prefix("metrics listening on http://") {
-                metrics = Some(rest.parse().unwrap());
-            } else if let Some(rest) = line.strip_prefix("listening on http://") {
-                addr = Some(rest.parse().unwrap());
+            if let Some(rest) = line.strip_prefix("admin listening on ") {
+                admin = Some(listening_addr(rest));
+            } else if let Some(rest) = line.strip_prefix("metrics listening on ") {
+                metrics = Some(listening_addr(rest));
+            } else if let Some(rest) = line.strip_prefix("listening on ") {
+                addr = Some(listening_addr(rest));
             }
             printed.push(line);
         }
@@ -150,6 +179,14 @@ impl Keybust {
     pub fn log_sink(&self) -> &Logs {
         &self.logs
     }
+}
+
+/// The address in a listening line's `http://ADDR` or `https://ADDR`.
+fn listening_addr(url: &str) -> SocketAddr {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("not a listening address: {url}"))
 }
 
 impl Drop for Keybust {

@@ -3,6 +3,7 @@
 
 mod component;
 mod logging;
+mod systemd;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -17,6 +18,7 @@ use keybust::plugin;
 use keybust::registry::{ComponentSource, OciReference, Registry, RegistryArgs};
 use keybust::server;
 use keybust::telemetry::export::TelemetryArgs;
+use keybust::tls::{Acceptor, Listener, TlsArgs};
 use logging::{LogFormat, init_logging};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,6 +92,9 @@ struct ServeArgs {
 
     #[command(flatten, next_help_heading = "Admin plane")]
     admin: AdminArgs,
+
+    #[command(flatten, next_help_heading = "TLS")]
+    tls: TlsArgs,
 
     #[command(flatten)]
     common: CommonArgs,
@@ -180,6 +185,9 @@ fn main() -> anyhow::Result<ExitCode> {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
+    // Also while there is one thread: taking the passed sockets unsets
+    // LISTEN_FDS, so that nothing keybust starts inherits them.
+    let inherited = systemd::Inherited::from_env();
     let cli = Cli::parse();
     let traces = match &cli.command {
         Command::Serve(args) => args.common.telemetry.pipeline(),
@@ -191,7 +199,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let runtime = new_runtime(cli.worker_threads).context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve(*args, inherited).await.map(|()| ExitCode::SUCCESS),
             Command::Dev(args) => dev(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Component(command) => component::run(command).await,
         }
@@ -270,8 +278,9 @@ async fn new_endpoint(
     Ok((endpoint, manifest))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, mut inherited: systemd::Inherited) -> anyhow::Result<()> {
     let settings = args.settings.settings().context("invalid configuration")?;
+    let certificates = args.tls.load().context("invalid TLS configuration")?;
     let source = ComponentSource::parse(args.component.as_deref())?;
     let followed = followed_tag(&source, args.follow_interval)?;
     let mut registry = args.registry.registry().context("invalid configuration")?;
@@ -321,20 +330,102 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         ComponentSource::Embedded | ComponentSource::Oci(_) => {
-            ignore_sighup()?;
+            if certificates.is_none() {
+                ignore_sighup()?;
+            }
             None
         }
     };
-    let listener = server::bind(args.listen).await?;
-    let mut planes = vec![(server::bind(args.admin.admin_listen).await?, policy.clone())];
-    if let Some(addr) = args.admin.metrics_listen {
+    let _tls_watcher = match &certificates {
+        Some(certificates) => {
+            #[cfg(unix)]
+            certificates.reload_on_sighup()?;
+            match certificates.watch() {
+                Ok(watcher) => Some(watcher),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot watch the TLS files; SIGHUP still reloads them");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let acceptor = |listener| {
+        certificates
+            .as_ref()
+            .and_then(|certificates| certificates.acceptor(listener))
+    };
+    if inherited.count() > 0 {
+        tracing::info!(
+            sockets = inherited.count(),
+            "serving sockets passed by the service manager"
+        );
+    }
+    let public = Listening {
+        listener: listen(&mut inherited, systemd::PUBLIC, "public", args.listen).await?,
+        tls: acceptor(Listener::Public),
+    };
+    let admin = Listening {
+        listener: listen(
+            &mut inherited,
+            systemd::ADMIN,
+            "admin",
+            args.admin.admin_listen,
+        )
+        .await?,
+        tls: acceptor(Listener::Admin),
+    };
+    let mut planes = vec![(admin, policy.clone())];
+    let metrics = match args.admin.metrics_listen {
+        Some(addr) => Some(listen(&mut inherited, systemd::METRICS, "metrics", addr).await?),
+        None => inherited.take(systemd::METRICS, "metrics")?,
+    };
+    if let Some(metrics) = metrics {
         let probes = AdminPolicy {
             probes_only: true,
             ..policy
         };
-        planes.push((server::bind(addr).await?, probes));
+        let metrics = Listening {
+            listener: metrics,
+            tls: acceptor(Listener::Metrics),
+        };
+        planes.push((metrics, probes));
     }
-    run(endpoint, listener, planes, &args.common).await
+    run(endpoint, public, planes, &args.common).await
+}
+
+/// A listener and, when it speaks TLS, how it accepts.
+struct Listening {
+    listener: tokio::net::TcpListener,
+    tls: Option<Acceptor>,
+}
+
+impl Listening {
+    fn plain(listener: tokio::net::TcpListener) -> Self {
+        Listening {
+            listener,
+            tls: None,
+        }
+    }
+
+    /// `https://ADDR` or `http://ADDR`, as the listening lines print it.
+    fn url(&self) -> std::io::Result<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.listener.local_addr()?))
+    }
+}
+
+/// The socket the service manager passed at `index`, or a new one on `addr`.
+async fn listen(
+    inherited: &mut systemd::Inherited,
+    index: usize,
+    what: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match inherited.take(index, what)? {
+        Some(listener) => Ok(listener),
+        None => Ok(server::bind(addr).await?),
+    }
 }
 
 /// A follow interval from 1 s to 24 h: shorter would hammer the registry,
@@ -398,8 +489,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let (endpoint, _) =
         new_endpoint(capabilities, &ComponentSource::Embedded, None, &common).await?;
     let endpoint = Arc::new(endpoint);
-    let listener = server::bind(args.listen).await?;
-    let addr = listener.local_addr()?;
+    let listener = Listening::plain(server::bind(args.listen).await?);
+    let addr = listener.listener.local_addr()?;
     println!(
         "keybust dev: Convex and the token issuer are stand-ins on loopback; the cache is in-process."
     );
@@ -418,8 +509,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 /// `--shutdown-grace`. The admin planes answer until the process exits.
 async fn run(
     endpoint: Arc<Endpoint>,
-    listener: tokio::net::TcpListener,
-    planes: Vec<(tokio::net::TcpListener, AdminPolicy)>,
+    public: Listening,
+    planes: Vec<(Listening, AdminPolicy)>,
     common: &CommonArgs,
 ) -> anyhow::Result<()> {
     let grace = common.shutdown_grace;
@@ -430,11 +521,12 @@ async fn run(
         } else {
             "admin"
         };
-        println!("{what} listening on http://{}", plane.local_addr()?);
+        println!("{what} listening on {}", plane.url()?);
         let endpoint = endpoint.clone();
         let policy = Arc::new(policy);
-        tokio::spawn(server::serve(
-            plane,
+        tokio::spawn(server::serve_with(
+            plane.listener,
+            plane.tls,
             move |request| {
                 let endpoint = endpoint.clone();
                 let policy = policy.clone();
@@ -449,6 +541,7 @@ async fn run(
     let delay = common.shutdown_delay;
     let shutdown = async move {
         shutdown_signal().await;
+        systemd::stopping();
         draining.start_draining();
         tracing::info!(
             ?delay,
@@ -462,8 +555,18 @@ async fn run(
         async move { endpoint.route(request).await }
     };
     // Printed last: once it appears, every listener is accepting.
-    println!("listening on http://{}", listener.local_addr()?);
-    server::serve(listener, handler, shutdown, grace, (*limits).clone()).await;
+    println!("listening on {}", public.url()?);
+    systemd::ready();
+    systemd::start_watchdog();
+    server::serve_with(
+        public.listener,
+        public.tls,
+        handler,
+        shutdown,
+        grace,
+        (*limits).clone(),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,498 @@
+//! TLS on keybust's listeners: a certificate pair from PEM files, ALPN for
+//! HTTP/2, client certificates for the admin listener, and a reload that
+//! never leaves a listener without a working pair.
+//!
+//! The server configurations are built whole from the files and swapped in
+//! one atomic store ([`Certificates::reload`]): each handshake takes the
+//! configuration current when it starts, so a reload changes what new
+//! connections are offered and leaves open ones alone. A reload that fails
+//! (a half-written file, a key that does not match) keeps everything as it
+//! was and says why in the log.
+//!
+//! Handshakes use rustls on the aws-lc-rs provider, TLS 1.2 and 1.3, and
+//! offer `h2` before `http/1.1`; plaintext listeners keep speaking both
+//! HTTP/1.1 and h2c (see [`crate::server`]).
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use zeroize::Zeroizing;
+
+/// A listener keybust opens, for choosing which of them speak TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Listener {
+    /// The endpoint's listener (`--listen`).
+    Public,
+    /// The admin listener (`--admin-listen`).
+    Admin,
+    /// The probes-only listener (`--metrics-listen`).
+    Metrics,
+}
+
+impl Listener {
+    fn index(self) -> usize {
+        match self {
+            Listener::Public => 0,
+            Listener::Admin => 1,
+            Listener::Metrics => 2,
+        }
+    }
+}
+
+/// TLS settings, as `keybust serve` takes them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM, leaf first) for TLS [default: none, plaintext
+    /// HTTP/1.1 and h2c]. Watched, and re-read on SIGHUP: new handshakes
+    /// get the new pair, open connections keep theirs.
+    #[arg(long, env = "KEYBUST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "KEYBUST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Listeners that speak TLS with that pair, comma-separated.
+    #[arg(
+        long,
+        env = "KEYBUST_TLS_LISTENERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "public"
+    )]
+    pub tls_listeners: Vec<Listener>,
+
+    /// CA certificates (PEM): clients of the admin listener must present a
+    /// certificate one of them issued (mutual TLS). Needs `admin` in
+    /// --tls-listeners.
+    #[arg(long, env = "KEYBUST_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificates, loaded and checked; `None` without `--tls-cert`.
+    pub fn load(&self) -> Result<Option<Arc<Certificates>>, TlsError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        Certificates::load(files, &self.tls_listeners)
+            .map(|certificates| Some(Arc::new(certificates)))
+    }
+}
+
+/// Where the pair (and the client CA) are read from, every time.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+    /// The CAs that issue admin clients' certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn all(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        files.extend(self.client_ca.clone());
+        files
+    }
+}
+
+/// Why a pair could not be loaded. Messages name the file, never its
+/// contents.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Which setting names the file.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not the PEM it should be.
+    #[error("{what} {path}: {source}")]
+    Pem {
+        /// Which setting names the file.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The key does not go with the certificate, or is of a kind rustls
+    /// cannot use.
+    #[error("--tls-cert {cert} and --tls-key {key} are not a usable pair: {source}")]
+    Pair {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// The client CA file holds no certificate a verifier can use.
+    #[error("--tls-client-ca {path}: {source}")]
+    ClientCa {
+        /// The CA file.
+        path: String,
+        /// Why.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// Client certificates would be asked for on a listener that does not
+    /// speak TLS.
+    #[error(
+        "--tls-client-ca asks admin clients for certificates, but the admin listener does not speak TLS: add admin to --tls-listeners"
+    )]
+    ClientCaWithoutAdminTls,
+    /// The protocol versions of the provider cannot be used (a build error).
+    #[error("TLS provider: {0}")]
+    Provider(#[source] rustls::Error),
+}
+
+/// The server configuration of each listener that speaks TLS, built
+/// together from one reading of the files.
+struct Configs {
+    by_listener: [Option<Arc<ServerConfig>>; 3],
+    /// Digest of the bytes read, to tell a real change from a touch.
+    read: [u8; 32],
+    /// The leaf certificate's SHA-256, for the log.
+    fingerprint: String,
+}
+
+/// The loaded pair, kept current by [`Certificates::reload`].
+pub struct Certificates {
+    files: TlsFiles,
+    listeners: Vec<Listener>,
+    current: ArcSwap<Configs>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("files", &self.files)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certificates {
+    /// Reads and checks the files: a bad pair at start is an error here,
+    /// before any listener opens.
+    pub fn load(files: TlsFiles, listeners: &[Listener]) -> Result<Self, TlsError> {
+        if files.client_ca.is_some() && !listeners.contains(&Listener::Admin) {
+            return Err(TlsError::ClientCaWithoutAdminTls);
+        }
+        let configs = build(&files, listeners)?;
+        tracing::info!(
+            fingerprint = %configs.fingerprint,
+            listeners = ?listeners,
+            "TLS certificate loaded"
+        );
+        Ok(Certificates {
+            files,
+            listeners: listeners.to_vec(),
+            current: ArcSwap::from_pointee(configs),
+        })
+    }
+
+    /// Re-reads the files. On success new handshakes use them; on failure
+    /// nothing changes. Returns whether the files differed from the pair in
+    /// use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let configs = build(&self.files, &self.listeners)?;
+        if configs.read == self.current.load().read {
+            return Ok(false);
+        }
+        tracing::info!(fingerprint = %configs.fingerprint, "TLS certificate reloaded");
+        self.current.store(Arc::new(configs));
+        Ok(true)
+    }
+
+    /// How `listener` accepts connections, or `None` when it is plaintext.
+    pub fn acceptor(self: &Arc<Self>, listener: Listener) -> Option<Acceptor> {
+        self.listeners.contains(&listener).then(|| Acceptor {
+            certificates: self.clone(),
+            listener,
+        })
+    }
+
+    /// Reloads after each burst of changes to the files. The returned
+    /// watcher must be kept alive for as long as the watch should last.
+    pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
+        let certificates = self.clone();
+        crate::watch::on_change(&self.files.all(), move || {
+            let certificates = certificates.clone();
+            async move { certificates.reload_and_log("files changed").await }
+        })
+    }
+
+    /// Reloads on every SIGHUP.
+    #[cfg(unix)]
+    pub fn reload_on_sighup(self: &Arc<Self>) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())?;
+        let certificates = self.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                certificates.reload_and_log("SIGHUP").await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn reload_and_log(self: &Arc<Self>, why: &'static str) {
+        // File reads off the async threads: a slow mount must not stall serving.
+        let certificates = self.clone();
+        match tokio::task::spawn_blocking(move || certificates.reload()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::debug!(why, "TLS files unchanged"),
+            Ok(Err(err)) => tracing::error!(
+                why,
+                error = %err,
+                "TLS reload failed; new handshakes keep the current certificate"
+            ),
+            Err(err) => tracing::error!(why, error = %err, "TLS reload did not finish"),
+        }
+    }
+}
+
+/// Accepts TLS connections for one listener with the configuration current
+/// at each handshake.
+#[derive(Clone)]
+pub struct Acceptor {
+    certificates: Arc<Certificates>,
+    listener: Listener,
+}
+
+impl Acceptor {
+    /// Runs the handshake. The caller bounds it in time.
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        let config = self.certificates.current.load().by_listener[self.listener.index()].clone();
+        // Absent only if the listener was never meant to speak TLS; refuse
+        // rather than fall back to plaintext.
+        let config = config
+            .ok_or_else(|| std::io::Error::other("no TLS configuration for this listener"))?;
+        tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| TlsError::Read {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn certificates(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let invalid = |source| TlsError::Pem {
+        what,
+        path: path.display().to_string(),
+        source,
+    };
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    if chain.is_empty() {
+        return Err(invalid(rustls::pki_types::pem::Error::NoItemsFound));
+    }
+    Ok(chain)
+}
+
+/// Every listener's configuration from one reading of the files.
+fn build(files: &TlsFiles, listeners: &[Listener]) -> Result<Configs, TlsError> {
+    let cert_pem = read("--tls-cert", &files.cert)?;
+    let key_pem = read("--tls-key", &files.key)?;
+    let ca_pem = match &files.client_ca {
+        Some(path) => Some(read("--tls-client-ca", path)?),
+        None => None,
+    };
+    let mut read_digest = Sha256::new();
+    for bytes in [Some(&cert_pem), Some(&key_pem), ca_pem.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        read_digest.update((bytes.len() as u64).to_le_bytes());
+        read_digest.update(bytes.as_slice());
+    }
+    let chain = certificates("--tls-cert", &files.cert, &cert_pem)?;
+    let fingerprint = crate::artifacts::hex_digest(chain[0].as_ref());
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem {
+        what: "--tls-key",
+        path: files.key.display().to_string(),
+        source,
+    })?;
+    let client_verifier = match (&files.client_ca, &ca_pem) {
+        (Some(path), Some(pem)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in certificates("--tls-client-ca", path, pem)? {
+                // An unusable CA certificate is skipped here and reported
+                // below if none remains.
+                let _ = roots.add(ca);
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|source| TlsError::ClientCa {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Some(verifier)
+        }
+        _ => None,
+    };
+    let pair_error = |source| TlsError::Pair {
+        cert: files.cert.display().to_string(),
+        key: files.key.display().to_string(),
+        source,
+    };
+    let builder = || {
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Provider)
+    };
+    let finish = |mut config: ServerConfig| {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    };
+    let open = finish(
+        builder()?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(pair_error)?,
+    );
+    let mutual = match client_verifier {
+        Some(verifier) => Some(finish(
+            builder()?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .map_err(pair_error)?,
+        )),
+        None => None,
+    };
+    let mut by_listener: [Option<Arc<ServerConfig>>; 3] = Default::default();
+    for &listener in listeners {
+        let config = match (listener, &mutual) {
+            (Listener::Admin, Some(mutual)) => mutual.clone(),
+            _ => open.clone(),
+        };
+        by_listener[listener.index()] = Some(config);
+    }
+    Ok(Configs {
+        by_listener,
+        read: read_digest.finalize().into(),
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Certificates, Listener, TlsError, TlsFiles};
+    use rcgen::{CertifiedKey, generate_simple_self_signed};
+    use std::path::Path;
+
+    fn pair() -> CertifiedKey<rcgen::KeyPair> {
+        generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap()
+    }
+
+    fn install(dir: &Path, pair: &CertifiedKey<rcgen::KeyPair>) -> TlsFiles {
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+        };
+        std::fs::write(&files.cert, pair.cert.pem()).unwrap();
+        std::fs::write(&files.key, pair.signing_key.serialize_pem()).unwrap();
+        files
+    }
+
+    fn fingerprint(certificates: &Certificates) -> String {
+        certificates.current.load().fingerprint.clone()
+    }
+
+    #[test]
+    fn a_reload_swaps_only_a_good_new_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = pair();
+        let files = install(dir.path(), &first);
+        let certificates = Certificates::load(files.clone(), &[Listener::Public]).unwrap();
+        let loaded = fingerprint(&certificates);
+        assert!(
+            !certificates.reload().unwrap(),
+            "unchanged files are no change"
+        );
+
+        // A key from another pair: refused, the first pair stays.
+        std::fs::write(&files.key, pair().signing_key.serialize_pem()).unwrap();
+        let err = certificates.reload().unwrap_err();
+        assert!(matches!(err, TlsError::Pair { .. }), "{err}");
+        assert_eq!(fingerprint(&certificates), loaded);
+        // A truncated certificate: refused as well.
+        std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nMII").unwrap();
+        assert!(matches!(certificates.reload(), Err(TlsError::Pem { .. })));
+        assert_eq!(fingerprint(&certificates), loaded);
+
+        let second = pair();
+        install(dir.path(), &second);
+        assert!(certificates.reload().unwrap());
+        assert_ne!(fingerprint(&certificates), loaded);
+        assert_eq!(
+            fingerprint(&certificates),
+            crate::artifacts::hex_digest(second.cert.der())
+        );
+    }
+
+    #[test]
+    fn only_the_chosen_listeners_speak_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = install(dir.path(), &pair());
+        let certificates = std::sync::Arc::new(
+            Certificates::load(files, &[Listener::Public, Listener::Metrics]).unwrap(),
+        );
+        assert!(certificates.acceptor(Listener::Public).is_some());
+        assert!(certificates.acceptor(Listener::Metrics).is_some());
+        assert!(certificates.acceptor(Listener::Admin).is_none());
+    }
+
+    #[test]
+    fn client_certificates_need_a_tls_admin_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = install(dir.path(), &pair());
+        files.client_ca = Some(files.cert.clone());
+        let refused = Certificates::load(files.clone(), &[Listener::Public]).unwrap_err();
+        assert!(matches!(refused, TlsError::ClientCaWithoutAdminTls));
+        Certificates::load(files.clone(), &[Listener::Admin]).unwrap();
+        // A client CA file without a certificate in it is named.
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        files.client_ca = Some(empty);
+        let err = Certificates::load(files, &[Listener::Admin]).unwrap_err();
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+    }
+}

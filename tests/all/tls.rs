@@ -1,0 +1,305 @@
+//! TLS on the listeners: ALPN h2 with the same answers as plaintext, a
+//! certificate pair replaced on disk without a restart, a bad pair refused
+//! at start and survived at reload, and client certificates on the admin
+//! listener.
+
+use crate::support::certs::{Pair, TestCa, replace};
+use crate::support::process::refused_start;
+use crate::support::{Answer, Backend, ENDPOINT, Options, Stack, hashes};
+use reqwest::tls::TlsInfo;
+use reqwest::{Method, Version};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const ALLOWED: &str = "https://app.worldmonitor.app";
+
+/// A client that trusts only `ca`, and reports the peer's certificate.
+fn trusting(ca: &TestCa) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .tls_certs_only([ca.root()])
+        .tls_info(true)
+        .timeout(Duration::from_secs(20))
+}
+
+/// The certificate the server presented on the response's connection.
+fn presented(response: &reqwest::Response) -> Vec<u8> {
+    response
+        .extensions()
+        .get::<TlsInfo>()
+        .and_then(TlsInfo::peer_certificate)
+        .expect("a TLS response names its peer's certificate")
+        .to_vec()
+}
+
+fn tls_args(cert: &Path, key: &Path) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
+}
+
+async fn tls_stack(args: Vec<String>) -> Stack {
+    let options = Options {
+        args,
+        ..Options::default()
+    };
+    Stack::with(Backend::Embedded, options).await
+}
+
+fn https(stack: &Stack, path: &str) -> String {
+    format!("https://127.0.0.1:{}{path}", stack.keybust.addr().port())
+}
+
+#[tokio::test]
+async fn tls_with_alpn_h2_gets_the_same_answers() {
+    let ca = TestCa::new("keybust test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server().install(dir.path());
+    let stack = tls_stack(tls_args(&cert, &key)).await;
+    assert!(
+        stack
+            .keybust
+            .process()
+            .printed
+            .iter()
+            .any(|line| line.starts_with("listening on https://")),
+        "{:?}",
+        stack.keybust.process().printed
+    );
+    let url = https(&stack, ENDPOINT);
+    let client = trusting(&ca).build().unwrap();
+
+    let full = client
+        .post(&url)
+        .bearer_auth(stack.issuer.token())
+        .header("content-type", "application/json")
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.version(), Version::HTTP_2, "ALPN picks h2");
+    Answer::of(full).await.assert_json(200, r#"{"ok":true}"#);
+
+    let no_token = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.version(), Version::HTTP_2);
+    assert_eq!(no_token.status(), 401);
+
+    let preflight = client
+        .request(Method::OPTIONS, &url)
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.version(), Version::HTTP_2);
+    let preflight = Answer::of(preflight).await;
+    assert_eq!(preflight.status, 204);
+    preflight.assert_cors(ALLOWED);
+
+    // A client that offers only http/1.1 is served too.
+    let http1 = trusting(&ca).http1_only().build().unwrap();
+    let answer = http1
+        .post(&url)
+        .bearer_auth(stack.issuer.token())
+        .header("content-type", "application/json")
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), Version::HTTP_11);
+    assert_eq!(answer.status(), 200);
+
+    // No plaintext on a TLS listener.
+    let plain = reqwest::Client::new()
+        .post(stack.keybust.url(ENDPOINT))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plaintext was answered: {plain:?}");
+}
+
+/// Sends a cheap request (401: no token) and returns what it was served with.
+async fn certificate_of(client: &reqwest::Client, url: &str) -> Vec<u8> {
+    let answer = client.post(url).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    presented(&answer)
+}
+
+#[tokio::test]
+async fn a_replaced_pair_serves_new_handshakes_and_old_connections_keep_theirs() {
+    let ca = TestCa::new("keybust test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.server();
+    let (cert, key) = first.install(dir.path());
+    let stack = tls_stack(tls_args(&cert, &key)).await;
+    let url = https(&stack, ENDPOINT);
+
+    // One connection, opened on the first pair and kept in the pool.
+    let kept = trusting(&ca).build().unwrap();
+    assert_eq!(certificate_of(&kept, &url).await, first.der);
+
+    let second = ca.server();
+    second.install(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A fresh client: a new handshake.
+        let fresh = trusting(&ca).build().unwrap();
+        if certificate_of(&fresh, &url).await == second.der {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new handshakes still get the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack
+        .keybust
+        .assert_logged("TLS certificate reloaded")
+        .await;
+    // The kept connection is still the one from before the change.
+    assert_eq!(certificate_of(&kept, &url).await, first.der);
+
+    // A key that does not go with the certificate: logged, and new
+    // handshakes keep the second pair.
+    let stranger = ca.server();
+    replace(&key, stranger.key_pem.as_bytes());
+    stack.keybust.assert_logged("TLS reload failed").await;
+    let fresh = trusting(&ca).build().unwrap();
+    assert_eq!(certificate_of(&fresh, &url).await, second.der);
+
+    // SIGHUP re-reads the files too (and refuses the same bad pair).
+    stack.keybust.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack
+        .keybust
+        .logs()
+        .lines()
+        .any(|line| line.contains("TLS reload failed") && line.contains("SIGHUP"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = trusting(&ca).build().unwrap();
+    assert_eq!(certificate_of(&fresh, &url).await, second.der);
+    // Nothing of a key reaches the log.
+    for pair in [&first, &second, &stranger] {
+        let body = pair.key_pem.lines().nth(1).unwrap();
+        assert!(!stack.keybust.logs().contains(body), "a key was logged");
+    }
+}
+
+#[test]
+fn a_bad_pair_at_start_is_refused_by_name() {
+    let ca = TestCa::new("keybust test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server().install(dir.path());
+    let other = ca.server();
+    let stranger_key = dir.path().join("stranger.pem");
+    std::fs::write(&stranger_key, &other.key_pem).unwrap();
+
+    let args = tls_args(&cert, &stranger_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused_start(&args);
+    assert!(stderr.contains("not a usable pair"), "{stderr}");
+    assert!(
+        stderr.contains(&stranger_key.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(other.key_pem.lines().nth(1).unwrap()));
+
+    let missing = dir.path().join("missing.pem");
+    let args = tls_args(&cert, &missing);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused_start(&args);
+    assert!(stderr.contains("cannot read --tls-key"), "{stderr}");
+
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let args = tls_args(&not_pem, &key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused_start(&args);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    // A key without its certificate is a usage error.
+    let stderr = refused_start(&["--tls-key", key.to_str().unwrap()]);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    // Client certificates on an admin listener without TLS: refused.
+    let mut args = tls_args(&cert, &key);
+    args.extend(["--tls-client-ca".into(), cert.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused_start(&args);
+    assert!(stderr.contains("add admin to --tls-listeners"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_admin_listener_with_a_client_ca_serves_only_certified_clients() {
+    let ca = TestCa::new("keybust test CA");
+    let clients = TestCa::new("keybust admin clients");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server().install(dir.path());
+    let clients_pem = dir.path().join("clients.pem");
+    std::fs::write(&clients_pem, clients.pem()).unwrap();
+    let mut args = tls_args(&cert, &key);
+    args.extend([
+        "--tls-listeners".into(),
+        "public,admin".into(),
+        "--tls-client-ca".into(),
+        clients_pem.display().to_string(),
+    ]);
+    let stack = tls_stack(args).await;
+    let admin = stack.keybust.process().admin.unwrap();
+    let healthz = format!("https://127.0.0.1:{}/healthz", admin.port());
+    assert!(
+        stack
+            .keybust
+            .process()
+            .printed
+            .iter()
+            .any(|line| line.starts_with("admin listening on https://")),
+    );
+
+    let anonymous = trusting(&ca).build().unwrap();
+    let refused = anonymous.get(&healthz).send().await;
+    assert!(
+        refused.is_err(),
+        "served without a certificate: {refused:?}"
+    );
+
+    let outsider = trusting(&ca)
+        .identity(TestCa::new("someone else").client("intruder").identity())
+        .build()
+        .unwrap();
+    let refused = outsider.get(&healthz).send().await;
+    assert!(
+        refused.is_err(),
+        "served a foreign certificate: {refused:?}"
+    );
+
+    let operator: Pair = clients.client("operator");
+    let certified = trusting(&ca).identity(operator.identity()).build().unwrap();
+    let served = certified.get(&healthz).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+
+    // The public listener asks for no certificate.
+    let public = anonymous
+        .post(https(&stack, ENDPOINT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 401);
+}
