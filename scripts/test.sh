@@ -2,7 +2,9 @@
 # The whole test suite, from a fresh Debian machine with only rustup and cargo:
 # installs what the tests need (the wasm target; redis-server, redis-cli and
 # docker-registry), then runs every unit and integration test in the
-# workspace, then a smoke run of the load benchmark (status codes only).
+# workspace, then a build of keybust-host as another crate's dependency
+# (scripts/outside-crate.sh), then a smoke run of the load benchmark
+# (status codes only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +25,9 @@ fi
 rustup target add wasm32-wasip2 >/dev/null
 
 cargo test --release --workspace --locked "$@"
+
+# keybust-host as an embedder's dependency: default features off, built
+# outside the workspace, nothing written into its tree.
+./scripts/outside-crate.sh
 
 ./bench/run.sh --smoke

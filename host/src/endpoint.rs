@@ -10,7 +10,7 @@ use crate::capabilities::Capabilities;
 use crate::engine::{self, EngineError};
 use crate::history::History;
 use crate::limits::Limits;
-use crate::plugin::{self, GuestFailure, LoadError};
+use crate::plugin::{GuestFailure, LoadError};
 use crate::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -303,18 +303,24 @@ fn has_usable_authority<B>(request: &hyper::Request<B>) -> bool {
 
 /// Building an endpoint.
 impl Endpoint {
-    /// Serves the component built from `guest/` and embedded in this crate.
+    /// Serves the component built from `guest/` and embedded in this crate
+    /// (the `embedded-component` feature), with [`EndpointConfig::default`]:
+    /// no precompiled cache (every load compiles, 1-2 s) and the default
+    /// limits. [`Endpoint::load`] takes a config.
+    #[cfg(feature = "embedded-component")]
     pub async fn embedded(capabilities: Arc<Capabilities>) -> Result<Self, EndpointError> {
         Self::load(
             capabilities,
-            plugin::EMBEDDED_COMPONENT.to_vec(),
+            crate::plugin::EMBEDDED_COMPONENT.to_vec(),
             "embedded".to_owned(),
             &EndpointConfig::default(),
         )
         .await
     }
 
-    /// Serves the component in the file at `path`.
+    /// Serves the component in the file at `path`, with
+    /// [`EndpointConfig::default`] as `Endpoint::embedded` does. The file
+    /// is read once: watching it is [`crate::reload::watch`]'s job.
     pub async fn from_file(
         capabilities: Arc<Capabilities>,
         path: &Path,

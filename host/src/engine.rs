@@ -54,8 +54,9 @@ pub fn new_engine(limits: &Limits) -> Result<Engine, EngineError> {
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
 /// dropped. The ticker holds only a weak reference, so it never keeps an
 /// engine alive; each store counts the ticks that find its guest running
-/// (see [`crate::store::new_store`]).
-fn start_epoch_ticker(engine: &Engine) {
+/// (see [`crate::store::bound_store`]). An engine of your own needs
+/// `Config::epoch_interruption(true)` and this, once.
+pub fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new()
         .name("keybust-epoch".into())

@@ -76,6 +76,13 @@
 //! # }
 //! ```
 //!
+//! To serve requests with keybust's bounds from such a store, hold a
+//! [`store::GuestBounds`] in it, implement [`store::GuestState`], apply
+//! [`store::bound_store`], hand out [`store::DenyOutbound`] as the
+//! `wasi:http` hooks and [`store::http_ctx`] as its context, and serve each
+//! request with [`plugin::serve_request`]: `examples/own_linker.rs` does all
+//! of it.
+//!
 //! The contract those imports implement is documented in `wit/README.md`;
 //! the endpoint's own rules, in `docs/contract.md`.
 
@@ -114,4 +121,5 @@ pub mod telemetry;
 pub mod tls;
 
 // `keybust dev`: the whole flow on one machine.
+#[cfg(feature = "cli")]
 pub mod dev;

@@ -1,6 +1,11 @@
 //! What one request's [`Store`] holds: a WASI context with nothing granted,
 //! `wasi:http` state with outbound requests refused, the shared
 //! capabilities, and the request's memory and CPU bounds.
+//!
+//! The bounds and the refusal are building blocks of their own
+//! ([`GuestBounds`], [`bound_store`], [`DenyOutbound`], [`http_ctx`]), so a
+//! gateway that owns its `Linker` and store data gets the same guarantees
+//! as keybust's own [`RequestState`]: see `examples/own_linker.rs`.
 
 use crate::capabilities::{Capabilities, CapabilitiesView};
 use crate::limits::Limits;
@@ -14,40 +19,18 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 /// How much of what the guest writes to stderr the host keeps per request.
 const GUEST_LOG_CAPACITY: usize = 4096;
 
-/// Per-request store data: a WASI context with nothing granted, wasi:http
-/// state, the shared capabilities, and this request's bounds.
-pub struct RequestState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: DenyOutbound,
-    capabilities: Arc<Capabilities>,
-    guest_log: MemoryOutputPipe,
+/// One request's memory cap and CPU budget, carried in the store's data.
+/// [`bound_store`] puts them to work.
+pub struct GuestBounds {
     memory: StoreLimits,
     ticks_left: u64,
     out_of_time: bool,
 }
 
-impl RequestState {
-    /// A store's data for one request: no env, no args, no preopens, no
-    /// network; stderr is kept for the host's log.
-    pub fn new(capabilities: Arc<Capabilities>, limits: &Limits) -> Self {
-        let guest_log = MemoryOutputPipe::new(GUEST_LOG_CAPACITY);
-        let wasi = WasiCtx::builder()
-            .stderr(guest_log.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let mut http = WasiHttpCtx::new();
-        http.set_field_size_limit(limits.max_field_bytes);
-        RequestState {
-            wasi,
-            http,
-            table: ResourceTable::new(),
-            hooks: DenyOutbound,
-            capabilities,
-            guest_log,
+impl GuestBounds {
+    /// `--max-instance-memory` and `--guest-timeout` from `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        GuestBounds {
             memory: StoreLimitsBuilder::new()
                 .memory_size(limits.max_instance_memory)
                 .instances(16)
@@ -63,6 +46,68 @@ impl RequestState {
     pub fn out_of_time(&self) -> bool {
         self.out_of_time
     }
+}
+
+/// Store data that one request's guest runs in: `wasi:http` state and
+/// keybust's bounds. [`crate::plugin::serve_request`] serves a request with
+/// any such store.
+pub trait GuestState: WasiHttpView + Send + 'static {
+    /// The request's bounds.
+    fn bounds(&mut self) -> &mut GuestBounds;
+
+    /// Called once the instance exists, with the time instantiation took.
+    fn instantiated(&mut self, _took: std::time::Duration) {}
+
+    /// Called after the guest has finished, before the store is dropped.
+    fn finished(&mut self) {}
+}
+
+/// A `wasi:http` context with keybust's bound on a header field
+/// (`--max-field-bytes`).
+pub fn http_ctx(limits: &Limits) -> WasiHttpCtx {
+    let mut http = WasiHttpCtx::new();
+    http.set_field_size_limit(limits.max_field_bytes);
+    http
+}
+
+/// Per-request store data: a WASI context with nothing granted, wasi:http
+/// state, the shared capabilities, and this request's bounds.
+pub struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: DenyOutbound,
+    capabilities: Arc<Capabilities>,
+    guest_log: MemoryOutputPipe,
+    bounds: GuestBounds,
+}
+
+impl RequestState {
+    /// A store's data for one request: no env, no args, no preopens, no
+    /// network; stderr is kept for the host's log.
+    pub fn new(capabilities: Arc<Capabilities>, limits: &Limits) -> Self {
+        let guest_log = MemoryOutputPipe::new(GUEST_LOG_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .stderr(guest_log.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        RequestState {
+            wasi,
+            http: http_ctx(limits),
+            table: ResourceTable::new(),
+            hooks: DenyOutbound,
+            capabilities,
+            guest_log,
+            bounds: GuestBounds::new(limits),
+        }
+    }
+
+    /// Whether the guest ran out of its CPU budget: a trap then means 504, not 500.
+    pub fn out_of_time(&self) -> bool {
+        self.bounds.out_of_time
+    }
 
     /// Sends what the guest wrote to stderr to the host's log, one WARN per line.
     pub fn log_guest_output(&self) {
@@ -76,31 +121,54 @@ impl RequestState {
     }
 }
 
-/// A store for one request: memory bounded by a limiter, and a CPU budget
-/// counted in epoch ticks the guest spends executing. Each tick that finds
-/// the guest running costs one unit and yields to the executor, so a guest
-/// in a loop never holds a worker thread; ticks that pass while the guest
-/// waits on a host call cost nothing.
+/// A store for one request, bounded by [`bound_store`].
 pub fn new_store(
     engine: &Engine,
     capabilities: Arc<Capabilities>,
     limits: &Limits,
 ) -> Store<RequestState> {
     let mut store = Store::new(engine, RequestState::new(capabilities, limits));
-    store.limiter(|state| &mut state.memory);
+    bound_store(&mut store);
+    store
+}
+
+/// Puts a store's [`GuestBounds`] to work: memory bounded by a limiter, and
+/// a CPU budget counted in epoch ticks the guest spends executing. Each
+/// tick that finds the guest running costs one unit and yields to the
+/// executor, so a guest in a loop never holds a worker thread; ticks that
+/// pass while the guest waits on a host call cost nothing.
+///
+/// The engine needs epoch interruption and a ticker, as
+/// [`crate::engine::new_engine`] sets up (or
+/// [`crate::engine::start_epoch_ticker`] for an engine of your own).
+pub fn bound_store<T: GuestState>(store: &mut Store<T>) {
+    store.limiter(|state| &mut state.bounds().memory);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
-        let state = ctx.data_mut();
-        state.ticks_left = state.ticks_left.saturating_sub(1);
-        if state.ticks_left == 0 {
-            state.out_of_time = true;
+        let bounds = ctx.data_mut().bounds();
+        bounds.ticks_left = bounds.ticks_left.saturating_sub(1);
+        if bounds.ticks_left == 0 {
+            bounds.out_of_time = true;
             return Err(wasmtime::format_err!(
                 "guest exceeded its execution time budget"
             ));
         }
         Ok(UpdateDeadline::Yield(1))
     });
-    store
+}
+
+impl GuestState for RequestState {
+    fn bounds(&mut self) -> &mut GuestBounds {
+        &mut self.bounds
+    }
+
+    fn instantiated(&mut self, took: std::time::Duration) {
+        self.capabilities.metrics.instantiated(took);
+    }
+
+    fn finished(&mut self) {
+        self.log_guest_output();
+    }
 }
 
 impl WasiView for RequestState {
@@ -128,8 +196,11 @@ impl CapabilitiesView for RequestState {
     }
 }
 
-/// The guest's only doors are our imports: outbound `wasi:http` is refused.
-struct DenyOutbound;
+/// `wasi:http` hooks that refuse every outbound request: the guest's only
+/// doors are keybust's imports. Hand it out as the `hooks` of your
+/// `WasiHttpView`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DenyOutbound;
 
 impl WasiHttpHooks for DenyOutbound {
     fn send_request(

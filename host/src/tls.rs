@@ -60,10 +60,13 @@ pub struct TlsArgs {
     #[arg(long, env = "KEYBUST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Listeners that speak TLS with that pair, comma-separated.
+    /// Listeners that speak TLS with that pair, comma-separated. Given
+    /// without --tls-cert, keybust refuses to start rather than serve them
+    /// in plaintext.
     #[arg(
         long,
         env = "KEYBUST_TLS_LISTENERS",
+        requires = "tls_cert",
         value_enum,
         value_delimiter = ',',
         default_value = "public"
@@ -181,6 +184,9 @@ pub struct Certificates {
     files: TlsFiles,
     listeners: Vec<Listener>,
     current: ArcSwap<Configs>,
+    /// One reload at a time (the file watch and SIGHUP may overlap): a slow
+    /// reload that read the old files must not store them over a newer one.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -209,6 +215,7 @@ impl Certificates {
             files,
             listeners: listeners.to_vec(),
             current: ArcSwap::from_pointee(configs),
+            reloading: std::sync::Mutex::new(()),
         })
     }
 
@@ -216,6 +223,10 @@ impl Certificates {
     /// nothing changes. Returns whether the files differed from the pair in
     /// use.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let configs = build(&self.files, &self.listeners)?;
         if configs.read == self.current.load().read {
             return Ok(false);
@@ -297,14 +308,38 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The most a PEM file may hold: chains and CA bundles are kilobytes.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file into one buffer sized up front, so that no copy of a
+/// key is left behind by a buffer that grew.
 fn read(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, TlsError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
+    use std::io::Read;
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|file| {
+            let size = file.metadata()?.len();
+            if size > MAX_PEM_BYTES {
+                return Err(std::io::Error::other("larger than 1 MiB"));
+            }
+            // One byte spare: a file that grew since is read to its end
+            // without a reallocation most of the time, and still bounded.
+            bytes.reserve_exact(size as usize + 1);
+            file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes)
+        })
+        .and_then(|read| {
+            if read as u64 > MAX_PEM_BYTES {
+                Err(std::io::Error::other("larger than 1 MiB"))
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|source| TlsError::Read {
             what,
             path: path.display().to_string(),
             source,
-        })
+        })?;
+    Ok(bytes)
 }
 
 fn certificates(

@@ -1,10 +1,12 @@
 //! Under systemd: readiness, stopping and watchdog notifications on a
-//! test-owned `NOTIFY_SOCKET`, and a listener passed by socket activation.
+//! test-owned `NOTIFY_SOCKET`, and listeners passed by socket activation.
 
+use crate::support::process::{binary, refused};
 use crate::support::{ENDPOINT, Keybust};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The messages that arrive on `socket` within `limit`, until `until` is
@@ -28,6 +30,23 @@ fn messages_until(socket: &UnixDatagram, until: &str, limit: Duration) -> Vec<St
     seen
 }
 
+/// A POST without a token, over plain HTTP/1.1: 401 once keybust serves.
+fn status_of_post(addr: std::net::SocketAddr) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {ENDPOINT} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
 #[test]
 fn the_service_manager_hears_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,24 +57,22 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
         &[
             ("KEYBUST_CACHE", "embedded".to_owned()),
             ("NOTIFY_SOCKET", path.display().to_string()),
-            // A ping every 100 ms.
-            ("WATCHDOG_USEC", "200000".to_owned()),
+            // A ping every half second.
+            ("WATCHDOG_USEC", "1000000".to_owned()),
         ],
     );
-    // The listening line came first; when READY=1 arrives, the listener
-    // takes connections.
     let before_ready = messages_until(&socket, "READY=1", Duration::from_secs(10));
     assert!(
-        !before_ready[..before_ready.len() - 1]
-            .iter()
-            .any(|m| m.contains("STOPPING")),
+        !before_ready.iter().any(|m| m.contains("STOPPING")),
         "{before_ready:?}"
     );
-    std::net::TcpStream::connect(keybust.addr).expect("ready, but not accepting");
+    // Ready means served.
+    assert_eq!(status_of_post(keybust.addr), 401);
     // Pings keep coming while it serves.
-    let pings = messages_until(&socket, "WATCHDOG=1", Duration::from_secs(5));
-    assert!(pings.iter().all(|m| !m.contains("STOPPING")), "{pings:?}");
-    messages_until(&socket, "WATCHDOG=1", Duration::from_secs(5));
+    for _ in 0..2 {
+        let pings = messages_until(&socket, "WATCHDOG=1", Duration::from_secs(5));
+        assert!(pings.iter().all(|m| !m.contains("STOPPING")), "{pings:?}");
+    }
 
     keybust.signal(libc::SIGTERM);
     messages_until(&socket, "STOPPING=1", Duration::from_secs(10));
@@ -67,7 +84,7 @@ fn without_a_notify_socket_nothing_is_sent_and_it_serves() {
     // The variables systemd sets are all that turns notifications on: with
     // none, keybust starts, serves and stops as before.
     let mut keybust = Keybust::start(&["serve"], &[("KEYBUST_CACHE", "embedded".to_owned())]);
-    std::net::TcpStream::connect(keybust.addr).unwrap();
+    assert_eq!(status_of_post(keybust.addr), 401);
     keybust.signal(libc::SIGTERM);
     assert!(keybust.wait_exit(Duration::from_secs(20)).success());
     assert!(
@@ -77,61 +94,126 @@ fn without_a_notify_socket_nothing_is_sent_and_it_serves() {
     );
 }
 
-/// Passes `listener` to the child as its first socket (fd 3), the way
-/// systemd does with `LISTEN_FDS=1`.
-fn pass_as_fd3(command: &mut std::process::Command, listener: &std::net::TcpListener) {
-    let fd = listener.as_raw_fd();
-    // SAFETY: between fork and exec only dup2 and fcntl run, both
-    // async-signal-safe; `fd` stays open in the parent until the child runs.
+/// Hands `fds` to the child as 3, 4, ... the way systemd does. First each
+/// is copied above the range, so that one landing on another's place
+/// cannot clobber it.
+fn pass_fds(command: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: between fork and exec only fcntl and dup2 run, both
+    // async-signal-safe, on descriptors the parent keeps open until the
+    // child has started; nothing allocates.
     unsafe {
         command.pre_exec(move || {
-            if fd == 3 {
-                // Already in place: only the close-on-exec flag must go.
-                if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+            let mut high = [0; 8];
+            for (slot, fd) in high.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                if *slot == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, 3) == -1 {
-                return Err(std::io::Error::last_os_error());
+            }
+            for (index, fd) in high.iter().take(fds.len()).enumerate() {
+                if libc::dup2(*fd, 3 + index as RawFd) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
 }
 
+/// `keybust serve` with `fds` passed and `LISTEN_FDS` set; with
+/// `own_pid`, `LISTEN_PID` names keybust's process, as systemd sets it
+/// (a shell that sets it to its own pid, then execs keybust).
+fn activated(fds: Vec<RawFd>, own_pid: bool) -> Command {
+    let pid = if own_pid { "LISTEN_PID=$$ " } else { "" };
+    let script = format!(r#"{pid}LISTEN_FDS={} exec "$@""#, fds.len());
+    let mut command = Command::new("/bin/sh");
+    command
+        .env_clear()
+        .args(["-c", &script, "sh"])
+        .arg(binary())
+        .arg("serve");
+    pass_fds(&mut command, fds);
+    command
+}
+
+fn env() -> Vec<(&'static str, String)> {
+    vec![("KEYBUST_CACHE", "embedded".to_owned())]
+}
+
 #[tokio::test]
-async fn a_listener_passed_by_socket_activation_is_served() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let passed = listener.local_addr().unwrap();
+async fn listeners_passed_by_socket_activation_are_served_in_order() {
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     let keybust = tokio::task::spawn_blocking(move || {
-        Keybust::start_with(
-            &["serve"],
-            &[
-                ("KEYBUST_CACHE", "embedded".to_owned()),
-                ("LISTEN_FDS", "1".to_owned()),
-            ],
-            |command| pass_as_fd3(command, &listener),
-        )
+        let command = activated(vec![public.as_raw_fd(), admin.as_raw_fd()], true);
+        Keybust::start_command(command, &env())
     })
     .await
     .unwrap();
-    // KEYBUST_LISTEN asked for a fresh port; the passed socket won.
-    assert_eq!(keybust.addr, passed);
-    let answer = reqwest::Client::new()
-        .post(format!("http://{passed}{ENDPOINT}"))
-        .timeout(Duration::from_secs(20))
-        .send()
+    // KEYBUST_LISTEN and KEYBUST_ADMIN_LISTEN asked for fresh ports; the
+    // passed sockets won, first the public one, then the admin one.
+    assert_eq!(keybust.addr, public_addr);
+    assert_eq!(keybust.admin, Some(admin_addr));
+    assert_eq!(status_of_post(public_addr), 401);
+    let health = reqwest::get(format!("http://{admin_addr}/healthz"))
         .await
         .unwrap();
-    assert_eq!(answer.status(), 401);
+    assert_eq!(health.status(), 200);
     assert!(
         keybust
             .logs()
             .contains("serving sockets passed by the service manager")
     );
-    // The admin listener, not passed, was bound from its setting.
+}
+
+#[tokio::test]
+async fn sockets_not_meant_for_keybust_are_not_taken() {
+    // LISTEN_FDS without a LISTEN_PID naming keybust: the descriptors are
+    // someone else's, and keybust binds its own listener.
+    let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stray_addr = stray.local_addr().unwrap();
+    let keybust = tokio::task::spawn_blocking(move || {
+        Keybust::start_command(activated(vec![stray.as_raw_fd()], false), &env())
+    })
+    .await
+    .unwrap();
+    assert_ne!(keybust.addr, stray_addr);
+    assert_eq!(status_of_post(keybust.addr), 401);
     assert!(
         keybust
-            .admin
-            .is_some_and(|admin| admin.port() != passed.port())
+            .logs()
+            .contains("LISTEN_PID does not name this process")
     );
+}
+
+#[test]
+fn a_passed_socket_that_is_not_listening_stops_startup() {
+    // A connected socket, as a socket unit with Accept=yes would pass.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let mut command = activated(vec![connected.as_raw_fd()], true);
+    let state = tempfile::tempdir().unwrap();
+    command
+        .env("KEYBUST_CACHE", "embedded")
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", state.path())
+        .env("KEYBUST_CACHE_DIR", state.path().join("cache"));
+    let stderr = refused(command);
+    assert!(stderr.contains("is not listening"), "{stderr}");
+
+    // More sockets than keybust has listeners: a unit for another version.
+    let sockets: Vec<_> = (0..4)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut command = activated(sockets.iter().map(AsRawFd::as_raw_fd).collect(), true);
+    command
+        .env("KEYBUST_CACHE", "embedded")
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", state.path())
+        .env("KEYBUST_CACHE_DIR", state.path().join("cache"));
+    let stderr = refused(command);
+    assert!(stderr.contains("keybust takes at most 3"), "{stderr}");
 }

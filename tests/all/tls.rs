@@ -127,6 +127,32 @@ async fn tls_with_alpn_h2_gets_the_same_answers() {
     assert!(plain.is_err(), "plaintext was answered: {plain:?}");
 }
 
+/// How many log lines of `stack` mention all of `needles`.
+fn logged(stack: &Stack, needles: &[&str]) -> usize {
+    stack
+        .keybust
+        .logs()
+        .lines()
+        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+        .count()
+}
+
+/// Waits until more than `before` log lines mention all of `needles`.
+async fn logged_again(stack: &Stack, needles: &[&str], before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if logged(stack, needles) > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new line with {needles:?}: {}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends a cheap request (401: no token) and returns what it was served with.
 async fn certificate_of(client: &reqwest::Client, url: &str) -> Vec<u8> {
     let answer = client.post(url).send().await.unwrap();
@@ -172,27 +198,18 @@ async fn a_replaced_pair_serves_new_handshakes_and_old_connections_keep_theirs()
     // A key that does not go with the certificate: logged, and new
     // handshakes keep the second pair.
     let stranger = ca.server();
+    let watched = ["TLS reload failed", "files changed"];
+    let failures = logged(&stack, &watched);
     replace(&key, stranger.key_pem.as_bytes());
-    stack.keybust.assert_logged("TLS reload failed").await;
+    logged_again(&stack, &watched, failures).await;
     let fresh = trusting(&ca).build().unwrap();
     assert_eq!(certificate_of(&fresh, &url).await, second.der);
 
     // SIGHUP re-reads the files too (and refuses the same bad pair).
+    let hangup = ["TLS reload failed", "SIGHUP"];
+    let failures = logged(&stack, &hangup);
     stack.keybust.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stack
-        .keybust
-        .logs()
-        .lines()
-        .any(|line| line.contains("TLS reload failed") && line.contains("SIGHUP"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload: {}",
-            stack.keybust.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logged_again(&stack, &hangup, failures).await;
     let fresh = trusting(&ca).build().unwrap();
     assert_eq!(certificate_of(&fresh, &url).await, second.der);
     // Nothing of a key reaches the log.
@@ -236,6 +253,10 @@ fn a_bad_pair_at_start_is_refused_by_name() {
 
     // A key without its certificate is a usage error.
     let stderr = refused_start(&["--tls-key", key.to_str().unwrap()]);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    // TLS listeners named without a pair: refused, not served in plaintext.
+    let stderr = refused_start(&["--tls-listeners", "public,admin"]);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 
     // Client certificates on an admin listener without TLS: refused.
@@ -302,4 +323,43 @@ async fn the_admin_listener_with_a_client_ca_serves_only_certified_clients() {
         .await
         .unwrap();
     assert_eq!(public.status(), 401);
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_dropped_and_failed_ones_free_their_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("keybust test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server().install(dir.path());
+    let mut args = tls_args(&cert, &key);
+    args.extend([
+        "--header-timeout".into(),
+        "1s".into(),
+        "--max-connections-per-ip".into(),
+        "2".into(),
+    ]);
+    let stack = tls_stack(args).await;
+    let addr = stack.keybust.addr();
+
+    // A client that connects and never says hello is cut off.
+    let started = Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf))
+        .await
+        .expect("the stalled handshake was not dropped");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "dropped after {took:?}");
+
+    // Failed handshakes (garbage instead of a ClientHello) do not use up
+    // the two connections this address may have.
+    for _ in 0..5 {
+        let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(10), garbage.read(&mut buf)).await;
+    }
+    let client = trusting(&ca).build().unwrap();
+    let answer = client.post(https(&stack, ENDPOINT)).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
 }

@@ -206,7 +206,7 @@ pub fn default_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|dir| dir.join("keybust"))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "embedded-component"))]
 mod tests {
     use super::*;
 

@@ -35,38 +35,65 @@ pub fn binary() -> std::path::PathBuf {
 /// start; its stderr.
 pub fn refused_start(args: &[&str]) -> String {
     let state = tempfile::tempdir().unwrap();
-    let output = Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .arg("serve")
         .args(args)
         .env_clear()
         .env("KEYBUST_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_STATE_DIR", state.path())
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()
+        .env("DOCKER_CONFIG", "/nonexistent");
+    refused(command)
+}
+
+/// Runs `command`, which must exit with a failure within a minute (a
+/// keybust that serves instead is killed, and the test fails); its stderr.
+pub fn refused(mut command: Command) -> String {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!output.status.success(), "keybust serve {args:?} started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "{command:?} exited 0: {stderr}");
+    stderr
 }
 
 impl Keybust {
     /// Starts `keybust <args>` with exactly `env` (plus listen addresses on free ports).
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
-        Self::start_with(args, env, |_| {})
+        let mut command = Command::new(binary());
+        command.args(args);
+        Self::start_command(command, env)
     }
 
-    /// [`Keybust::start`], with `configure` given the command before it
-    /// runs (to pass file descriptors, for instance).
-    pub fn start_with(
-        args: &[&str],
-        env: &[(&str, String)],
-        configure: impl FnOnce(&mut Command),
-    ) -> Self {
+    /// [`Keybust::start`] for a command of the test's own: keybust behind
+    /// a wrapper, or with file descriptors passed. It must run keybust with
+    /// its arguments; the environment and listen addresses are added here.
+    pub fn start_command(mut command: Command, env: &[(&str, String)]) -> Self {
         use_aws_lc_for_tls();
         let dirs = tempfile::tempdir().unwrap();
-        let mut command = Command::new(binary());
         command
-            .args(args)
             .env_clear()
             .env("KEYBUST_CACHE_DIR", dirs.path().join("cache"))
             .env("KEYBUST_STATE_DIR", dirs.path().join("state"))
@@ -76,7 +103,6 @@ impl Keybust {
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        configure(&mut command);
         let mut child = command.spawn().expect("cannot start keybust");
         let logs = Logs::default();
         let stderr = child.stderr.take().unwrap();

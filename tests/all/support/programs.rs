@@ -11,7 +11,7 @@ mod variant;
 pub use variant::variant;
 
 /// The component built from `tests/programs`, compiled once per test binary
-/// (into the same target directory the host's build script uses for the guest).
+/// (into the directory the host's build script builds the guest in).
 pub fn test_programs() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
@@ -21,7 +21,7 @@ pub fn test_programs() -> &'static [u8] {
         let wasm = keybust_wasm_build::build_component(
             root,
             "keybust-test-programs",
-            &root.join("target").join("guest"),
+            std::path::Path::new(env!("KEYBUST_GUEST_TARGET_DIR")),
         )
         .unwrap_or_else(|err| panic!("{err}"));
         std::fs::read(wasm).unwrap()

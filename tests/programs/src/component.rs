@@ -53,17 +53,21 @@ fn respond(
     let _ = OutgoingBody::finish(body, None);
 }
 
-fn snoop() -> String {
+/// What the guest can see of the host. Its connection attempts go to
+/// `127.0.0.1:port` (`&port=`, default 9), where a test may listen to see
+/// whether anything arrives.
+fn snoop(port: &str) -> String {
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     let args: Vec<String> = std::env::args().collect();
     let secret = std::env::var("CONVEX_SERVER_SHARED_SECRET").ok();
     let file = std::fs::read_to_string("/etc/hostname").is_ok();
     let dir = std::fs::read_dir("/").is_ok();
-    let tcp = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
+    let target = format!("127.0.0.1:{port}");
+    let tcp = std::net::TcpStream::connect(target.as_str()).is_ok();
     let outbound = {
         let request = OutgoingRequest::new(Fields::new());
         let _ = request.set_scheme(Some(&Scheme::Http));
-        let _ = request.set_authority(Some("127.0.0.1:9"));
+        let _ = request.set_authority(Some(&target));
         match wasip2::http::outgoing_handler::handle(request, None) {
             Err(_) => false,
             Ok(future) => {
@@ -83,10 +87,12 @@ fn snoop() -> String {
 impl exports::wasi::http::incoming_handler::Guest for Programs {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let query = request.path_with_query().unwrap_or_default();
-        let mode = query
-            .split_once("mode=")
-            .map(|(_, mode)| mode.split('&').next().unwrap_or_default().to_owned())
-            .unwrap_or_default();
+        let param = |name: &str| {
+            query
+                .split_once(&format!("{name}="))
+                .map(|(_, value)| value.split('&').next().unwrap_or_default().to_owned())
+        };
+        let mode = param("mode").unwrap_or_default();
         match mode.as_str() {
             "trap" => panic!("trapping on purpose"),
             "loop" => {
@@ -102,11 +108,20 @@ impl exports::wasi::http::incoming_handler::Guest for Programs {
                     std::hint::black_box(&hoard);
                 }
             }
+            "alloc32" => {
+                // 32 MiB, then an answer: within a generous cap, not a tight one.
+                let hoard: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 1 << 20]).collect();
+                std::hint::black_box(&hoard);
+                respond_sized(out, 200, br#"{"ok":true}"#.to_vec())
+            }
             "huge" => respond(out, 200, None, (0..1024).map(|_| vec![b'x'; 64 << 10])),
             "imports" => loop {
                 std::hint::black_box(keybust::gateway::origins::is_allowed("https://x.example"));
             },
-            "snoop" => respond_sized(out, 200, snoop().into_bytes()),
+            "snoop" => {
+                let port = param("port").unwrap_or_else(|| "9".to_owned());
+                respond_sized(out, 200, snoop(&port).into_bytes())
+            }
             "fields" => {
                 // Grow one fields resource until the host refuses (it traps us).
                 let fields = Fields::new();

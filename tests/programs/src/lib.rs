@@ -8,9 +8,10 @@
 //! | `trap` | traps at once |
 //! | `loop` | loops forever |
 //! | `alloc` | allocates past any reasonable memory cap |
+//! | `alloc32` | allocates 32 MiB, then answers 200 |
 //! | `huge` | streams a 64 MiB response body |
 //! | `imports` | calls a host import in a tight loop, forever |
-//! | `snoop` | reports what it can see of the host: env, args, files, sockets, outbound HTTP |
+//! | `snoop` | reports what it can see of the host: env, args, files, sockets, outbound HTTP (to `127.0.0.1:PORT` with `&port=PORT`) |
 //! | `fields` | grows one `wasi:http` fields resource until the host refuses |
 
 #[cfg(target_arch = "wasm32")]

@@ -205,6 +205,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
     });
     drop(runtime);
+    systemd::flush();
     // The last batch of spans leaves after the last request is answered.
     if let Some(traces) = traces {
         traces.shutdown();
@@ -279,6 +280,13 @@ async fn new_endpoint(
 }
 
 async fn serve(args: ServeArgs, mut inherited: systemd::Inherited) -> anyhow::Result<()> {
+    // From here on SIGHUP no longer ends the process: a reload signal sent
+    // while the component is still being pulled or compiled (a certificate
+    // renewal hook, `systemctl reload`) must not kill a starting instance.
+    // It is ignored until the handlers below are in place.
+    #[cfg(unix)]
+    let _hangups_while_starting =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let settings = args.settings.settings().context("invalid configuration")?;
     let certificates = args.tls.load().context("invalid TLS configuration")?;
     let source = ComponentSource::parse(args.component.as_deref())?;
@@ -355,9 +363,10 @@ async fn serve(args: ServeArgs, mut inherited: systemd::Inherited) -> anyhow::Re
             .as_ref()
             .and_then(|certificates| certificates.acceptor(listener))
     };
-    if inherited.count() > 0 {
+    let passed = inherited.count()?;
+    if passed > 0 {
         tracing::info!(
-            sockets = inherited.count(),
+            sockets = passed,
             "serving sockets passed by the service manager"
         );
     }

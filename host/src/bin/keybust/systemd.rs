@@ -5,29 +5,64 @@
 
 use anyhow::Context;
 
-/// Sockets handed over by the service manager, in the order its socket
-/// unit lists them: the public listener, then the admin listener, then
-/// the probes-only one. A listener not passed is bound from its flag.
-pub struct Inherited(listenfd::ListenFd);
-
-/// Which inherited socket is which listener.
+/// Which inherited socket is which listener: the order of the socket
+/// unit's `ListenStream=` lines.
 pub const PUBLIC: usize = 0;
 /// The admin listener's socket, if passed.
 pub const ADMIN: usize = 1;
 /// The probes-only listener's socket, if passed.
 pub const METRICS: usize = 2;
 
+/// Sockets handed over by the service manager, in the order its socket
+/// unit lists them: the public listener, then the admin listener, then
+/// the probes-only one. A listener not passed is bound from its flag.
+pub struct Inherited {
+    fds: listenfd::ListenFd,
+    /// Why passed sockets were set aside, told once logging is up.
+    ignored: Option<String>,
+}
+
 impl Inherited {
     /// Reads and unsets `LISTEN_FDS` and `LISTEN_PID`. Unsetting variables
     /// is only sound while the process has one thread, so this runs first
-    /// thing in `main`.
+    /// thing in `main`. Sockets are taken only when `LISTEN_PID` names this
+    /// process, as systemd sets it: a `LISTEN_FDS` inherited by accident
+    /// from some other activated process does not turn arbitrary file
+    /// descriptors into listeners.
     pub fn from_env() -> Self {
-        Inherited(listenfd::ListenFd::from_env())
+        let passed = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|count| count.parse::<u32>().ok())
+            .is_some_and(|count| count > 0);
+        let ours = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| pid == std::process::id());
+        let fds = listenfd::ListenFd::from_env();
+        if passed && !ours {
+            return Inherited {
+                fds: listenfd::ListenFd::empty(),
+                ignored: Some(
+                    "LISTEN_FDS is set but LISTEN_PID does not name this process: passed sockets ignored"
+                        .to_owned(),
+                ),
+            };
+        }
+        Inherited { fds, ignored: None }
     }
 
-    /// How many sockets were passed.
-    pub fn count(&self) -> usize {
-        self.0.len()
+    /// How many sockets were passed; more than keybust has listeners is an
+    /// error (a socket unit that does not match this version).
+    pub fn count(&self) -> anyhow::Result<usize> {
+        if let Some(why) = &self.ignored {
+            tracing::warn!("{why}");
+        }
+        let count = self.fds.len();
+        anyhow::ensure!(
+            count <= METRICS + 1,
+            "LISTEN_FDS passes {count} sockets; keybust takes at most 3 (public, admin, metrics, in that order)"
+        );
+        Ok(count)
     }
 
     /// The listener at `index`, if one was passed; an error if what was
@@ -37,15 +72,18 @@ impl Inherited {
         index: usize,
         what: &str,
     ) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-        let Some(listener) = self.0.take_tcp_listener(index).with_context(|| {
-            format!(
-                "socket {} passed for the {what} listener (LISTEN_FDS)",
-                index + 3
-            )
-        })?
+        let fd = index + 3;
+        let Some(listener) = self
+            .fds
+            .take_tcp_listener(index)
+            .with_context(|| format!("socket {fd} passed for the {what} listener (LISTEN_FDS)"))?
         else {
             return Ok(None);
         };
+        anyhow::ensure!(
+            is_listening(&listener),
+            "socket {fd} passed for the {what} listener (LISTEN_FDS) is not listening (a socket unit with Accept=yes?)"
+        );
         listener
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -54,54 +92,143 @@ impl Inherited {
     }
 }
 
+#[cfg(unix)]
+fn is_listening(listener: &std::net::TcpListener) -> bool {
+    rustix::net::sockopt::socket_acceptconn(listener).unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn is_listening(_: &std::net::TcpListener) -> bool {
+    true
+}
+
 /// What keybust tells the service manager.
-#[derive(Clone, Copy)]
+#[derive(Debug)]
 enum State {
     Ready,
     Stopping,
     Watchdog,
+    /// Not a notification: answered once everything queued before it has
+    /// been sent.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// Notifications leave from a thread of their own: sending on the
+/// notification socket blocks when the service manager's queue is full,
+/// and that must never hold up a thread that serves requests.
 #[cfg(unix)]
-fn notify(state: State) {
-    let (state, what) = match state {
-        State::Ready => (sd_notify::NotifyState::Ready, "ready"),
-        State::Stopping => (sd_notify::NotifyState::Stopping, "stopping"),
-        State::Watchdog => (sd_notify::NotifyState::Watchdog, "alive"),
-    };
-    if let Err(err) = sd_notify::notify(&[state]) {
-        tracing::warn!(error = %err, "cannot tell the service manager keybust is {what}");
+mod sender {
+    use super::State;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::Sender;
+    use std::sync::{Arc, OnceLock};
+
+    struct Notifier {
+        queue: Sender<State>,
+        /// A ping waits to be sent: the watchdog adds none until it has
+        /// left, so a stuck socket cannot grow the queue.
+        ping_pending: Arc<AtomicBool>,
+    }
+
+    fn notifier() -> Option<&'static Notifier> {
+        static NOTIFIER: OnceLock<Option<Notifier>> = OnceLock::new();
+        NOTIFIER
+            .get_or_init(|| {
+                std::env::var_os("NOTIFY_SOCKET")?;
+                let (queue, states) = std::sync::mpsc::channel::<State>();
+                let ping_pending = Arc::new(AtomicBool::new(false));
+                let pending = ping_pending.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("keybust-notify".into())
+                    .spawn(move || {
+                        for state in states {
+                            let (message, what) = match &state {
+                                State::Ready => (sd_notify::NotifyState::Ready, "ready"),
+                                State::Stopping => (sd_notify::NotifyState::Stopping, "stopping"),
+                                State::Watchdog => (sd_notify::NotifyState::Watchdog, "alive"),
+                                State::Flush(done) => {
+                                    let _ = done.send(());
+                                    continue;
+                                }
+                            };
+                            if let Err(err) = sd_notify::notify(&[message]) {
+                                tracing::warn!(error = %err, "cannot tell the service manager keybust is {what}");
+                            }
+                            if matches!(state, State::Watchdog) {
+                                pending.store(false, Ordering::Release);
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(_) => Some(Notifier {
+                        queue,
+                        ping_pending,
+                    }),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot start the notification thread: the service manager hears nothing");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    pub(super) fn send(state: State) {
+        let Some(notifier) = notifier() else { return };
+        if matches!(state, State::Watchdog) && notifier.ping_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = notifier.queue.send(state);
+    }
+
+    pub(super) fn watchdog_period() -> Option<std::time::Duration> {
+        sd_notify::watchdog_enabled()
+    }
+
+    pub(super) fn flush(limit: std::time::Duration) {
+        let Some(notifier) = notifier() else { return };
+        let (done, flushed) = std::sync::mpsc::channel();
+        if notifier.queue.send(State::Flush(done)).is_ok() {
+            let _ = flushed.recv_timeout(limit);
+        }
     }
 }
 
 #[cfg(not(unix))]
-fn notify(_: State) {}
+mod sender {
+    use super::State;
 
-#[cfg(unix)]
-fn watchdog_period() -> Option<std::time::Duration> {
-    sd_notify::watchdog_enabled()
+    pub(super) fn send(_: State) {}
+
+    pub(super) fn watchdog_period() -> Option<std::time::Duration> {
+        None
+    }
+
+    pub(super) fn flush(_: std::time::Duration) {}
 }
 
-#[cfg(not(unix))]
-fn watchdog_period() -> Option<std::time::Duration> {
-    None
-}
-
-/// Every listener accepts: `READY=1`.
+/// Every listener is bound and served: `READY=1`.
 pub fn ready() {
-    notify(State::Ready);
+    sender::send(State::Ready);
 }
 
 /// The drain has begun: `STOPPING=1`.
 pub fn stopping() {
-    notify(State::Stopping);
+    sender::send(State::Stopping);
+}
+
+/// Waits, a second at most, for what is queued (`STOPPING=1` at the end)
+/// to reach the service manager before the process exits.
+pub fn flush() {
+    sender::flush(std::time::Duration::from_secs(1));
 }
 
 /// With `WATCHDOG_USEC` set, sends `WATCHDOG=1` at half that period from a
 /// task on the serving runtime, so a runtime that stops making progress
 /// stops the pings and the service manager restarts keybust.
 pub fn start_watchdog() {
-    let Some(period) = watchdog_period() else {
+    let Some(period) = sender::watchdog_period() else {
         return;
     };
     let every = (period / 2).max(std::time::Duration::from_millis(10));
@@ -111,7 +238,7 @@ pub fn start_watchdog() {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            notify(State::Watchdog);
+            sender::send(State::Watchdog);
         }
     });
 }
