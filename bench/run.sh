@@ -20,7 +20,9 @@
 #             codes, measures nothing (part of scripts/test.sh); skips
 #             wasmtime serve, so it needs no wasmtime-cli build
 # Knobs: BENCH_DURATION (5s per run), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
-#        BENCH_PEAK_CONNECTIONS (256: the full path once more, for peak RSS),
+#        BENCH_CURVE ("16 64 256 1024": the full path once more at each of
+#        these connection counts, side by side, printed as a curve; peak RSS
+#        is read after the last),
 #        BENCH_RUST_LOG (info: keybust writes its access log, as in production)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,9 +35,17 @@ case "${1:-}" in
 esac
 duration=${BENCH_DURATION:-5s}
 connections=${BENCH_CONNECTIONS:-64}
-peak_connections=${BENCH_PEAK_CONNECTIONS:-256}
+read -r -a curve <<< "${BENCH_CURVE:-16 64 256 1024}"
 rounds=${BENCH_ROUNDS:-3}
-if [ "$smoke" = 1 ]; then duration=2s; connections=4; peak_connections=8; rounds=1; fi
+if [ "$smoke" = 1 ]; then duration=2s; connections=4; curve=(2 8); rounds=1; fi
+if [ "${#curve[@]}" -eq 0 ]; then echo "bench/run.sh: BENCH_CURVE is empty" >&2; exit 2; fi
+for count in "${curve[@]}"; do
+  case "$count" in ''|*[!0-9]*) echo "bench/run.sh: BENCH_CURVE takes connection counts, not '$count'" >&2; exit 2 ;; esac
+done
+peak_connections="${curve[-1]}"
+# wrk holds a descriptor per connection: lift the soft limit to the hard one
+# (keybust and the native server raise their own).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ "$smoke" = 1 ]; then
   bench/setup.sh --without-wasmtime
@@ -97,18 +107,19 @@ start() {
   pids+=("$!")
 }
 
-# drive NAME PATH CONNECTIONS: one wrk run of one request shape against NAME;
-# appends req/s, p50 and p99 (µs) to NAME:PATH[@CONNECTIONS], and fails the
-# run on any status other than the path's own.
+# drive NAME PATH CONNECTIONS [curve]: one wrk run of one request shape
+# against NAME; appends req/s, p50 and p99 (µs) to NAME:PATH, or to
+# NAME:PATH@CONNECTIONS for another count or a point of the curve, and fails
+# the run on any status other than the path's own.
 drive() {
-  local name=$1 path=$2 conns=$3 shape=$2
+  local name=$1 path=$2 conns=$3 shape=$2 point=${4:-}
   if [ "$path" = hello ]; then shape=preflight; fi
   local out calls_before calls_after
   calls_before=$(function_calls)
   out=$(BENCH_PATH=$shape taskset -c "$load_cpu" wrk -t1 -c"$conns" -d"$duration" --latency -s bench/request.lua "${URL[$name]}")
   calls_after=$(function_calls)
   local key="$name:$path"
-  if [ "$conns" != "$connections" ]; then key="$key@$conns"; fi
+  if [ -n "$point" ] || [ "$conns" != "$connections" ]; then key="$key@$conns"; fi
   local statuses
   statuses=$(sed -n 's/^STATUSES //p' <<<"$out")
   IPI[$key]+="$(tr ' ' '\n' <<<"$statuses" | awk -F= -v d=$((calls_after - calls_before)) '{ n += $2 } END { printf "%.2f", (n ? d / n : 0) }') "
@@ -164,9 +175,11 @@ for path in full 401 422 preflight 404; do
     if [ "$path" = preflight ] && [ "$smoke" = 0 ]; then drive wasmtime hello "$connections"; fi
   done
 done
-# Peak RSS is taken after the full path at many connections.
-drive keybust full "$peak_connections"
-drive native full "$peak_connections"
+# The connection curve, full path; peak RSS is taken after its last point.
+for count in "${curve[@]}"; do
+  drive keybust full "$count" curve
+  drive native full "$count" curve
+done
 for name in "${servers[@]}"; do
   if ! kill -0 "${PID[$name]}" 2>/dev/null; then
     echo "bench/run.sh: $name exited during the run; its stderr ends with:" >&2
@@ -184,7 +197,15 @@ row() { # key label
     "$(ratio "${RPS[keybust:$1]}" "${RPS[native:$1]}")" "${STATUSES[keybust:$1]}"
 }
 for path in full 401 422 preflight 404; do row "$path" "$path"; done
-row "full@$peak_connections" "full@$peak_connections"
+echo "full path by connections (one run each; vs: keybust against its own figure at the first count):"
+printf '%-10s %12s %10s %10s %12s %10s %8s\n' connections "keybust r/s" p50 p99 "native r/s" "k/native" vs
+for count in "${curve[@]}"; do
+  key="full@$count"
+  printf '%-10s %12s %10s %10s %12s %10s %8s\n' "$count" "$(rps "${RPS[keybust:$key]}")" \
+    "$(ms "${P50[keybust:$key]}")" "$(ms "${P99[keybust:$key]}")" "$(rps "${RPS[native:$key]}")" \
+    "$(ratio "${RPS[keybust:$key]}" "${RPS[native:$key]}")" \
+    "$(ratio "${RPS[keybust:$key]}" "${RPS[keybust:full@${curve[0]}]}")"
+done
 echo "keybust full-path req/s per round: ${RPS[keybust:full]}; native: ${RPS[native:full]}"
 if [ "$smoke" = 0 ]; then
   echo "wasmtime serve hello: $(rps "${RPS[wasmtime:hello]}") r/s, p99 $(ms "${P99[wasmtime:hello]}");" \

@@ -3,16 +3,15 @@
 //! at start and survived at reload, and client certificates on the admin
 //! listener.
 
+use crate::support::answer::assert_endpoint_answers;
 use crate::support::certs::{Pair, TestCa, replace};
 use crate::support::process::refused_start;
-use crate::support::{Answer, Backend, ENDPOINT, Options, Stack, hashes};
+use crate::support::{Backend, ENDPOINT, Options, Stack, hashes};
+use reqwest::Version;
 use reqwest::tls::TlsInfo;
-use reqwest::{Method, Version};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const ALLOWED: &str = "https://app.worldmonitor.app";
 
 /// A client that trusts only `ca`, and reports the peer's certificate.
 fn trusting(ca: &TestCa) -> reqwest::ClientBuilder {
@@ -72,38 +71,8 @@ async fn tls_with_alpn_h2_gets_the_same_answers() {
     let url = https(&stack, ENDPOINT);
     let client = trusting(&ca).build().unwrap();
 
-    let full = client
-        .post(&url)
-        .bearer_auth(stack.issuer.token())
-        .header("content-type", "application/json")
-        .body(json!({ "keyHash": hashes::OWNED }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(full.version(), Version::HTTP_2, "ALPN picks h2");
-    Answer::of(full).await.assert_json(200, r#"{"ok":true}"#);
-
-    let no_token = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "keyHash": hashes::OWNED }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(no_token.version(), Version::HTTP_2);
-    assert_eq!(no_token.status(), 401);
-
-    let preflight = client
-        .request(Method::OPTIONS, &url)
-        .header("origin", ALLOWED)
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(preflight.version(), Version::HTTP_2);
-    let preflight = Answer::of(preflight).await;
-    assert_eq!(preflight.status, 204);
-    preflight.assert_cors(ALLOWED);
+    // ALPN picks h2.
+    assert_endpoint_answers(&client, &url, &stack.issuer.token(), Version::HTTP_2).await;
 
     // A client that offers only http/1.1 is served too.
     let http1 = trusting(&ca).http1_only().build().unwrap();

@@ -2,11 +2,10 @@
 //! HTTP/2 client that knows the server speaks it (h2c, prior knowledge)
 //! gets the same answers, and its streams are requests like any other.
 
-use crate::support::{Answer, Backend, ENDPOINT, Stack, hashes};
-use reqwest::{Method, Version};
+use crate::support::answer::assert_endpoint_answers;
+use crate::support::{Backend, ENDPOINT, Stack, hashes};
+use reqwest::Version;
 use serde_json::json;
-
-const ALLOWED: &str = "https://app.worldmonitor.app";
 
 fn h2c() -> reqwest::Client {
     reqwest::Client::builder()
@@ -21,38 +20,7 @@ async fn http2_with_prior_knowledge_gets_the_same_answers() {
     let client = h2c();
     let url = stack.keybust.url(ENDPOINT);
 
-    let full = client
-        .post(&url)
-        .bearer_auth(stack.issuer.token())
-        .header("content-type", "application/json")
-        .body(json!({ "keyHash": hashes::OWNED }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(full.version(), Version::HTTP_2);
-    Answer::of(full).await.assert_json(200, r#"{"ok":true}"#);
-
-    let no_token = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "keyHash": hashes::OWNED }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(no_token.version(), Version::HTTP_2);
-    assert_eq!(no_token.status(), 401);
-
-    let preflight = client
-        .request(Method::OPTIONS, &url)
-        .header("origin", ALLOWED)
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(preflight.version(), Version::HTTP_2);
-    let preflight = Answer::of(preflight).await;
-    assert_eq!(preflight.status, 204);
-    preflight.assert_cors(ALLOWED);
+    assert_endpoint_answers(&client, &url, &stack.issuer.token(), Version::HTTP_2).await;
 
     // Many streams at once on the one connection, each answered.
     let token = stack.issuer.token();

@@ -62,3 +62,48 @@ impl Answer {
         assert_eq!(self.header("vary"), Some("Origin"));
     }
 }
+
+/// The endpoint's three everyday answers, each over `version`: 200 on the
+/// full path with `token`, 401 without a token, 204 with CORS on a
+/// preflight from an allowed origin.
+pub async fn assert_endpoint_answers(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    version: reqwest::Version,
+) {
+    const ALLOWED: &str = "https://app.worldmonitor.app";
+    let body = serde_json::json!({ "keyHash": crate::support::hashes::OWNED }).to_string();
+    let full = client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.version(), version);
+    Answer::of(full).await.assert_json(200, r#"{"ok":true}"#);
+
+    let no_token = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.version(), version);
+    assert_eq!(no_token.status(), 401);
+
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, url)
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.version(), version);
+    let preflight = Answer::of(preflight).await;
+    assert_eq!(preflight.status, 204);
+    preflight.assert_cors(ALLOWED);
+}
