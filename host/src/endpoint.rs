@@ -421,6 +421,7 @@ impl Endpoint {
                 }
             }
         }
+        let restored = restored_slot.is_some();
         let (mut slot, serving) = match restored_slot {
             Some(restored) => restored,
             None => {
@@ -437,7 +438,7 @@ impl Endpoint {
             }
         };
         if let Some(history) = history {
-            slot.keep_history(history, source, serving).await;
+            slot.keep_history(history, source, serving, !restored).await;
         }
         Ok(Endpoint::new(slot))
     }

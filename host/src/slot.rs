@@ -223,15 +223,23 @@ impl ComponentSlot {
 
     /// Records every version that serves from now on in `history`, under
     /// the `--component` value `configured`, and records the serving one
-    /// (whose bytes are `bytes`) and the rollback target now.
-    pub async fn keep_history(&mut self, history: History, configured: String, bytes: Vec<u8>) {
+    /// (whose bytes are `bytes`) and the rollback target now. `just_read`:
+    /// the serving version is what `configured` holds now, not a version
+    /// restored from the history (which may be a rollback away from it).
+    pub async fn keep_history(
+        &mut self,
+        history: History,
+        configured: String,
+        bytes: Vec<u8>,
+        just_read: bool,
+    ) {
         let recorder = Arc::new(Recorder {
             history,
             configured,
         });
         let previous = self.previous();
         recorder
-            .record(&self.current(), Some(bytes), previous.as_deref(), true)
+            .record(&self.current(), Some(bytes), previous.as_deref(), just_read)
             .await;
         self.history = Some(recorder);
     }

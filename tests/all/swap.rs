@@ -438,6 +438,43 @@ async fn a_swap_survives_a_restart_with_its_rollback_target() {
     assert_eq!(now["previous_digest"], hex_digest(&next));
 }
 
+/// A rollback from the version the `--component` file was changed to
+/// lasts through every restart while the file still holds that version,
+/// not only the first: a restart that restores a record must not note the
+/// restored version as what the file holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_from_a_changed_file_lasts_through_restarts() {
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("endpoint.wasm");
+    std::fs::write(&file, EMBEDDED_COMPONENT).unwrap();
+    let newer = variant("file-newer");
+    let args = vec!["--component".to_owned(), file.display().to_string()];
+    let stack = with_state(state.path(), args.clone()).await;
+    support::certs::replace(&file, &newer);
+    wait_for_digest(&stack, &hex_digest(&newer)).await;
+    let rolled = stack
+        .http
+        .post(stack.keybust.admin_url("/admin/component/rollback"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rolled.status(), 200);
+    stop(stack).await;
+
+    for restart in 1..=2 {
+        let stack = with_state(state.path(), args.clone()).await;
+        let now = component(&stack).await;
+        assert_eq!(
+            now["digest"],
+            hex_digest(EMBEDDED_COMPONENT),
+            "restart {restart}: {now}"
+        );
+        stop(stack).await;
+    }
+}
+
 /// A restart with another `--component` serves it, not the recorded swap;
 /// and so does one whose `--component` file changed while keybust was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
