@@ -4,8 +4,9 @@
 //! decided by the handler given to [`serve`]:
 //! [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
 //! HTTP/2 stream is a request like any other: admitted, bounded and timed
-//! the same way. [`serve_tls`] does the same over TLS, where ALPN offers
-//! `h2` and the handshake is bounded by the header timeout.
+//! the same way. [`serve_with`] does the same over TLS when given an
+//! acceptor: ALPN offers `h2`, and the handshake is bounded by the header
+//! timeout.
 
 use crate::body::ResponseBody;
 use crate::limits::Limits;
@@ -43,27 +44,12 @@ pub async fn serve<F, Fut>(
     serve_with(listener, None, handler, shutdown, grace, limits).await;
 }
 
-/// [`serve`], with every connection a TLS connection accepted by `tls`.
-pub async fn serve_tls<F, Fut>(
-    listener: TcpListener,
-    tls: Acceptor,
-    handler: F,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    limits: Limits,
-) where
-    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
-{
-    serve_with(listener, Some(tls), handler, shutdown, grace, limits).await;
-}
-
 /// A connection's bytes, plaintext or TLS, behind one type so that both are
 /// served by the same code.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// [`serve`] or [`serve_tls`], as `tls` says.
+/// [`serve`], or with `tls` every connection a TLS connection accepted by it.
 pub async fn serve_with<F, Fut>(
     listener: TcpListener,
     tls: Option<Acceptor>,

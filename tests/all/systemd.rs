@@ -187,33 +187,31 @@ async fn sockets_not_meant_for_keybust_are_not_taken() {
     );
 }
 
-#[test]
-fn a_passed_socket_that_is_not_listening_stops_startup() {
-    // A connected socket, as a socket unit with Accept=yes would pass.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let mut command = activated(vec![connected.as_raw_fd()], true);
+/// `keybust serve` activated with `fds`, which must refuse to start; its stderr.
+fn refused_activation(fds: Vec<RawFd>) -> String {
     let state = tempfile::tempdir().unwrap();
+    let mut command = activated(fds, true);
     command
         .env("KEYBUST_CACHE", "embedded")
         .env("KEYBUST_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_STATE_DIR", state.path())
         .env("KEYBUST_CACHE_DIR", state.path().join("cache"));
-    let stderr = refused(command);
+    refused(command)
+}
+
+#[test]
+fn a_passed_socket_that_is_not_listening_stops_startup() {
+    // A connected socket, as a socket unit with Accept=yes would pass.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let stderr = refused_activation(vec![connected.as_raw_fd()]);
     assert!(stderr.contains("is not listening"), "{stderr}");
 
     // More sockets than keybust has listeners: a unit for another version.
     let sockets: Vec<_> = (0..4)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let mut command = activated(sockets.iter().map(AsRawFd::as_raw_fd).collect(), true);
-    command
-        .env("KEYBUST_CACHE", "embedded")
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_STATE_DIR", state.path())
-        .env("KEYBUST_CACHE_DIR", state.path().join("cache"));
-    let stderr = refused(command);
+    let stderr = refused_activation(sockets.iter().map(AsRawFd::as_raw_fd).collect());
     assert!(stderr.contains("keybust takes at most 3"), "{stderr}");
 }

@@ -48,6 +48,12 @@ async fn tls_stack(args: Vec<String>) -> Stack {
     Stack::with(Backend::Embedded, options).await
 }
 
+/// Whether keybust printed a line starting with `prefix`.
+fn printed(stack: &Stack, prefix: &str) -> bool {
+    let printed = &stack.keybust.process().printed;
+    printed.iter().any(|line| line.starts_with(prefix))
+}
+
 fn https(stack: &Stack, path: &str) -> String {
     format!("https://127.0.0.1:{}{path}", stack.keybust.addr().port())
 }
@@ -59,12 +65,7 @@ async fn tls_with_alpn_h2_gets_the_same_answers() {
     let (cert, key) = ca.server().install(dir.path());
     let stack = tls_stack(tls_args(&cert, &key)).await;
     assert!(
-        stack
-            .keybust
-            .process()
-            .printed
-            .iter()
-            .any(|line| line.starts_with("listening on https://")),
+        printed(&stack, "listening on https://"),
         "{:?}",
         stack.keybust.process().printed
     );
@@ -254,14 +255,7 @@ async fn the_admin_listener_with_a_client_ca_serves_only_certified_clients() {
     let stack = tls_stack(args).await;
     let admin = stack.keybust.process().admin.unwrap();
     let healthz = format!("https://127.0.0.1:{}/healthz", admin.port());
-    assert!(
-        stack
-            .keybust
-            .process()
-            .printed
-            .iter()
-            .any(|line| line.starts_with("admin listening on https://")),
-    );
+    assert!(printed(&stack, "admin listening on https://"));
 
     let anonymous = trusting(&ca).build().unwrap();
     let refused = anonymous.get(&healthz).send().await;
