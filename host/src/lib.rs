@@ -97,15 +97,17 @@ pub mod limits;
 pub mod capabilities;
 
 // The component's lifecycle: compiled and linked once, a fresh store per
-// request, swapped in place.
+// request (or one kept for several, `--instance-reuse`), swapped in place.
 pub mod artifacts;
 pub mod engine;
 pub mod follow;
+pub mod guest_log;
 pub mod history;
 pub mod plugin;
 mod private_files;
 pub mod registry;
 pub mod reload;
+mod reuse;
 pub mod slot;
 pub mod store;
 pub mod watch;

@@ -46,6 +46,11 @@ pub struct Limits {
     /// Requests one HTTP/2 connection may have open at once; each is
     /// admitted (`max_concurrent_requests`) like any request.
     pub max_concurrent_streams: u32,
+    /// Requests one instance serves, one after another, before it is
+    /// dropped; 1 (the default) is a fresh instance per request.
+    pub instance_reuse: usize,
+    /// How long a reused instance waits for its next request before it is dropped.
+    pub instance_idle_timeout: Duration,
 }
 
 /// File descriptors kept back from client connections: listeners, backend
@@ -67,6 +72,8 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(5),
             max_connections_per_ip: None,
             max_concurrent_streams: 128,
+            instance_reuse: 1,
+            instance_idle_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -151,6 +158,19 @@ pub struct LimitArgs {
     /// it are refused by the protocol); each is admitted like any request.
     #[arg(long, env = "KEYBUST_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
+
+    /// Requests one guest instance serves, one after another, before it is
+    /// dropped [default: 1, a fresh instance per request]. Above 1, a
+    /// request may see what earlier ones left in the instance's memory;
+    /// the memory cap, CPU budget and timeouts still hold per request, and
+    /// a trap drops the instance.
+    #[arg(long, env = "KEYBUST_INSTANCE_REUSE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub instance_reuse: u32,
+
+    /// How long a reused instance (--instance-reuse above 1) is kept idle
+    /// for its next request before it is dropped.
+    #[arg(long, env = "KEYBUST_INSTANCE_IDLE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub instance_idle_timeout: Duration,
 }
 
 /// A bound that cannot work.
@@ -188,6 +208,8 @@ impl LimitArgs {
             body_timeout: self.body_timeout,
             max_connections_per_ip: self.max_connections_per_ip.map(|n| n as usize),
             max_concurrent_streams: self.max_concurrent_streams,
+            instance_reuse: self.instance_reuse as usize,
+            instance_idle_timeout: self.instance_idle_timeout,
             ..Limits::default()
         })
     }

@@ -91,6 +91,7 @@ pub struct Metrics {
     follow_polls: Family<SwapLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
+    reused_instances: Gauge,
 }
 
 impl Default for Metrics {
@@ -159,7 +160,7 @@ impl Metrics {
         let instantiate_seconds = latency_histogram();
         registry.register(
             "instantiate_duration_seconds",
-            "Time to instantiate the component for one request",
+            "Time to instantiate the component: once per request, or once per reused instance (--instance-reuse)",
             instantiate_seconds.clone(),
         );
         let capability_calls = Family::<CapabilityOutcomeLabels, Counter>::default();
@@ -193,7 +194,14 @@ impl Metrics {
             "Requests answered 408 because their body was not in by --body-timeout",
             body_timeouts.clone(),
         );
+        let reused_instances = Gauge::default();
+        registry.register(
+            "reused_instances",
+            "Instances kept for --instance-reuse, idle or serving",
+            reused_instances.clone(),
+        );
         Metrics {
+            reused_instances,
             registry: root,
             in_flight,
             unavailable,
@@ -273,6 +281,16 @@ impl Metrics {
     /// Counts a request body that did not arrive in time.
     pub fn body_timed_out(&self) {
         self.body_timeouts.inc();
+    }
+
+    /// Counts an instance kept for `--instance-reuse`.
+    pub fn reused_instance_started(&self) {
+        self.reused_instances.inc();
+    }
+
+    /// Counts a reused instance dropped.
+    pub fn reused_instance_stopped(&self) {
+        self.reused_instances.dec();
     }
 
     /// Records one instantiation.

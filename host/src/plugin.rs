@@ -5,6 +5,7 @@ use crate::artifacts::{ArtifactCache, Origin, hex_digest};
 use crate::body::{BoundedBody, MAX_BODY_BYTES, ResponseBody, json_response};
 use crate::capabilities::Capabilities;
 use crate::limits::Limits;
+use crate::reuse::Reuse;
 use crate::store::{GuestState, RequestState, new_store};
 use crate::telemetry::TRACE_TARGET;
 use bytes::Bytes;
@@ -45,6 +46,8 @@ pub struct Plugin {
     pre: ProxyPre<RequestState>,
     digest: String,
     limits: Arc<Limits>,
+    /// Instances kept across requests, with `--instance-reuse` above 1.
+    reuse: Option<Arc<Reuse>>,
 }
 
 impl Plugin {
@@ -80,11 +83,14 @@ impl Plugin {
             .instantiate_pre(&component)
             .map_err(LoadError::World)?;
         let pre = ProxyPre::new(instance_pre).map_err(LoadError::World)?;
+        let reuse =
+            (limits.instance_reuse > 1).then(|| Arc::new(Reuse::new(pre.clone(), limits.clone())));
         Ok((
             Plugin {
                 pre,
                 digest,
                 limits,
+                reuse,
             },
             origin,
         ))
@@ -107,12 +113,22 @@ impl Plugin {
         &self.pre
     }
 
+    /// Drops this version's idle reused instances, and the busy ones once
+    /// their request is over: it no longer serves. A no-op without
+    /// `--instance-reuse`.
+    pub fn retire_instances(&self) {
+        if let Some(reuse) = &self.reuse {
+            reuse.retire();
+        }
+    }
+
     /// SHA-256 of the component's bytes, lower-case hex.
     pub fn digest(&self) -> &str {
         &self.digest
     }
 
-    /// Runs one request through a fresh instance.
+    /// Runs one request through a fresh instance (or, with
+    /// `--instance-reuse`, a kept one).
     ///
     /// `hold` is kept until the guest has finished, answer body included,
     /// even when the client has gone away meanwhile: give it the
@@ -159,6 +175,9 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        if let Some(reuse) = &self.reuse {
+            return reuse.serve(&capabilities, request, hold).await;
+        }
         let store = new_store(self.pre.engine(), capabilities, &self.limits);
         serve_request(self.pre.clone(), store, request, &self.limits, hold).await
     }

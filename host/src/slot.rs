@@ -320,6 +320,7 @@ impl ComponentSlot {
         };
         let version = Arc::new(version);
         let old = self.current.swap(version.clone());
+        old.plugin.retire_instances();
         *self.lock_previous() = Some(old.clone());
         if let Some(history) = &self.history {
             history
@@ -349,6 +350,7 @@ impl ComponentSlot {
             let mut previous = self.lock_previous();
             let back = previous.take().ok_or(RollbackError::NoPrevious)?;
             let replaced = self.current.swap(back.clone());
+            replaced.plugin.retire_instances();
             *previous = Some(replaced.clone());
             (back, replaced)
         };

@@ -8,23 +8,25 @@
 //! as keybust's own [`RequestState`]: see `examples/own_linker.rs`.
 
 use crate::capabilities::{Capabilities, CapabilitiesView};
+use crate::guest_log::GuestLog;
 use crate::limits::Limits;
+use crate::reuse::Call;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
-
-/// How much of what the guest writes to stderr the host keeps per request.
-const GUEST_LOG_CAPACITY: usize = 4096;
 
 /// One request's memory cap and CPU budget, carried in the store's data.
 /// [`bound_store`] puts them to work.
 pub struct GuestBounds {
     memory: StoreLimits,
+    ticks_per_request: u64,
     ticks_left: u64,
-    out_of_time: bool,
+    /// Shared with the request being served, which reads it after the
+    /// store may have moved on (a reused instance).
+    out_of_time: Arc<AtomicBool>,
 }
 
 impl GuestBounds {
@@ -37,14 +39,23 @@ impl GuestBounds {
                 .tables(64)
                 .memories(4)
                 .build(),
+            ticks_per_request: limits.guest_ticks(),
             ticks_left: limits.guest_ticks(),
-            out_of_time: false,
+            out_of_time: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Whether the guest ran out of its CPU budget: a trap then means 504, not 500.
     pub fn out_of_time(&self) -> bool {
-        self.out_of_time
+        self.out_of_time.load(Ordering::Relaxed)
+    }
+
+    /// A full CPU budget for the next request on the same instance, and
+    /// the flag that tells that request whether it ran out.
+    pub(crate) fn renew(&mut self) -> Arc<AtomicBool> {
+        self.ticks_left = self.ticks_per_request;
+        self.out_of_time = Arc::new(AtomicBool::new(false));
+        self.out_of_time.clone()
     }
 }
 
@@ -78,15 +89,17 @@ pub struct RequestState {
     table: ResourceTable,
     hooks: DenyOutbound,
     capabilities: Arc<Capabilities>,
-    guest_log: MemoryOutputPipe,
+    guest_log: GuestLog,
     bounds: GuestBounds,
+    /// The request a reused instance serves now (`--instance-reuse`).
+    call: Option<Arc<Call>>,
 }
 
 impl RequestState {
     /// A store's data for one request: no env, no args, no preopens, no
     /// network; stderr is kept for the host's log.
     pub fn new(capabilities: Arc<Capabilities>, limits: &Limits) -> Self {
-        let guest_log = MemoryOutputPipe::new(GUEST_LOG_CAPACITY);
+        let guest_log = GuestLog::new();
         let wasi = WasiCtx::builder()
             .stderr(guest_log.clone())
             .allow_tcp(false)
@@ -101,23 +114,18 @@ impl RequestState {
             capabilities,
             guest_log,
             bounds: GuestBounds::new(limits),
+            call: None,
         }
     }
 
-    /// Whether the guest ran out of its CPU budget: a trap then means 504, not 500.
-    pub fn out_of_time(&self) -> bool {
-        self.bounds.out_of_time
+    /// What the guest writes to stderr, drained into the host's log.
+    pub fn guest_log(&self) -> &GuestLog {
+        &self.guest_log
     }
 
-    /// Sends what the guest wrote to stderr to the host's log, one WARN per line.
-    pub fn log_guest_output(&self) {
-        let contents = self.guest_log.contents();
-        if contents.is_empty() {
-            return;
-        }
-        for line in String::from_utf8_lossy(&contents).lines() {
-            tracing::warn!(target: "keybust::guest", "{line}");
-        }
+    /// Notes the request a reused instance serves from now on.
+    pub(crate) fn serve_call(&mut self, call: Arc<Call>) {
+        self.call = Some(call);
     }
 }
 
@@ -148,7 +156,7 @@ pub fn bound_store<T: GuestState>(store: &mut Store<T>) {
         let bounds = ctx.data_mut().bounds();
         bounds.ticks_left = bounds.ticks_left.saturating_sub(1);
         if bounds.ticks_left == 0 {
-            bounds.out_of_time = true;
+            bounds.out_of_time.store(true, Ordering::Relaxed);
             return Err(wasmtime::format_err!(
                 "guest exceeded its execution time budget"
             ));
@@ -167,7 +175,7 @@ impl GuestState for RequestState {
     }
 
     fn finished(&mut self) {
-        self.log_guest_output();
+        self.guest_log.drain();
     }
 }
 
@@ -193,6 +201,10 @@ impl WasiHttpView for RequestState {
 impl CapabilitiesView for RequestState {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn call_span(&self) -> Option<tracing::Span> {
+        self.call.as_ref().and_then(|call| call.span())
     }
 }
 

@@ -357,6 +357,24 @@ async fn a_guest_cannot_grow_http_fields_without_bound() {
 }
 
 /// Guests that trap and guests that run out of time are counted apart.
+/// A guest that writes far more to stderr than the host keeps is not
+/// trapped for it: the excess is dropped and counted in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_says_too_much_still_answers() {
+    let (stack, _dir) = programs().await;
+    mode(&stack, "chatter")
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    stack
+        .keybust
+        .assert_logged("chatter line 0 of a guest")
+        .await;
+    stack
+        .keybust
+        .assert_logged("guest output past 4096 bytes dropped")
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_traps_and_timeouts_are_counted() {
     let (stack, _dir) = programs().await;

@@ -23,6 +23,7 @@ mod hardening;
 mod operate;
 mod readiness;
 mod reliability;
+mod reuse;
 mod session;
 mod settings;
 mod swap;

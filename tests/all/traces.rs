@@ -173,6 +173,52 @@ async fn a_request_with_a_traceparent_is_one_trace_continued_into_the_backends()
     assert!(receiver.exported_anywhere("keybust-under-test"));
 }
 
+/// On a reused instance (`--instance-reuse`), the guest runs in a task of
+/// its own; its calls still belong to the request that made them.
+#[tokio::test]
+async fn on_a_reused_instance_the_backends_calls_stay_in_the_requests_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = traced_stack(
+        Backend::Redis,
+        &receiver,
+        &[("KEYBUST_INSTANCE_REUSE", "100")],
+    )
+    .await;
+    let token = stack.issuer.token();
+    // An untraced request first, so the traced one lands on a kept instance.
+    assert_eq!(stack.invalidate(hashes::OWNED).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
+    let spans = receiver
+        .wait_for_trace(
+            &trace_id_bytes(),
+            &[
+                SERVER_SPAN,
+                "guest",
+                "session.validate",
+                "convex.post",
+                "cache.delete",
+            ],
+        )
+        .await;
+    let server = named(&spans, SERVER_SPAN);
+    let guest = named(&spans, "guest");
+    assert!(descends_from(&spans, guest, server));
+    for name in ["session.validate", "convex.post", "cache.delete"] {
+        assert!(
+            descends_from(&spans, named(&spans, name), guest),
+            "{name} is not under the guest"
+        );
+    }
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "keybust_instantiate_duration_seconds_count 1"),
+        "the traced request should have reused the first request's instance:\n{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_refetch_of_the_issuers_keys_shows_in_the_trace() {
     let receiver = OtlpReceiver::start().await;

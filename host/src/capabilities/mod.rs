@@ -149,26 +149,88 @@ impl Capabilities {
 pub trait CapabilitiesView: Send {
     /// The capabilities this store's guest may use.
     fn capabilities(&self) -> &Capabilities;
+
+    /// The span the capabilities' spans belong under, when it is not the
+    /// one current where the guest runs: a reused instance runs in a task
+    /// of its own, not in the request's. `None`: the current span.
+    fn call_span(&self) -> Option<tracing::Span> {
+        None
+    }
 }
 
 struct HasCapabilities;
 
 impl HasData for HasCapabilities {
-    type Data<'a> = &'a Capabilities;
+    type Data<'a> = CapabilityCall<'a>;
+}
+
+/// One guest call into the capabilities, with the span it belongs under.
+struct CapabilityCall<'a> {
+    capabilities: &'a Capabilities,
+    span: Option<tracing::Span>,
+}
+
+impl CapabilityCall<'_> {
+    /// Runs `work` inside the call's span, if it has one of its own.
+    async fn within<F: Future>(&mut self, work: F) -> F::Output {
+        match self.span.take() {
+            Some(span) => work.instrument(span).await,
+            None => work.await,
+        }
+    }
 }
 
 /// Adds the four `keybust:gateway` interfaces to `linker`.
 pub fn add_to_linker<T: CapabilitiesView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
-    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| {
-        state.capabilities()
+    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| CapabilityCall {
+        capabilities: state.capabilities(),
+        span: state.call_span(),
     })
 }
 
-impl wit_convex::Host for &Capabilities {
+impl wit_convex::Host for CapabilityCall<'_> {
     async fn post(
         &mut self,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
+        let capabilities = self.capabilities;
+        self.within(capabilities.convex_post(path, body)).await
+    }
+}
+
+impl wit_cache::Host for CapabilityCall<'_> {
+    async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
+        let capabilities = self.capabilities;
+        self.within(capabilities.cache_delete(key)).await
+    }
+}
+
+impl wit_session::Host for CapabilityCall<'_> {
+    async fn validate(&mut self, token: String) -> Result<String, wit_session::SessionError> {
+        let capabilities = self.capabilities;
+        self.within(capabilities.session_validate(token)).await
+    }
+}
+
+impl wit_origins::Host for CapabilityCall<'_> {
+    async fn is_allowed(&mut self, origin: String) -> bool {
+        let _inside = self.span.as_ref().map(|span| span.enter());
+        self.capabilities.origins_is_allowed(&origin)
+    }
+
+    async fn default_origin(&mut self) -> String {
+        let _inside = self.span.as_ref().map(|span| span.enter());
+        self.capabilities.origins_default_origin()
+    }
+}
+
+/// The imports' host side, each traced and counted.
+impl Capabilities {
+    async fn convex_post(
+        &self,
         path: String,
         body: Vec<u8>,
     ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
@@ -212,10 +274,8 @@ impl wit_convex::Host for &Capabilities {
         }
         result.map(Into::into).map_err(Into::into)
     }
-}
 
-impl wit_cache::Host for &Capabilities {
-    async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
+    async fn cache_delete(&self, key: String) -> Result<(), wit_cache::CacheError> {
         let started = Instant::now();
         let span = tracing::info_span!(
             target: TRACE_TARGET,
@@ -241,10 +301,8 @@ impl wit_cache::Host for &Capabilities {
         }
         result.map_err(Into::into)
     }
-}
 
-impl wit_session::Host for &Capabilities {
-    async fn validate(&mut self, token: String) -> Result<String, wit_session::SessionError> {
+    async fn session_validate(&self, token: String) -> Result<String, wit_session::SessionError> {
         let started = Instant::now();
         let span = tracing::info_span!(
             target: TRACE_TARGET,
@@ -281,19 +339,17 @@ impl wit_session::Host for &Capabilities {
             .capability("session", outcome, started.elapsed());
         result.map_err(Into::into)
     }
-}
 
-impl wit_origins::Host for &Capabilities {
-    async fn is_allowed(&mut self, origin: String) -> bool {
+    fn origins_is_allowed(&self, origin: &str) -> bool {
         let started = Instant::now();
         let _span = tracing::info_span!(target: TRACE_TARGET, "origins.is_allowed").entered();
-        let allowed = self.origins.is_allowed(&origin);
+        let allowed = self.origins.is_allowed(origin);
         self.metrics
             .capability("origins", Outcome::Ok, started.elapsed());
         allowed
     }
 
-    async fn default_origin(&mut self) -> String {
+    fn origins_default_origin(&self) -> String {
         let started = Instant::now();
         let _span = tracing::info_span!(target: TRACE_TARGET, "origins.default_origin").entered();
         let origin = self.origins.default_origin().to_owned();

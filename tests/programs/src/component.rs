@@ -17,6 +17,9 @@ wit_bindgen::generate!({
 
 struct Programs;
 
+/// Requests this instance has served, this one included.
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 export!(Programs);
 
 /// Answers with a body known in full, its length declared, as the endpoint does.
@@ -93,7 +96,19 @@ impl exports::wasi::http::incoming_handler::Guest for Programs {
                 .map(|(_, value)| value.split('&').next().unwrap_or_default().to_owned())
         };
         let mode = param("mode").unwrap_or_default();
+        let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match mode.as_str() {
+            "count" => respond_sized(out, 200, format!("{{\"served\":{served}}}").into_bytes()),
+            "say" => {
+                eprintln!("said in request {served}");
+                respond_sized(out, 200, br#"{"ok":true}"#.to_vec())
+            }
+            "chatter" => {
+                for line in 0..1000 {
+                    eprintln!("chatter line {line} of a guest that says too much");
+                }
+                respond_sized(out, 200, br#"{"ok":true}"#.to_vec())
+            }
             "trap" => panic!("trapping on purpose"),
             "loop" => {
                 let mut n: u64 = 0;

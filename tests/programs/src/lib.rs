@@ -5,6 +5,9 @@
 //! | `?mode=` | what the guest does |
 //! |---|---|
 //! | `ok` (or none) | answers 200 `{"ok":true}` |
+//! | `count` | answers 200 `{"served":N}`: the requests this instance has served |
+//! | `say` | writes one line to stderr, then answers 200 |
+//! | `chatter` | writes about 50 KiB to stderr, then answers 200 |
 //! | `trap` | traps at once |
 //! | `loop` | loops forever |
 //! | `alloc` | allocates past any reasonable memory cap |

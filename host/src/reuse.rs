@@ -1,0 +1,439 @@
+//! `--instance-reuse N`: an instance serves up to N requests, one after
+//! another, before it is dropped.
+//!
+//! Instantiation is most of what a cheap request costs, so reuse buys
+//! throughput; the price is isolation. A request may see what an earlier
+//! one left in the instance's memory (a component that keeps state between
+//! requests, or a bug that does), which a fresh instance per request, the
+//! default, rules out.
+//!
+//! The scheduling is wasi:http's own [`ProxyHandler`]: it keeps a queue of
+//! requests and a set of workers, each owning one store and instance, and
+//! starts a worker only when none is free. keybust decides, per worker,
+//! when it stops taking requests ([`Worker`]) and when it is dropped
+//! ([`Expiry`]). The bounds of a fresh instance hold here as well:
+//!
+//! * **memory**: the store's cap holds for the instance's whole life;
+//! * **CPU**: every request starts with a full `--guest-timeout` budget;
+//!   spending it traps, which poisons the store, so the worker ends;
+//! * **time**: a request that has no answer by `--request-timeout` gets
+//!   504 and its worker takes no more requests; a worker still busy past
+//!   that bound (a guest that never yields) is dropped from outside;
+//! * **a trap** ends the worker: its instance never serves again;
+//! * **admission**: the request's slot (and its access-log record) is
+//!   held until its answer body has been sent, not until the instance is
+//!   dropped. An idle instance holds a pool slot but no admission slot, so
+//!   it is dropped after `--instance-idle-timeout`.
+//!
+//! A swap retires the old version's instances: idle ones are dropped at
+//! once, busy ones after their current request.
+
+use crate::body::{BoundedBody, MAX_BODY_BYTES, ResponseBody};
+use crate::capabilities::Capabilities;
+use crate::guest_log::GuestLog;
+use crate::limits::Limits;
+use crate::plugin::GuestFailure;
+use crate::store::{GuestState, RequestState, new_store};
+use crate::telemetry::TRACE_TARGET;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Store, StoreContextMut};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::handler::{
+    ExpirationError, HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept,
+    WorkerExpiration, WorkerState, WorkerStatus,
+};
+
+/// The reused instances of one version of the component.
+pub(crate) struct Reuse {
+    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<RequestState>,
+    limits: Arc<Limits>,
+    /// Built on the first request, which brings the capabilities.
+    handler: OnceLock<ProxyHandler<Workers>>,
+    retirement: Arc<Retirement>,
+}
+
+impl Reuse {
+    pub(crate) fn new(
+        pre: wasmtime_wasi_http::p2::bindings::ProxyPre<RequestState>,
+        limits: Arc<Limits>,
+    ) -> Self {
+        Reuse {
+            pre,
+            limits,
+            handler: OnceLock::new(),
+            retirement: Arc::new(Retirement::default()),
+        }
+    }
+
+    /// Stops every instance of this version from taking more requests:
+    /// idle ones are dropped now, busy ones after their request. Instances
+    /// started later (after a rollback to this version) serve as usual.
+    pub(crate) fn retire(&self) {
+        self.retirement.retire();
+    }
+
+    fn handler(&self, capabilities: &Arc<Capabilities>) -> &ProxyHandler<Workers> {
+        self.handler.get_or_init(|| {
+            ProxyHandler::new(Workers {
+                engine: self.pre.engine().clone(),
+                pre: ProxyPre::P2(self.pre.clone()),
+                capabilities: capabilities.clone(),
+                limits: self.limits.clone(),
+                retirement: self.retirement.clone(),
+            })
+        })
+    }
+
+    /// Serves one request on a reused instance, with the bounds of
+    /// [`crate::plugin::serve_request`]. `hold` is kept until the answer
+    /// body has been sent or dropped.
+    pub(crate) async fn serve<B>(
+        &self,
+        capabilities: &Arc<Capabilities>,
+        request: hyper::Request<B>,
+        hold: impl Send + 'static,
+    ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let limits = &self.limits;
+        let mut body_timed_out = None;
+        let request = request.map(|body| {
+            let body =
+                BoundedBody::new(body, MAX_BODY_BYTES + 1).with_deadline(limits.body_timeout);
+            body_timed_out = Some(body.timed_out());
+            body.map_err(Into::into).boxed_unsync()
+        });
+        let call = Arc::new(Call::new());
+        let deadline = limits.request_timeout;
+        let handled = tokio::time::timeout(
+            deadline,
+            self.handler(capabilities).handle(call.clone(), request),
+        )
+        .await;
+        let answer = match handled {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) if err.is::<ExpirationError>() => Err(request_timed_out(deadline)),
+            Ok(Err(_)) if call.out_of_time() => Err(GuestFailure::OutOfTime(
+                "guest exceeded its execution time budget (--guest-timeout)".into(),
+            )),
+            Ok(Err(err)) => Err(GuestFailure::Failed(err)),
+            Err(_) => Err(request_timed_out(deadline)),
+        };
+        if body_timed_out.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+            call.end(true);
+            return Err(GuestFailure::BodyTimeout);
+        }
+        match answer {
+            Ok(response) => Ok(response.map(|body| {
+                HeldBody {
+                    body,
+                    held: Some((Box::new(hold), Ended(call))),
+                }
+                .boxed_unsync()
+            })),
+            Err(failure) => {
+                call.end(true);
+                Err(failure)
+            }
+        }
+    }
+}
+
+impl Drop for Reuse {
+    fn drop(&mut self) {
+        self.retirement.retire();
+    }
+}
+
+/// How much longer than `--request-timeout` a worker gives a request
+/// before it ends the instance. The request's own deadline, started
+/// before the worker's, answers 504 first; the worker's ends the guest
+/// (which may be blocked in a host call, where wasi:http's handler cannot
+/// reach it) a little later.
+const WORKER_GRACE: Duration = Duration::from_millis(250);
+
+fn request_timed_out(deadline: Duration) -> GuestFailure {
+    GuestFailure::OutOfTime(format!("request exceeded the {deadline:?} request timeout"))
+}
+
+/// One request's link to the instance serving it: its `guest` span (the
+/// parent of the capabilities' spans), its CPU-budget flag, and the
+/// instance's stderr, drained into the log when the request ends.
+pub(crate) struct Call {
+    span: Mutex<Option<tracing::Span>>,
+    out_of_time: OnceLock<Arc<AtomicBool>>,
+    log: OnceLock<GuestLog>,
+}
+
+impl Call {
+    fn new() -> Self {
+        // Opened here, where the request's span is current; it ends with the
+        // request, however long the instance lives.
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "guest",
+            otel.status_code = tracing::field::Empty,
+        );
+        Call {
+            span: Mutex::new(Some(span)),
+            out_of_time: OnceLock::new(),
+            log: OnceLock::new(),
+        }
+    }
+
+    /// The span a capability call made for this request belongs under, until
+    /// the request ends.
+    pub(crate) fn span(&self) -> Option<tracing::Span> {
+        self.span
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.out_of_time
+            .get()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    /// Closes the request's side: its span ends (marked error if it
+    /// failed) and what the guest wrote to stderr meanwhile is logged.
+    fn end(&self, failed: bool) {
+        let span = self
+            .span
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(span) = span {
+            if failed {
+                span.record("otel.status_code", "error");
+            }
+            if let Some(log) = self.log.get() {
+                let _inside = span.enter();
+                log.drain();
+            }
+        }
+    }
+}
+
+/// Ends a [`Call`] when dropped: the answer body has been sent, or the
+/// client went away.
+struct Ended(Arc<Call>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.end(false);
+    }
+}
+
+/// An answer body that keeps its request's admission slot and access
+/// record until it has been sent.
+struct HeldBody {
+    body: ResponseBody,
+    held: Option<(Box<dyn Send>, Ended)>,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.held = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Tells a version's workers that it no longer serves. A generation count,
+/// not a flag: a worker retires when the generation it was started in is
+/// over, so a version rolled back to serves with new workers.
+#[derive(Default)]
+struct Retirement {
+    generation: AtomicU64,
+    notify: Notify,
+}
+
+impl Retirement {
+    fn current(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once generation `born` is over.
+    async fn over(self: Arc<Self>, born: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a retirement between the
+            // check and the wait still wakes us.
+            notified.as_mut().enable();
+            if self.current() != born {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What [`ProxyHandler`] needs to start a worker: one instance of the
+/// version, in a store bounded as a fresh instance's would be.
+struct Workers {
+    engine: wasmtime::Engine,
+    pre: ProxyPre<RequestState>,
+    capabilities: Arc<Capabilities>,
+    limits: Arc<Limits>,
+    retirement: Arc<Retirement>,
+}
+
+impl HandlerState for Workers {
+    type StoreData = RequestState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<RequestState, Expiry, Worker>> {
+        let born = self.retirement.current();
+        let mut store = new_store(&self.engine, self.capabilities.clone(), &self.limits);
+        let started = Instant::now();
+        // Start functions run under the store's CPU budget; this bounds
+        // the wall clock as well.
+        let proxy = tokio::time::timeout(
+            self.limits.request_timeout,
+            self.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|_| wasmtime::format_err!("instantiation did not finish in time"))??;
+        let metrics = &self.capabilities.metrics;
+        metrics.instantiated(started.elapsed());
+        metrics.reused_instance_started();
+        Ok(Instance {
+            store,
+            proxy,
+            view: <RequestState as WasiHttpView>::http,
+            expiration: Expiry {
+                idle_timeout: self.limits.instance_idle_timeout,
+                busy_timeout: self.limits.request_timeout + WORKER_GRACE,
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+                retired: Some(Box::pin(self.retirement.clone().over(born))),
+            },
+            state: Worker {
+                reuse: self.limits.instance_reuse,
+                request_timeout: self.limits.request_timeout + WORKER_GRACE,
+                retirement: self.retirement.clone(),
+                born,
+                capabilities: self.capabilities.clone(),
+            },
+        })
+    }
+}
+
+/// When a worker takes requests, and what each request starts with.
+struct Worker {
+    reuse: usize,
+    request_timeout: Duration,
+    retirement: Arc<Retirement>,
+    born: u64,
+    capabilities: Arc<Capabilities>,
+}
+
+impl WorkerState for Worker {
+    type StoreData = RequestState;
+    type RequestData = Arc<Call>;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.reuse || self.retirement.current() != self.born {
+            ShouldAccept::Never
+        } else if concurrent > 0 {
+            // A wasi:http@0.2 instance serves one request at a time.
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        mut store: StoreContextMut<'_, RequestState>,
+        call: Arc<Call>,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        let state = store.data_mut();
+        let _ = call.out_of_time.set(state.bounds().renew());
+        let _ = call.log.set(state.guest_log().clone());
+        state.serve_call(call);
+        Box::pin(tokio::time::sleep(self.request_timeout))
+    }
+
+    fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
+        if let Err(err) = result {
+            tracing::debug!(error = %format!("{err:#}"), "reused instance dropped after a failure");
+        }
+        store.data().guest_log().drain();
+        self.capabilities.metrics.reused_instance_stopped();
+    }
+}
+
+/// When a worker's instance is dropped: idle past `--instance-idle-timeout`,
+/// retired by a swap while idle, or busy past `--request-timeout` (which
+/// fails what it still serves).
+struct Expiry {
+    idle_timeout: Duration,
+    busy_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    retired: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        since: Instant,
+    ) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(retired) = &mut this.retired
+            && retired.as_mut().poll(cx).is_ready()
+        {
+            this.retired = None;
+        }
+        let timeout = match status {
+            WorkerStatus::Idle if this.retired.is_none() => return Poll::Ready(()),
+            WorkerStatus::Idle => this.idle_timeout,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => this.busy_timeout,
+        };
+        let Some(deadline) = since.checked_add(timeout) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
