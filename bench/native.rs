@@ -3,7 +3,10 @@
 //! wasmtime. `bench/run.sh` prints keybust's throughput as a ratio of this.
 //!
 //! Configured like `keybust serve` (CONVEX_*, CLERK_*, REDIS_URL, ...);
-//! prints `listening on http://ADDR` once it accepts.
+//! prints `listening on http://ADDR` once it accepts. Requests are admitted
+//! as keybust admits them by default (`--max-concurrent-requests`, then
+//! 503 after `--queue-timeout`): past that, every request would hold a
+//! blocking thread and the runtime would run out of them.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,10 +16,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use keybust::capabilities::Capabilities;
 use keybust::endpoint::ENDPOINT_PATH;
+use keybust::limits::Limits;
 use keybust_guest::policy::{self, BodyError, RequestHead};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
 
 /// The host capabilities, called synchronously as the policy expects.
 struct NativeCaps<'a> {
@@ -71,6 +76,7 @@ fn header(request: &hyper::Request<Incoming>, name: &str) -> Option<String> {
 
 async fn handle(
     caps: Arc<Capabilities>,
+    admission: Arc<Semaphore>,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
     if request.uri().path() != ENDPOINT_PATH {
@@ -79,6 +85,18 @@ async fn handle(
         *response.status_mut() = hyper::StatusCode::NOT_FOUND;
         return response;
     }
+    let queue_timeout = Limits::default().queue_timeout;
+    let Ok(Ok(_permit)) = tokio::time::timeout(queue_timeout, admission.acquire_owned()).await
+    else {
+        let mut response = hyper::Response::new(Full::new(Bytes::from_static(
+            br#"{"error":"Service unavailable"}"#,
+        )));
+        *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        return response;
+    };
     let method = request.method().as_str().to_owned();
     let origin = header(&request, "origin");
     let authorization = header(&request, "authorization");
@@ -131,14 +149,17 @@ async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("KEYBUST_LISTEN").unwrap_or_else(|_| "127.0.0.1:8787".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    let admission = Arc::new(Semaphore::new(Limits::default().max_concurrent_requests));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let caps = caps.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let caps = caps.clone();
-                async move { Ok::<_, Infallible>(handle(caps, request).await) }
+                let admission = admission.clone();
+                async move { Ok::<_, Infallible>(handle(caps, admission, request).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -7,12 +7,16 @@
 #   404        another path, answered by the host alone: the HTTP layer's cost
 #              (routing, access log, metrics) without the guest
 # The servers are pinned to CPU 0; wrk, redis-server and the Convex/JWKS
-# stand-ins to CPU 1. Beside keybust run the same policy compiled natively
-# (bench/native.rs) with the same host capabilities, and `wasmtime serve` with
-# a hello-world component (bench/hello), the baseline for the preflight path.
+# stand-ins to CPU 1. Beside keybust (a fresh instance per request, its
+# default) run keybust with --instance-reuse, the same policy compiled
+# natively (bench/native.rs) with the same host capabilities, and `wasmtime
+# serve` with a hello-world component (bench/hello), the baseline for the
+# preflight path, with its defaults and with instance reuse.
 # Each round drives them in turn, path by path.
 # Prints req/s, p50, p99, keybust/native, keybust-preflight/wasmtime-serve and
 # peak RSS, and fails if any answer has another status than the path's own.
+# On the connection curve a 503 is keybust shedding load past its admission
+# bound (by design): counted and shown, not a failure.
 # Tools: bench/setup.sh (wrk, redis-server, wasmtime-cli 48 on first use).
 #
 # Usage: bench/run.sh [--smoke]
@@ -23,6 +27,8 @@
 #        BENCH_CURVE ("16 64 256 1024": the full path once more at each of
 #        these connection counts, side by side, printed as a curve; peak RSS
 #        is read after the last),
+#        BENCH_REUSE (128: --instance-reuse for "reuse", and wasmtime serve's
+#        --max-instance-reuse-count for its reuse baseline),
 #        BENCH_RUST_LOG (info: keybust writes its access log, as in production)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +43,7 @@ duration=${BENCH_DURATION:-5s}
 connections=${BENCH_CONNECTIONS:-64}
 read -r -a curve <<< "${BENCH_CURVE:-16 64 256 1024}"
 rounds=${BENCH_ROUNDS:-3}
+reuse=${BENCH_REUSE:-128}
 if [ "$smoke" = 1 ]; then duration=2s; connections=4; curve=(2 8); rounds=1; fi
 if [ "${#curve[@]}" -eq 0 ]; then echo "bench/run.sh: BENCH_CURVE is empty" >&2; exit 2; fi
 for count in "${curve[@]}"; do
@@ -92,7 +99,7 @@ set -a
 set +a
 
 declare -A expected=([full]=200 [401]=401 [422]=422 [preflight]=204 [404]=404 [hello]=200)
-declare -A URL PID RPS P50 P99 STATUSES RSS IPI
+declare -A URL PID RPS P50 P99 STATUSES RSS IPI SHED RSSAT GOOD
 failed=0
 
 # start NAME COMMAND...: runs COMMAND
@@ -110,7 +117,8 @@ start() {
 # drive NAME PATH CONNECTIONS [curve]: one wrk run of one request shape
 # against NAME; appends req/s, p50 and p99 (µs) to NAME:PATH, or to
 # NAME:PATH@CONNECTIONS for another count or a point of the curve, and fails
-# the run on any status other than the path's own.
+# the run on any status other than the path's own (on the curve, 503s are
+# load shed: their share is kept in SHED, and timeouts are reported).
 drive() {
   local name=$1 path=$2 conns=$3 shape=$2 point=${4:-}
   if [ "$path" = hello ]; then shape=preflight; fi
@@ -128,13 +136,20 @@ drive() {
   P99[$key]+="$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$out") "
   STATUSES[$key]=$statuses
   local want="${expected[$path]}"
-  if [ -z "$statuses" ] || tr ' ' '\n' <<<"$statuses" | grep -qv "^${want}="; then
-    echo "bench/run.sh: $key answered other statuses than $want: $statuses" >&2
+  local allowed="^${want}="
+  if [ -n "$point" ]; then allowed="^(${want}|503)="; fi
+  if [ -z "$statuses" ] || tr ' ' '\n' <<<"$statuses" | grep -Eqv "$allowed"; then
+    echo "bench/run.sh: $key answered other statuses than $want: ${statuses:-none; wrk said:}" >&2
+    if [ -z "$statuses" ]; then sed 's/^/  /' <<<"$out" >&2; fi
     failed=1
   fi
+  SHED[$key]=$(tr ' ' '\n' <<<"$statuses" | awk -F= '{ n += $2; if ($1 == 503) shed += $2 } END { printf "%.1f%%", (n ? 100 * shed / n : 0) }')
+  # Goodput: the answers of the path's own status, per second.
+  GOOD[$key]+="$(tr ' ' '\n' <<<"$statuses" | awk -F= -v rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" -v want="$want" \
+    '{ n += $2; if ($1 == want) ok += $2 } END { printf "%.0f", (n ? rps * ok / n : 0) }') "
   if grep -q "Socket errors" <<<"$out"; then
     echo "bench/run.sh: $key: $(grep 'Socket errors' <<<"$out")" >&2
-    failed=1
+    if [ -z "$point" ] || grep -Eq 'connect [1-9]|read [1-9]|write [1-9]' <<<"$out"; then failed=1; fi
   fi
 }
 
@@ -149,21 +164,27 @@ ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { printf "%.2fx
 rps() { printf '%.0f' "$(median "$1")"; }
 
 start keybust target/release/keybust serve
+start reuse target/release/keybust serve --instance-reuse "$reuse"
 start native target/release/examples/bench-native
-for name in keybust native; do
+for name in keybust reuse native; do
   wait_for "$work/$name.out" "^listening on"
   URL[$name]="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"
 done
 # The baseline for the preflight path: `wasmtime serve` (its default
 # settings) answering every request from a hello-world wasi:http component.
-servers=(keybust native)
+servers=(keybust reuse native)
 if [ "$smoke" = 0 ]; then
   port=$(( 20000 + RANDOM % 20000 ))
   start wasmtime "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
     target/wasm32-wasip2/release/keybust_bench_hello.wasm
   wait_for "$work/wasmtime.err" "Serving HTTP on"
   URL[wasmtime]="http://127.0.0.1:$port/"
-  servers+=(wasmtime)
+  port=$(( 20000 + RANDOM % 20000 ))
+  start wasmtime-reuse "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
+    --max-instance-reuse-count "$reuse" target/wasm32-wasip2/release/keybust_bench_hello.wasm
+  wait_for "$work/wasmtime-reuse.err" "Serving HTTP on"
+  URL[wasmtime-reuse]="http://127.0.0.1:$port/"
+  servers+=(wasmtime wasmtime-reuse)
 fi
 
 # Side by side: each round drives every server in turn on the same path, so
@@ -171,14 +192,20 @@ fi
 for path in full 401 422 preflight 404; do
   for _ in $(seq 1 "$rounds"); do
     drive keybust "$path" "$connections"
+    drive reuse "$path" "$connections"
     drive native "$path" "$connections"
-    if [ "$path" = preflight ] && [ "$smoke" = 0 ]; then drive wasmtime hello "$connections"; fi
+    if [ "$path" = preflight ] && [ "$smoke" = 0 ]; then
+      drive wasmtime hello "$connections"
+      drive wasmtime-reuse hello "$connections"
+    fi
   done
 done
-# The connection curve, full path; peak RSS is taken after its last point.
+# The connection curve, full path; peak RSS so far is read after each point.
 for count in "${curve[@]}"; do
-  drive keybust full "$count" curve
-  drive native full "$count" curve
+  for name in keybust reuse native; do
+    drive "$name" full "$count" curve
+    RSSAT[$name@$count]=$(awk '/^VmHWM:/ {print int($2 / 1024)}' "/proc/${PID[$name]}/status" 2>/dev/null || echo "?")
+  done
 done
 for name in "${servers[@]}"; do
   if ! kill -0 "${PID[$name]}" 2>/dev/null; then
@@ -190,28 +217,36 @@ for name in "${servers[@]}"; do
 done
 
 echo "connections: $connections; $rounds round(s) of $duration per server and path, medians shown; server on CPU 0, load on CPU $load_cpu"
-printf '%-10s %12s %10s %10s %12s %10s  %s\n' path "keybust r/s" p50 p99 "native r/s" "k/native" "statuses (last round)"
+echo "keybust: a fresh instance per request (default); reuse: --instance-reuse $reuse"
+printf '%-10s %12s %9s %9s %10s %9s %11s %9s %9s  %s\n' path "keybust r/s" p50 p99 "reuse r/s" "p99" "native r/s" "k/native" "r/native" "statuses (keybust, last round)"
 row() { # key label
-  printf '%-10s %12s %10s %10s %12s %10s  %s\n' "$2" "$(rps "${RPS[keybust:$1]}")" \
-    "$(ms "${P50[keybust:$1]}")" "$(ms "${P99[keybust:$1]}")" "$(rps "${RPS[native:$1]}")" \
-    "$(ratio "${RPS[keybust:$1]}" "${RPS[native:$1]}")" "${STATUSES[keybust:$1]}"
+  printf '%-10s %12s %9s %9s %10s %9s %11s %9s %9s  %s\n' "$2" "$(rps "${RPS[keybust:$1]}")" \
+    "$(ms "${P50[keybust:$1]}")" "$(ms "${P99[keybust:$1]}")" "$(rps "${RPS[reuse:$1]}")" \
+    "$(ms "${P99[reuse:$1]}")" "$(rps "${RPS[native:$1]}")" \
+    "$(ratio "${RPS[keybust:$1]}" "${RPS[native:$1]}")" "$(ratio "${RPS[reuse:$1]}" "${RPS[native:$1]}")" \
+    "${STATUSES[keybust:$1]}"
 }
 for path in full 401 422 preflight 404; do row "$path" "$path"; done
-echo "full path by connections (one run each; vs: keybust against its own figure at the first count):"
-printf '%-10s %12s %10s %10s %12s %10s %8s\n' connections "keybust r/s" p50 p99 "native r/s" "k/native" vs
+echo "full path by connections, 200s per second (one run each; vs: against its own figure at the first count; 503: share of answers shed; MiB: peak RSS so far):"
+printf '%-6s %8s %8s %8s %6s %5s %4s | %8s %8s %6s %5s %4s | %8s %8s %5s %4s\n' conns keybust p99 k/native vs 503 MiB reuse p99 vs 503 MiB native p99 503 MiB
 for count in "${curve[@]}"; do
   key="full@$count"
-  printf '%-10s %12s %10s %10s %12s %10s %8s\n' "$count" "$(rps "${RPS[keybust:$key]}")" \
-    "$(ms "${P50[keybust:$key]}")" "$(ms "${P99[keybust:$key]}")" "$(rps "${RPS[native:$key]}")" \
-    "$(ratio "${RPS[keybust:$key]}" "${RPS[native:$key]}")" \
-    "$(ratio "${RPS[keybust:$key]}" "${RPS[keybust:full@${curve[0]}]}")"
+  printf '%-6s %8s %8s %8s %6s %5s %4s | %8s %8s %6s %5s %4s | %8s %8s %5s %4s\n' "$count" \
+    "$(rps "${GOOD[keybust:$key]}")" "$(ms "${P99[keybust:$key]}")" \
+    "$(ratio "${GOOD[keybust:$key]}" "${GOOD[native:$key]}")" \
+    "$(ratio "${GOOD[keybust:$key]}" "${GOOD[keybust:full@${curve[0]}]}")" "${SHED[keybust:$key]}" "${RSSAT[keybust@$count]}" \
+    "$(rps "${GOOD[reuse:$key]}")" "$(ms "${P99[reuse:$key]}")" \
+    "$(ratio "${GOOD[reuse:$key]}" "${GOOD[reuse:full@${curve[0]}]}")" "${SHED[reuse:$key]}" "${RSSAT[reuse@$count]}" \
+    "$(rps "${GOOD[native:$key]}")" "$(ms "${P99[native:$key]}")" "${SHED[native:$key]}" "${RSSAT[native@$count]}"
 done
 echo "keybust full-path req/s per round: ${RPS[keybust:full]}; native: ${RPS[native:full]}"
 if [ "$smoke" = 0 ]; then
   echo "wasmtime serve hello: $(rps "${RPS[wasmtime:hello]}") r/s, p99 $(ms "${P99[wasmtime:hello]}");" \
     "keybust preflight / wasmtime serve hello: $(ratio "${RPS[keybust:preflight]}" "${RPS[wasmtime:hello]}")"
+  echo "wasmtime serve hello, --max-instance-reuse-count $reuse: $(rps "${RPS[wasmtime-reuse:hello]}") r/s, p99 $(ms "${P99[wasmtime-reuse:hello]}");" \
+    "keybust preflight with reuse / it: $(ratio "${RPS[reuse:preflight]}" "${RPS[wasmtime-reuse:hello]}")"
 fi
 echo "wakeups of the load CPU per request (function-call IPIs), preflight: keybust $(median "${IPI[keybust:preflight]}"), native $(median "${IPI[native:preflight]}")${IPI[wasmtime:hello]:+, wasmtime serve $(median "${IPI[wasmtime:hello]}")}; full: keybust $(median "${IPI[keybust:full]}"), native $(median "${IPI[native:full]}")"
-echo "peak RSS (whole run, up to $peak_connections connections): keybust ${RSS[keybust]} MiB, native ${RSS[native]} MiB${RSS[wasmtime]:+, wasmtime serve ${RSS[wasmtime]} MiB}"
+echo "peak RSS (whole run, up to $peak_connections connections): keybust ${RSS[keybust]} MiB, reuse ${RSS[reuse]} MiB, native ${RSS[native]} MiB${RSS[wasmtime]:+, wasmtime serve ${RSS[wasmtime]} MiB}"
 if [ "$smoke" = 1 ]; then echo "smoke run: status codes checked, timings not meaningful"; fi
 exit "$failed"
