@@ -237,11 +237,30 @@ async fn drains_on_sigterm(options: Options) {
         request.await.unwrap().assert_json(200, r#"{"ok":true}"#);
     }
     let mut stack = Arc::into_inner(stack).expect("all clients finished");
-    let status =
-        tokio::task::spawn_blocking(move || stack.keybust.wait_exit(Duration::from_secs(10)))
-            .await
-            .unwrap();
+    let (stack, status) = tokio::task::spawn_blocking(move || {
+        let status = stack.keybust.wait_exit(Duration::from_secs(10));
+        (stack, status)
+    })
+    .await
+    .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    // Access lines wait in a buffer; every one is written before exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = stack.keybust.logs();
+        let answered = logs
+            .lines()
+            .filter(|line| line.contains("keybust::access") && line.contains("status=200"))
+            .count();
+        if answered == 16 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{answered} access lines of 16:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `keybust --version` names the commit, the wasmtime it runs on, and the

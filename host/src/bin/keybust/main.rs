@@ -205,6 +205,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
     });
     drop(runtime);
+    logging::flush();
     systemd::flush();
     // The last batch of spans leaves after the last request is answered.
     if let Some(traces) = traces {
