@@ -1,6 +1,9 @@
 //! The thin layer between wasi:http, our WIT imports and [`crate::policy`].
 
 use crate::policy::{self, BodyError, RequestHead};
+use alloc::borrow::ToOwned;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -184,6 +187,78 @@ impl policy::Capabilities for Host {
     }
 
     fn warn(&self, message: &str) {
-        eprintln!("{message}");
+        to_stderr(message);
     }
+}
+
+/// One line to the guest's stderr, which the host logs.
+fn to_stderr(message: &str) {
+    let stderr = wasip2::cli::stderr::get_stderr();
+    let mut line = Vec::with_capacity(message.len() + 1);
+    line.extend_from_slice(message.as_bytes());
+    line.push(b'\n');
+    for chunk in line.chunks(4096) {
+        if stderr.blocking_write_and_flush(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+// `memcmp` and its kin from the target's own C library (wasi-libc), as
+// std would take them; the linker keeps only the functions called, none of
+// the library's start-up code or imports.
+#[link(name = "c")]
+unsafe extern "C" {}
+
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+/// A panic is a bug: say where, then trap (the host answers 500).
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    to_stderr(&alloc::format!("guest panicked: {info}"));
+    core::arch::wasm32::unreachable()
+}
+
+/// The canonical ABI's allocation hook, through which the host hands the
+/// guest strings and lists. std's runtime provides it; without std, the
+/// component does.
+///
+/// # Safety
+///
+/// Called by the component model's lowering code only, with a pointer it
+/// got from this function (or null and a zero length) and a power-of-two
+/// alignment.
+#[unsafe(no_mangle)]
+unsafe extern "C" fn cabi_realloc(
+    old: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
+    use alloc::alloc::{Layout, alloc, realloc};
+    if new_len == 0 {
+        // A zero-sized allocation: any non-null, aligned pointer.
+        return align as *mut u8;
+    }
+    let Ok(new_layout) = Layout::from_size_align(new_len, align) else {
+        core::arch::wasm32::unreachable()
+    };
+    // SAFETY: the layouts are valid (checked above, and `old` was made by
+    // this function with `old_len` and `align`).
+    let ptr = unsafe {
+        if old_len == 0 {
+            alloc(new_layout)
+        } else {
+            match Layout::from_size_align(old_len, align) {
+                Ok(old_layout) => realloc(old, old_layout, new_len),
+                Err(_) => core::arch::wasm32::unreachable(),
+            }
+        }
+    };
+    if ptr.is_null() {
+        // Out of memory (the host's cap): trap, as std does.
+        core::arch::wasm32::unreachable()
+    }
+    ptr
 }

@@ -6,6 +6,11 @@
 //! That keeps every rule of the contract testable natively, and lets the same
 //! policy run outside a component when it needs to be compared with one.
 
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
 use serde_json::Value;
 
 /// Where the endpoint is served; the host routes only this path to the guest.

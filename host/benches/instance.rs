@@ -6,6 +6,10 @@
 //! it. One thread, after a warm-up; prints min, median and p90 of each.
 //!
 //! Run: `cargo bench -p keybust-host --bench instance`
+//!
+//! `BENCH_COMPONENTS=a.wasm,b.wasm` times the instantiation of other
+//! wasi:http components beside it, in turn, to weigh what a component's
+//! imports cost (a std-built guest imports `wasi:cli` as well).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -102,6 +106,36 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status == 204, "preflight answered {status}");
     }
 
+    let mut others = Vec::new();
+    for path in std::env::var("BENCH_COMPONENTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|path| !path.is_empty())
+    {
+        let bytes = std::fs::read(path)?;
+        let other = keybust::plugin::Plugin::load(&slot_linker(&engine)?, &bytes, limits.clone())?;
+        let mut samples = Vec::with_capacity(ROUNDS);
+        for round in 0..WARMUP + ROUNDS {
+            let mut store = keybust::store::new_store(
+                other.proxy_pre().engine(),
+                capabilities.clone(),
+                &limits,
+            );
+            let started = Instant::now();
+            other
+                .proxy_pre()
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+            let took = started.elapsed();
+            drop(store);
+            if round >= WARMUP {
+                samples.push(took);
+            }
+        }
+        others.push((path.to_owned(), bytes.len(), samples));
+    }
+
     println!(
         "endpoint component ({} bytes), one thread:",
         EMBEDDED_COMPONENT.len()
@@ -117,5 +151,15 @@ async fn main() -> anyhow::Result<()> {
         handled,
         Duration::from_micros(30),
     );
+    for (path, size, samples) in others {
+        println!("{path} ({size} bytes):");
+        report("instantiate", samples, Duration::from_micros(10));
+    }
     Ok(())
+}
+
+fn slot_linker(
+    engine: &wasmtime::Engine,
+) -> anyhow::Result<wasmtime::component::Linker<keybust::store::RequestState>> {
+    Ok(engine::new_linker(engine)?)
 }

@@ -72,8 +72,9 @@ pub fn start_epoch_ticker(engine: &Engine) {
     }
 }
 
-/// Builds the linker every component is checked against: WASI p2 (a std
-/// Rust guest imports several `wasi:cli` interfaces), `wasi:http`, and ours.
+/// Builds the linker every component is checked against: WASI p2 (keybust's
+/// guest needs only stderr of it, but a std-built component imports the
+/// rest of `wasi:cli`), `wasi:http`, and ours.
 pub fn new_linker(engine: &Engine) -> Result<Linker<RequestState>, EngineError> {
     let mut linker = Linker::new(engine);
     let link = |linker: &mut Linker<RequestState>| -> wasmtime::Result<()> {

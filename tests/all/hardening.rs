@@ -387,3 +387,33 @@ async fn guest_traps_and_timeouts_are_counted() {
         stack.wait_for_metric(line).await;
     }
 }
+
+/// The endpoint component imports nothing it does not use: wasi:http and
+/// its streams, stderr for its warnings, and keybust's four interfaces. A
+/// std-built component would import the rest of wasi:cli too (environment,
+/// exit, the other streams, terminals), which every instantiation resolves.
+#[test]
+fn the_component_imports_only_what_it_uses() {
+    let engine = wasmtime::Engine::default();
+    let component =
+        wasmtime::component::Component::new(&engine, keybust::plugin::EMBEDDED_COMPONENT).unwrap();
+    let mut imports: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    imports.sort();
+    assert_eq!(
+        imports,
+        [
+            "keybust:gateway/cache@0.1.0",
+            "keybust:gateway/convex@0.1.0",
+            "keybust:gateway/origins@0.1.0",
+            "keybust:gateway/session@0.1.0",
+            "wasi:cli/stderr@0.2.12",
+            "wasi:http/types@0.2.12",
+            "wasi:io/error@0.2.12",
+            "wasi:io/streams@0.2.12",
+        ]
+    );
+}
