@@ -1,6 +1,7 @@
 //! Bad builds, hostile clients and sandbox walls: the host answers, stays
 //! bounded, and keeps serving good requests alongside.
 
+use crate::support::programs::{mode, serve_programs};
 use crate::support::{self, Answer, Backend, Options, Stack, hashes};
 use serde_json::Value;
 use std::sync::Arc;
@@ -14,39 +15,8 @@ async fn programs() -> (Arc<Stack>, tempfile::TempDir) {
 }
 
 async fn programs_with(extra_args: &[&str]) -> (Arc<Stack>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("programs.wasm");
-    let bytes = tokio::task::spawn_blocking(support::test_programs)
-        .await
-        .unwrap();
-    std::fs::write(&path, bytes).unwrap();
-    let options = Options {
-        args: vec![
-            "--component".into(),
-            path.display().to_string(),
-            "--guest-timeout".into(),
-            "300ms".into(),
-            "--request-timeout".into(),
-            "3s".into(),
-        ]
-        .into_iter()
-        .chain(extra_args.iter().map(|arg| arg.to_string()))
-        .collect(),
-        ..Options::default()
-    };
-    (Arc::new(Stack::with(Backend::Embedded, options).await), dir)
-}
-
-async fn mode(stack: &Stack, mode: &str) -> Answer {
-    let url = format!("{}?mode={mode}", support::ENDPOINT);
-    Answer::of(
-        stack
-            .request(reqwest::Method::POST, &url)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    let (stack, dir) = serve_programs(extra_args).await;
+    (Arc::new(stack), dir)
 }
 
 /// While `bad` runs, good requests keep getting answered promptly.

@@ -245,22 +245,10 @@ async fn drains_on_sigterm(options: Options) {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
     // Access lines wait in a buffer; every one is written before exit.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let logs = stack.keybust.logs();
-        let answered = logs
-            .lines()
-            .filter(|line| line.contains("keybust::access") && line.contains("status=200"))
-            .count();
-        if answered == 16 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{answered} access lines of 16:\n{logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stack
+        .keybust
+        .wait_for_lines(&["keybust::access", "status=200"], 16)
+        .await;
 }
 
 /// `keybust --version` names the commit, the wasmtime it runs on, and the

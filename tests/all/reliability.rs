@@ -77,22 +77,10 @@ async fn a_client_that_hangs_up_keeps_its_slot_until_its_guest_finishes() {
     assert!(most <= 4, "{most} owner lookups ran at once with 4 slots");
     assert!(most >= 1);
     // Access lines leave in batches, a little after the metric counts them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let logs = stack.keybust.logs();
-        let closed = logs
-            .lines()
-            .filter(|l| l.contains("keybust::access") && l.contains("client closed"))
-            .count();
-        if closed == 12 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{closed} of 12:\n{logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stack
+        .keybust
+        .wait_for_lines(&["keybust::access", "client closed"], 12)
+        .await;
 }
 
 /// A body that dawdles gets 408 once the body timeout has passed, not a

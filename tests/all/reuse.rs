@@ -3,6 +3,7 @@
 //! timeout, a trap dropping the instance, swaps retiring old instances.
 
 use crate::support::answer::assert_endpoint_answers;
+use crate::support::programs::{mode, serve_programs};
 use crate::support::{self, Answer, Backend, ENDPOINT, Options, Stack, hashes};
 use keybust::artifacts::hex_digest;
 use serde_json::Value;
@@ -10,42 +11,11 @@ use std::time::Duration;
 
 const ADMIN_TOKEN: &str = "test-admin-token-77c1";
 
-/// keybust serving the test programs with `args` (short CPU budget).
+/// keybust serving the test programs with `args`, and an admin token.
 async fn programs_with(args: &[&str]) -> (Stack, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("programs.wasm");
-    let bytes = tokio::task::spawn_blocking(support::test_programs)
-        .await
-        .unwrap();
-    std::fs::write(&path, bytes).unwrap();
-    let mut all: Vec<String> = vec![
-        "--component".into(),
-        path.display().to_string(),
-        "--guest-timeout".into(),
-        "300ms".into(),
-        "--request-timeout".into(),
-        "3s".into(),
-        "--admin-token".into(),
-        ADMIN_TOKEN.into(),
-    ];
-    all.extend(args.iter().map(|arg| arg.to_string()));
-    let options = Options {
-        args: all,
-        ..Options::default()
-    };
-    (Stack::with(Backend::Embedded, options).await, dir)
-}
-
-async fn mode(stack: &Stack, mode: &str) -> Answer {
-    let url = format!("{ENDPOINT}?mode={mode}");
-    Answer::of(
-        stack
-            .request(reqwest::Method::POST, &url)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    let mut all = vec!["--admin-token", ADMIN_TOKEN];
+    all.extend(args);
+    serve_programs(&all).await
 }
 
 /// How many requests the instance that answered has served, this one included.

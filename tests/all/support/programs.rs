@@ -27,3 +27,46 @@ pub fn test_programs() -> &'static [u8] {
         std::fs::read(wasm).unwrap()
     })
 }
+
+/// keybust serving the test programs from a file, with short time budgets
+/// (`--guest-timeout 300ms`, `--request-timeout 3s`) and `extra_args`.
+/// Keep the directory while the stack runs.
+pub async fn serve_programs(extra_args: &[&str]) -> (super::Stack, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("programs.wasm");
+    let bytes = tokio::task::spawn_blocking(test_programs).await.unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let path = path.display().to_string();
+    let options = super::Options {
+        args: [
+            "--component",
+            path.as_str(),
+            "--guest-timeout",
+            "300ms",
+            "--request-timeout",
+            "3s",
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|arg| arg.to_string())
+        .collect(),
+        ..super::Options::default()
+    };
+    (
+        super::Stack::with(super::Backend::Embedded, options).await,
+        dir,
+    )
+}
+
+/// A POST to the endpoint asking the test programs for `?mode=`.
+pub async fn mode(stack: &super::Stack, mode: &str) -> super::Answer {
+    let url = format!("{}?mode={mode}", super::ENDPOINT);
+    super::Answer::of(
+        stack
+            .request(reqwest::Method::POST, &url)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}

@@ -105,6 +105,27 @@ impl Server {
         self.log_sink().assert_logged(needle).await
     }
 
+    /// Waits until exactly `count` log lines contain every one of
+    /// `needles`, failing after five seconds (access lines leave in batches).
+    pub async fn wait_for_lines(&self, needles: &[&str], count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            let found = logs
+                .lines()
+                .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+                .count();
+            if found == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{found} lines with {needles:?}, not {count}:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asserts that nothing secret reached the logs. In process, the logs
     /// must hold an access line first: a capture that saw nothing (a server
     /// running on other threads) would prove nothing.
