@@ -13,7 +13,9 @@
 //! * **Plugin** — [`plugin::Plugin`] is a component compiled once and
 //!   pre-instantiated against the [`wasmtime::component::Linker`] that
 //!   [`engine::new_linker`] builds; every request runs in a fresh `Store`
-//!   ([`store::new_store`]) from the pooling allocator.
+//!   ([`store::new_store`]) from the pooling allocator, or, with
+//!   `--instance-reuse` ([`limits::Limits::instance_reuse`]), in one kept
+//!   for several requests in turn.
 //! * **Slot** — [`slot::ComponentSlot`] holds the serving version behind an
 //!   atomic pointer; a new one (admin API, file change, SIGHUP) is compiled,
 //!   checked and instantiated once before it replaces the old one, and
