@@ -67,20 +67,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let plugin = slot.current().plugin.clone();
 
-    let pre = plugin.proxy_pre();
-    let mut instantiate = Vec::with_capacity(ROUNDS);
-    for round in 0..WARMUP + ROUNDS {
-        let mut store = keybust::store::new_store(pre.engine(), capabilities.clone(), &limits);
-        let started = Instant::now();
-        pre.instantiate_async(&mut store)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err:#}"))?;
-        let took = started.elapsed();
-        drop(store);
-        if round >= WARMUP {
-            instantiate.push(took);
-        }
-    }
+    let instantiate = instantiations(&plugin, &capabilities, &limits).await?;
 
     let mut lifecycle = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
@@ -107,32 +94,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut others = Vec::new();
+    let others_linker = engine::new_linker(&engine)?;
     for path in std::env::var("BENCH_COMPONENTS")
         .unwrap_or_default()
         .split(',')
         .filter(|path| !path.is_empty())
     {
         let bytes = std::fs::read(path)?;
-        let other = keybust::plugin::Plugin::load(&slot_linker(&engine)?, &bytes, limits.clone())?;
-        let mut samples = Vec::with_capacity(ROUNDS);
-        for round in 0..WARMUP + ROUNDS {
-            let mut store = keybust::store::new_store(
-                other.proxy_pre().engine(),
-                capabilities.clone(),
-                &limits,
-            );
-            let started = Instant::now();
-            other
-                .proxy_pre()
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|err| anyhow::anyhow!("{err:#}"))?;
-            let took = started.elapsed();
-            drop(store);
-            if round >= WARMUP {
-                samples.push(took);
-            }
-        }
+        let other = keybust::plugin::Plugin::load(&others_linker, &bytes, limits.clone())?;
+        let samples = instantiations(&other, &capabilities, &limits).await?;
         others.push((path.to_owned(), bytes.len(), samples));
     }
 
@@ -158,8 +128,26 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn slot_linker(
-    engine: &wasmtime::Engine,
-) -> anyhow::Result<wasmtime::component::Linker<keybust::store::RequestState>> {
-    Ok(engine::new_linker(engine)?)
+/// Times instantiating `plugin` into a fresh store (made and dropped
+/// outside the timing), after a warm-up.
+async fn instantiations(
+    plugin: &keybust::plugin::Plugin,
+    capabilities: &Arc<Capabilities>,
+    limits: &Limits,
+) -> anyhow::Result<Vec<Duration>> {
+    let pre = plugin.proxy_pre();
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for round in 0..WARMUP + ROUNDS {
+        let mut store = keybust::store::new_store(pre.engine(), capabilities.clone(), limits);
+        let started = Instant::now();
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        let took = started.elapsed();
+        drop(store);
+        if round >= WARMUP {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
 }
