@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The target of the access lines, for log filters and writers.
+pub const ACCESS_TARGET: &str = "keybust::access";
+
 /// The header that carries a request's id, in and out.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -104,7 +107,7 @@ impl Drop for AccessRecord {
             Some((status, took)) => {
                 self.metrics.request(&status.to_string(), took);
                 tracing::info!(
-                    target: "keybust::access",
+                    target: ACCESS_TARGET,
                     method = %self.method,
                     path = self.path,
                     status,
@@ -118,7 +121,7 @@ impl Drop for AccessRecord {
                 let took = self.started.elapsed();
                 self.metrics.client_closed();
                 tracing::info!(
-                    target: "keybust::access",
+                    target: ACCESS_TARGET,
                     method = %self.method,
                     path = self.path,
                     status = CLIENT_CLOSED,

@@ -2,6 +2,7 @@
 //! is on.
 
 use clap::ValueEnum;
+use keybust::access::ACCESS_TARGET;
 use keybust::telemetry::export::{self, Tracing};
 use std::io::Write;
 use std::sync::{Mutex, PoisonError};
@@ -65,12 +66,9 @@ pub fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
     }
 }
 
-/// The access log's target: one line per request, so many that writing
-/// each on its own (one `write` to stderr per line) is a third of what a
-/// cheap request costs.
-const ACCESS_TARGET: &str = "keybust::access";
-
-/// Access lines wait here, at most [`ACCESS_BUFFER_BYTES`] and
+/// Access lines ([`ACCESS_TARGET`], one per request: writing each on its
+/// own, one `write` to stderr per line, was a fifth of a cheap request's
+/// cost) wait here, at most [`ACCESS_BUFFER_BYTES`] and
 /// [`ACCESS_FLUSH_EVERY`], and leave in one write, as nginx's
 /// `access_log ... buffer= flush=` does. Every other line is written at
 /// once, after the access lines before it, so the log keeps its order.
