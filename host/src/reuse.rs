@@ -114,6 +114,10 @@ impl Reuse {
             body.map_err(Into::into).boxed_unsync()
         });
         let call = Arc::new(Call::new());
+        // Ends the call however this returns, or if the caller drops it (the
+        // client went away): the request's spans must not stay open, and
+        // its guest output unlogged, until the instance's next request.
+        let ended = Ended(call.clone());
         let deadline = limits.request_timeout;
         let handled = tokio::time::timeout(
             deadline,
@@ -137,7 +141,7 @@ impl Reuse {
             Ok(response) => Ok(response.map(|body| {
                 HeldBody {
                     body,
-                    held: Some((Box::new(hold), Ended(call))),
+                    held: Some((Box::new(hold), ended)),
                 }
                 .boxed_unsync()
             })),
