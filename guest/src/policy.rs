@@ -206,28 +206,66 @@ pub fn ownership(body: &[u8], user_id: &str) -> Option<Ownership> {
 /// Answers one request to the endpoint, in the contract's order.
 ///
 /// `read_body` is called at most once, with the bound to enforce, and only
-/// after the caller is authenticated.
+/// after the caller is authenticated. A component whose body read is
+/// asynchronous (wasi:http 0.3) drives [`begin`] and [`Pending::finish`]
+/// itself instead.
 pub fn handle(
     head: &RequestHead<'_>,
     read_body: impl FnOnce(usize) -> Result<Vec<u8>, BodyError>,
     caps: &impl Capabilities,
 ) -> Response {
+    match begin(head, caps) {
+        Step::Answer(response) => response,
+        Step::ReadBody(pending) => {
+            let body = read_body(pending.limit());
+            pending.finish(body, caps)
+        }
+    }
+}
+
+/// Where [`begin`] leaves a request: answered from its head alone, or
+/// authenticated and waiting for its body.
+#[derive(Debug)]
+pub enum Step {
+    /// The answer; the body is never read.
+    Answer(Response),
+    /// Read the body, up to [`Pending::limit`] bytes, and give it to
+    /// [`Pending::finish`].
+    ReadBody(Pending),
+}
+
+/// An authenticated request whose body is still to be read.
+#[derive(Debug)]
+pub struct Pending {
+    user_id: String,
+    cors: Vec<(&'static str, String)>,
+}
+
+/// The rules that need only the request's head: origin, method, session,
+/// declared length. Nothing here reads the body, so an unauthenticated
+/// caller never gets to send one.
+pub fn begin(head: &RequestHead<'_>, caps: &impl Capabilities) -> Step {
     let allow_origin = match head.origin.filter(|origin| !origin.is_empty()) {
         Some(origin) if !caps.origin_allowed(origin) => {
-            return Response::json(403, r#"{"error":"Origin not allowed"}"#, None);
+            return Step::Answer(Response::json(
+                403,
+                r#"{"error":"Origin not allowed"}"#,
+                None,
+            ));
         }
         Some(origin) => origin.to_owned(),
         None => caps.default_origin(),
     };
     let cors = cors_headers(allow_origin);
-    let reply = |status: u16, body: &str| Response::json(status, body, Some(cors.clone()));
+    let reply =
+        |status: u16, body: &str| Step::Answer(Response::json(status, body, Some(cors.clone())));
 
     if head.method == "OPTIONS" {
-        return Response {
+        return Step::Answer(Response {
             status: 204,
             headers: cors,
             body: Vec::new(),
-        };
+        });
     }
     if head.method != "POST" {
         return reply(405, r#"{"error":"Method not allowed"}"#);
@@ -241,48 +279,63 @@ pub fn handle(
         _ => return reply(401, r#"{"error":"UNAUTHENTICATED"}"#),
     };
 
-    let too_large = || reply(413, r#"{"error":"Payload too large"}"#);
     if head
         .content_length
         .is_some_and(|len| len > MAX_BODY_BYTES as u64)
     {
-        return too_large();
+        return reply(413, r#"{"error":"Payload too large"}"#);
     }
-    let body = match read_body(MAX_BODY_BYTES) {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => return too_large(),
-        Err(BodyError::Broken) => return reply(422, r#"{"error":"Invalid JSON body"}"#),
-    };
-    let key_hash = match parse_key_hash(&body) {
-        Ok(hash) => hash,
-        Err(message) => return reply(422, &format!(r#"{{"error":"{message}"}}"#)),
-    };
+    Step::ReadBody(Pending { user_id, cors })
+}
 
-    let unavailable = || reply(503, r#"{"error":"Service unavailable"}"#);
-    let lookup_body = serde_json::json!({ "keyHash": key_hash }).to_string();
-    let answer = match caps.convex_post(OWNER_LOOKUP_PATH, lookup_body.as_bytes()) {
-        Ok(answer) => answer,
-        // The host logs why: it knows which setting or connection failed.
-        Err(_) => return unavailable(),
-    };
-    if !(200..300).contains(&answer.status) {
-        caps.warn(&format!(
-            "Convex ownership check answered HTTP {}",
-            answer.status
-        ));
-        return unavailable();
+impl Pending {
+    /// How many body bytes the endpoint takes; one more is "too large".
+    pub fn limit(&self) -> usize {
+        MAX_BODY_BYTES
     }
-    match ownership(&answer.body, &user_id) {
-        None => {
-            caps.warn("Convex ownership check answered a body that is not JSON");
-            unavailable()
+
+    /// The rules that need the body: its shape, the key's owner, the delete.
+    pub fn finish(self, body: Result<Vec<u8>, BodyError>, caps: &impl Capabilities) -> Response {
+        let Pending { user_id, cors } = self;
+        let reply = |status: u16, body: &str| Response::json(status, body, Some(cors.clone()));
+        let body = match body {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return reply(413, r#"{"error":"Payload too large"}"#),
+            Err(BodyError::Broken) => return reply(422, r#"{"error":"Invalid JSON body"}"#),
+        };
+        let key_hash = match parse_key_hash(&body) {
+            Ok(hash) => hash,
+            Err(message) => return reply(422, &format!(r#"{{"error":"{message}"}}"#)),
+        };
+
+        let unavailable = || reply(503, r#"{"error":"Service unavailable"}"#);
+        let lookup_body = serde_json::json!({ "keyHash": key_hash }).to_string();
+        let answer = match caps.convex_post(OWNER_LOOKUP_PATH, lookup_body.as_bytes()) {
+            Ok(answer) => answer,
+            // The host logs why: it knows which setting or connection failed.
+            Err(_) => return unavailable(),
+        };
+        if !(200..300).contains(&answer.status) {
+            caps.warn(&format!(
+                "Convex ownership check answered HTTP {}",
+                answer.status
+            ));
+            return unavailable();
         }
-        Some(Ownership::Unknown) => reply(200, r#"{"ok":true}"#),
-        Some(Ownership::NotCaller) => reply(403, r#"{"error":"FORBIDDEN"}"#),
-        Some(Ownership::Caller) => match caps.cache_delete(&format!("user-api-key:{key_hash}")) {
-            Ok(()) => reply(200, r#"{"ok":true}"#),
-            Err(_) => unavailable(),
-        },
+        match ownership(&answer.body, &user_id) {
+            None => {
+                caps.warn("Convex ownership check answered a body that is not JSON");
+                unavailable()
+            }
+            Some(Ownership::Unknown) => reply(200, r#"{"ok":true}"#),
+            Some(Ownership::NotCaller) => reply(403, r#"{"error":"FORBIDDEN"}"#),
+            Some(Ownership::Caller) => {
+                match caps.cache_delete(&format!("user-api-key:{key_hash}")) {
+                    Ok(()) => reply(200, r#"{"ok":true}"#),
+                    Err(_) => unavailable(),
+                }
+            }
+        }
     }
 }
 
