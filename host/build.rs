@@ -100,7 +100,7 @@ fn component(root: &Path) -> PathBuf {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
-    keybust_wasm_build::build_component(root, "keybust-guest", &guest_target_dir())
+    keybust_wasm_build::build_component(root, "keybust-guest", &[], &guest_target_dir())
         .unwrap_or_else(|err| panic!("{err}"))
 }
 

@@ -138,7 +138,7 @@ async fn instantiations(
     let pre = plugin.proxy_pre();
     let mut samples = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
-        let mut store = keybust::store::new_store(pre.engine(), capabilities.clone(), limits);
+        let mut store = keybust::store::new_store(plugin.engine(), capabilities.clone(), limits);
         let started = Instant::now();
         pre.instantiate_async(&mut store)
             .await

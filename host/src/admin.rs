@@ -5,7 +5,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the backends are configured, else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /admin/component` | digest, source, loaded_at, previous_digest |
+//! | `GET /admin/component` | digest, wasi_http, source, loaded_at, previous_digest |
 //! | `PUT /admin/component` | swap in the body's component, or the one `{"reference": "oci://…"}` names (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
 //!
@@ -338,6 +338,7 @@ fn readiness(endpoint: &Endpoint) -> hyper::Response<ResponseBody> {
 fn describe(version: &Version) -> serde_json::Value {
     json!({
         "digest": version.digest(),
+        "wasi_http": version.plugin.wasi_http().as_str(),
         "source": version.source,
         "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
     })

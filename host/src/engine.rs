@@ -80,6 +80,9 @@ pub fn new_linker(engine: &Engine) -> Result<Linker<RequestState>, EngineError> 
     let link = |linker: &mut Linker<RequestState>| -> wasmtime::Result<()> {
         wasmtime_wasi::p2::add_to_linker_async(linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        // WASI 0.3 beside 0.2: a component of either kind links.
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
         capabilities::add_to_linker(linker)
     };
     link(&mut linker).map_err(|err| EngineError(err.context("cannot link the host's imports")))?;

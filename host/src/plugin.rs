@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 /// The largest component keybust takes, from an upload or a registry.
@@ -32,7 +32,8 @@ pub enum LoadError {
     /// The bytes are not a valid component for this engine.
     #[error("not a valid component: {0:#}")]
     Compile(#[source] wasmtime::Error),
-    /// The component does not fit the `keybust:gateway/endpoint` world.
+    /// The component does not fit the `keybust:gateway/endpoint` world
+    /// (or its wasi:http 0.3 twin, `endpoint-p3`).
     #[error("component does not fit the keybust:gateway/endpoint world: {0:#}")]
     World(#[source] wasmtime::Error),
     /// The component fits but cannot be instantiated.
@@ -40,14 +41,45 @@ pub enum LoadError {
     Instantiate(#[source] wasmtime::Error),
 }
 
+/// Which wasi:http a component serves, told by its export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasiHttp {
+    /// `wasi:http/incoming-handler@0.2`: one synchronous call per request.
+    P2,
+    /// `wasi:http/handler@0.3`: an async call per request, its body a stream.
+    P3,
+}
+
+impl WasiHttp {
+    /// The version, for logs and status pages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WasiHttp::P2 => "0.2",
+            WasiHttp::P3 => "0.3",
+        }
+    }
+}
+
 /// A compiled, pre-instantiated endpoint component.
 #[derive(Clone)]
 pub struct Plugin {
-    pre: ProxyPre<RequestState>,
+    pre: Arc<ProxyPre<RequestState>>,
+    engine: wasmtime::Engine,
     digest: String,
     limits: Arc<Limits>,
-    /// Instances kept across requests, with `--instance-reuse` above 1.
-    reuse: Option<Arc<Reuse>>,
+    serving: Serving,
+}
+
+/// How a plugin's requests reach an instance.
+#[derive(Clone)]
+enum Serving {
+    /// A fresh instance per request, in keybust's own store: wasi:http 0.2
+    /// without `--instance-reuse`.
+    Fresh(wasmtime_wasi_http::p2::bindings::ProxyPre<RequestState>),
+    /// Through wasi:http's handler, which keeps instances: `--instance-reuse`
+    /// above 1, and every wasi:http 0.3 component (its async export is
+    /// driven there; with `--instance-reuse 1`, one request per instance).
+    Handler(Arc<Reuse>),
 }
 
 impl Plugin {
@@ -82,15 +114,35 @@ impl Plugin {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(LoadError::World)?;
-        let pre = ProxyPre::new(instance_pre).map_err(LoadError::World)?;
-        let reuse =
-            (limits.instance_reuse > 1).then(|| Arc::new(Reuse::new(pre.clone(), limits.clone())));
+        // Imports are checked above; the export tells the two kinds apart.
+        let pre = match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre.clone()) {
+            Ok(pre) => ProxyPre::P2(pre),
+            Err(p2) => match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre) {
+                Ok(pre) => ProxyPre::P3(pre),
+                Err(p3) => {
+                    return Err(LoadError::World(wasmtime::format_err!(
+                        "it exports neither wasi:http/incoming-handler@0.2 ({p2:#}) \
+                         nor wasi:http/handler@0.3 ({p3:#})"
+                    )));
+                }
+            },
+        };
+        let pre = Arc::new(pre);
+        let serving = match &*pre {
+            ProxyPre::P2(p2) if limits.instance_reuse <= 1 => Serving::Fresh(p2.clone()),
+            _ => Serving::Handler(Arc::new(Reuse::new(
+                pre.clone(),
+                engine.clone(),
+                limits.clone(),
+            ))),
+        };
         Ok((
             Plugin {
                 pre,
+                engine: engine.clone(),
                 digest,
                 limits,
-                reuse,
+                serving,
             },
             origin,
         ))
@@ -99,7 +151,7 @@ impl Plugin {
     /// Instantiates the component once without calling it: the last check
     /// before it may serve (start functions run, memories fit the limits).
     pub async fn probe(&self, capabilities: Arc<Capabilities>) -> Result<(), LoadError> {
-        let mut store = new_store(self.pre.engine(), capabilities, &self.limits);
+        let mut store = new_store(&self.engine, capabilities, &self.limits);
         self.pre
             .instantiate_async(&mut store)
             .await
@@ -108,16 +160,30 @@ impl Plugin {
     }
 
     /// The checked, pre-instantiated component, for hosts (and benchmarks)
-    /// that drive instances themselves; pair it with [`new_store`].
+    /// that drive instances themselves; pair it with [`new_store`] on
+    /// [`Plugin::engine`].
     pub fn proxy_pre(&self) -> &ProxyPre<RequestState> {
         &self.pre
+    }
+
+    /// The engine the component was compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    /// Which wasi:http the component serves.
+    pub fn wasi_http(&self) -> WasiHttp {
+        match *self.pre {
+            ProxyPre::P2(_) => WasiHttp::P2,
+            ProxyPre::P3(_) => WasiHttp::P3,
+        }
     }
 
     /// Drops this version's idle reused instances, and the busy ones once
     /// their request is over: it no longer serves. A no-op without
     /// `--instance-reuse`.
     pub fn retire_instances(&self) {
-        if let Some(reuse) = &self.reuse {
+        if let Serving::Handler(reuse) = &self.serving {
             reuse.retire();
         }
     }
@@ -175,11 +241,13 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        if let Some(reuse) = &self.reuse {
-            return reuse.serve(&capabilities, request, hold).await;
+        match &self.serving {
+            Serving::Handler(reuse) => reuse.serve(&capabilities, request, hold).await,
+            Serving::Fresh(pre) => {
+                let store = new_store(&self.engine, capabilities, &self.limits);
+                serve_request(pre.clone(), store, request, &self.limits, hold).await
+            }
         }
-        let store = new_store(self.pre.engine(), capabilities, &self.limits);
-        serve_request(self.pre.clone(), store, request, &self.limits, hold).await
     }
 }
 
@@ -200,7 +268,7 @@ impl Plugin {
 ///
 /// [`GuestBounds`]: crate::store::GuestBounds
 pub async fn serve_request<T, B>(
-    pre: ProxyPre<T>,
+    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<T>,
     mut store: wasmtime::Store<T>,
     request: hyper::Request<B>,
     limits: &Limits,

@@ -53,7 +53,8 @@ use wasmtime_wasi_http::handler::{
 
 /// The reused instances of one version of the component.
 pub(crate) struct Reuse {
-    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<RequestState>,
+    pre: Arc<ProxyPre<RequestState>>,
+    engine: wasmtime::Engine,
     limits: Arc<Limits>,
     /// Built on the first request, which brings the capabilities.
     handler: OnceLock<ProxyHandler<Workers>>,
@@ -62,11 +63,13 @@ pub(crate) struct Reuse {
 
 impl Reuse {
     pub(crate) fn new(
-        pre: wasmtime_wasi_http::p2::bindings::ProxyPre<RequestState>,
+        pre: Arc<ProxyPre<RequestState>>,
+        engine: wasmtime::Engine,
         limits: Arc<Limits>,
     ) -> Self {
         Reuse {
             pre,
+            engine,
             limits,
             handler: OnceLock::new(),
             retirement: Arc::new(Retirement::default()),
@@ -83,8 +86,8 @@ impl Reuse {
     fn handler(&self, capabilities: &Arc<Capabilities>) -> &ProxyHandler<Workers> {
         self.handler.get_or_init(|| {
             ProxyHandler::new(Workers {
-                engine: self.pre.engine().clone(),
-                pre: ProxyPre::P2(self.pre.clone()),
+                engine: self.engine.clone(),
+                pre: self.pre.clone(),
                 capabilities: capabilities.clone(),
                 limits: self.limits.clone(),
                 retirement: self.retirement.clone(),
@@ -310,7 +313,7 @@ impl Retirement {
 /// version, in a store bounded as a fresh instance's would be.
 struct Workers {
     engine: wasmtime::Engine,
-    pre: ProxyPre<RequestState>,
+    pre: Arc<ProxyPre<RequestState>>,
     capabilities: Arc<Capabilities>,
     limits: Arc<Limits>,
     retirement: Arc<Retirement>,

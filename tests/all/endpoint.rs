@@ -1,9 +1,11 @@
 //! docs/contract.md, Endpoint rules, rule by rule, over real HTTP against
 //! keybust served in process. Rules whose answer involves the cache (the
 //! ones that must delete, or must not) run once per cache backend; the
-//! others never reach the cache and run on the embedded one.
+//! others never reach the cache and run on the embedded one. Every rule
+//! runs against both builds of the guest: wasi:http 0.2 (the embedded
+//! component) and 0.3.
 
-use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use crate::support::{self, Answer, Backend, Guest, Options, Stack, hashes};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -11,10 +13,65 @@ use std::time::{Duration, Instant};
 const ALLOWED: &str = "https://app.worldmonitor.app";
 const DEFAULT_ORIGIN: &str = "https://worldmonitor.app";
 
+/// One test per build of the guest for each listed `async fn(Guest)`.
+macro_rules! each_guest {
+    ($($name:ident),* $(,)?) => {
+        mod p2 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    crate::endpoint::$name(crate::support::Guest::P2).await
+                }
+            )*
+        }
+        mod p3 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    crate::endpoint::$name(crate::support::Guest::P3).await
+                }
+            )*
+        }
+    };
+}
+
+/// One test per cache backend and build of the guest for each listed
+/// `async fn(Backend, Guest)`. Each runs on a current-thread runtime with
+/// keybust in process (the function starts its stack with `Stack::serving`
+/// or `in_process: true`), so what keybust logs is captured for the test.
+macro_rules! each_backend_and_guest {
+    ($($name:ident),* $(,)?) => {
+        each_backend_and_guest!(@backend embedded Embedded $($name),*);
+        each_backend_and_guest!(@backend redis Redis $($name),*);
+        each_backend_and_guest!(@backend upstash Upstash $($name),*);
+    };
+    (@backend $module:ident $backend:ident $($name:ident),*) => {
+        mod $module {
+            mod p2 {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        use crate::support::{Backend, Guest};
+                        crate::endpoint::$name(Backend::$backend, Guest::P2).await
+                    }
+                )*
+            }
+            mod p3 {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        use crate::support::{Backend, Guest};
+                        crate::endpoint::$name(Backend::$backend, Guest::P3).await
+                    }
+                )*
+            }
+        }
+    };
+}
+
 // Rule E1
-#[tokio::test]
-async fn disallowed_origin_is_403_without_cors() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn disallowed_origin_is_403_without_cors(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     for origin in [
         "https://evil.example",
         "https://worldmonitor.app.evil.example",
@@ -53,9 +110,8 @@ async fn disallowed_origin_is_403_without_cors() {
 }
 
 // Rule E2
-#[tokio::test]
-async fn preflight_is_204_with_cors() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn preflight_is_204_with_cors(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     let answer = Answer::of(
         stack
             .request(Method::OPTIONS, support::ENDPOINT)
@@ -84,9 +140,8 @@ async fn preflight_is_204_with_cors() {
 }
 
 // Rule E3
-#[tokio::test]
-async fn other_methods_are_405() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn other_methods_are_405(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
         let answer = Answer::of(
             stack
@@ -103,9 +158,8 @@ async fn other_methods_are_405() {
 }
 
 // Rule E4
-#[tokio::test]
-async fn missing_or_malformed_bearer_is_401() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn missing_or_malformed_bearer_is_401(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     let token = stack.issuer.token();
     let body = json!({ "keyHash": hashes::OWNED }).to_string();
     let headers: [Option<String>; 5] = [
@@ -131,9 +185,8 @@ async fn missing_or_malformed_bearer_is_401() {
 }
 
 // Rule E5 (the token rules themselves are in session.rs)
-#[tokio::test]
-async fn invalid_token_is_401() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn invalid_token_is_401(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     let answer = Answer::of(
         stack
             .post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string())
@@ -146,9 +199,8 @@ async fn invalid_token_is_401() {
 }
 
 // Rule E6
-#[tokio::test]
-async fn body_that_is_not_json_is_422() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn body_that_is_not_json_is_422(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     for body in ["", "{", "keyHash=abc", "{\"keyHash\":"] {
         let answer = Answer::of(stack.post(body).await).await;
         answer.assert_json(422, r#"{"error":"Invalid JSON body"}"#);
@@ -157,9 +209,8 @@ async fn body_that_is_not_json_is_422() {
 }
 
 // Rule E7
-#[tokio::test]
-async fn invalid_key_hash_is_422() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn invalid_key_hash_is_422(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     let upper = json!({ "keyHash": hashes::OWNED.replace('1', "A") }).to_string();
     let short = json!({ "keyHash": &hashes::OWNED[1..] }).to_string();
     let long = json!({ "keyHash": format!("{}0", hashes::OWNED) }).to_string();
@@ -185,10 +236,11 @@ async fn invalid_key_hash_is_422() {
 }
 
 // Rule E8
-async fn convex_not_configured_is_503(backend: Backend) {
+async fn convex_not_configured_is_503(backend: Backend, guest: Guest) {
     for missing in ["CONVEX_SITE_URL", "CONVEX_SERVER_SHARED_SECRET"] {
         let options = Options {
             in_process: true,
+            guest,
             without: vec![missing],
             ..Options::default()
         };
@@ -207,9 +259,8 @@ async fn convex_not_configured_is_503(backend: Backend) {
 }
 
 // Rule E9
-#[tokio::test]
-async fn owner_lookup_request_has_the_contract_shape() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn owner_lookup_request_has_the_contract_shape(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
     assert_eq!(answer.status, 200);
     let calls = stack.convex.calls();
@@ -223,8 +274,8 @@ async fn owner_lookup_request_has_the_contract_shape() {
 }
 
 // Rule E10
-async fn lookup_failures_fail_closed(backend: Backend) {
-    let stack = Stack::in_process(backend).await;
+async fn lookup_failures_fail_closed(backend: Backend, guest: Guest) {
+    let stack = Stack::serving(guest, backend).await;
     for hash in [hashes::STATUS_500, hashes::GARBAGE] {
         stack.seed(hash);
         let answer = Answer::of(stack.invalidate(hash).await).await;
@@ -238,8 +289,8 @@ async fn lookup_failures_fail_closed(backend: Backend) {
 }
 
 // Rule E10: the lookup's 3 s deadline
-async fn slow_lookup_times_out_at_three_seconds(backend: Backend) {
-    let stack = Stack::in_process(backend).await;
+async fn slow_lookup_times_out_at_three_seconds(backend: Backend, guest: Guest) {
+    let stack = Stack::serving(guest, backend).await;
     stack.seed(hashes::SLOW);
     let started = Instant::now();
     let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
@@ -259,14 +310,14 @@ async fn slow_lookup_times_out_at_three_seconds(backend: Backend) {
 }
 
 // Rule E10: no answer, or a refusal
-#[tokio::test]
-async fn unreachable_or_refusing_convex_fails_closed() {
+async fn unreachable_or_refusing_convex_fails_closed(guest: Guest) {
     // Nothing listens on the URL.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let options = Options {
         in_process: true,
+        guest,
         env: vec![("CONVEX_SITE_URL", dead_url)],
         ..Options::default()
     };
@@ -276,6 +327,7 @@ async fn unreachable_or_refusing_convex_fails_closed() {
     // A wrong secret: Convex answers 401, which is a failed lookup.
     let options = Options {
         in_process: true,
+        guest,
         env: vec![("CONVEX_SERVER_SHARED_SECRET", "wrong-secret".to_owned())],
         ..Options::default()
     };
@@ -286,8 +338,8 @@ async fn unreachable_or_refusing_convex_fails_closed() {
 }
 
 // Rule E11
-async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend) {
-    let stack = Stack::in_process(backend).await;
+async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend, guest: Guest) {
+    let stack = Stack::serving(guest, backend).await;
     stack.seed(hashes::UNKNOWN);
     let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
     answer.assert_json(200, r#"{"ok":true}"#);
@@ -296,8 +348,8 @@ async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend) {
 }
 
 // Rule E12
-async fn anyone_but_the_caller_as_owner_is_403(backend: Backend) {
-    let stack = Stack::in_process(backend).await;
+async fn anyone_but_the_caller_as_owner_is_403(backend: Backend, guest: Guest) {
+    let stack = Stack::serving(guest, backend).await;
     for hash in [hashes::OTHER_OWNER, hashes::EMPTY_OBJECT, hashes::ARRAY] {
         stack.seed(hash);
         let answer = Answer::of(stack.invalidate(hash).await).await;
@@ -308,8 +360,8 @@ async fn anyone_but_the_caller_as_owner_is_403(backend: Backend) {
 }
 
 // Rule E13
-async fn owner_match_deletes_the_cache_entry(backend: Backend) {
-    let stack = Stack::in_process(backend).await;
+async fn owner_match_deletes_the_cache_entry(backend: Backend, guest: Guest) {
+    let stack = Stack::serving(guest, backend).await;
     stack.seed(hashes::OWNED);
     stack.seed(hashes::OWNED_2);
     assert_ne!(stack.cached(hashes::OWNED), Some(false));
@@ -336,8 +388,8 @@ async fn owner_match_deletes_the_cache_entry(backend: Backend) {
 }
 
 // Rule E14
-async fn cache_failure_is_503(backend: Backend) {
-    let mut stack = Stack::in_process(backend).await;
+async fn cache_failure_is_503(backend: Backend, guest: Guest) {
+    let mut stack = Stack::serving(guest, backend).await;
     match backend {
         Backend::Embedded => unreachable!("an in-process map cannot fail"),
         Backend::Redis => stack.redis.as_mut().unwrap().stop(),
@@ -362,9 +414,8 @@ async fn cache_failure_is_503(backend: Backend) {
 }
 
 // Rule E15
-#[tokio::test]
-async fn oversized_body_is_413() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn oversized_body_is_413(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     let padding = "x".repeat(70 * 1024);
     let body = json!({ "keyHash": hashes::OWNED, "pad": padding }).to_string();
     let answer = Answer::of(stack.post(body).await).await;
@@ -379,9 +430,8 @@ async fn oversized_body_is_413() {
 }
 
 // docs/contract.md, Host routes: other paths
-#[tokio::test]
-async fn other_paths_are_404_from_the_host() {
-    let stack = Stack::in_process(Backend::Embedded).await;
+async fn other_paths_are_404_from_the_host(guest: Guest) {
+    let stack = Stack::serving(guest, Backend::Embedded).await;
     for path in ["/", "/api/other", "/api/invalidate-user-api-key-cache/x"] {
         let answer = Answer::of(stack.request(Method::POST, path).send().await.unwrap()).await;
         answer.assert_json(404, r#"{"error":"Not found"}"#);
@@ -389,7 +439,7 @@ async fn other_paths_are_404_from_the_host() {
 }
 
 // Where a backend could delete (or must not), each one answers.
-each_backend!(
+each_backend_and_guest!(
     convex_not_configured_is_503,
     lookup_failures_fail_closed,
     slow_lookup_times_out_at_three_seconds,
@@ -398,20 +448,17 @@ each_backend!(
     owner_match_deletes_the_cache_entry,
 );
 
-#[tokio::test]
-async fn redis_down_is_503() {
-    cache_failure_is_503(Backend::Redis).await
+async fn redis_down_is_503(guest: Guest) {
+    cache_failure_is_503(Backend::Redis, guest).await
 }
 
-#[tokio::test]
-async fn upstash_errors_are_503() {
-    cache_failure_is_503(Backend::Upstash).await
+async fn upstash_errors_are_503(guest: Guest) {
+    cache_failure_is_503(Backend::Upstash, guest).await
 }
 
 /// docs/contract.md, CORS: the settings reach the guest: an explicit allow-list replaces the
 /// defaults, production drops localhost, and the fallback origin is configurable.
-#[tokio::test]
-async fn origin_settings_change_what_is_allowed() {
+async fn origin_settings_change_what_is_allowed(guest: Guest) {
     async fn preflight(stack: &Stack, origin: Option<&str>) -> Answer {
         let mut request = stack.request(Method::OPTIONS, support::ENDPOINT);
         if let Some(origin) = origin {
@@ -421,6 +468,7 @@ async fn origin_settings_change_what_is_allowed() {
     }
     let options = Options {
         in_process: true,
+        guest,
         env: vec![
             (
                 "KEYBUST_ALLOWED_ORIGINS",
@@ -447,6 +495,7 @@ async fn origin_settings_change_what_is_allowed() {
 
     let options = Options {
         in_process: true,
+        guest,
         env: vec![("NODE_ENV", "production".to_owned())],
         ..Options::default()
     };
@@ -466,3 +515,20 @@ async fn origin_settings_change_what_is_allowed() {
     preflight(&stack, Some(ALLOWED)).await.assert_cors(ALLOWED);
     preflight(&stack, None).await.assert_cors(DEFAULT_ORIGIN);
 }
+
+each_guest!(
+    disallowed_origin_is_403_without_cors,
+    preflight_is_204_with_cors,
+    other_methods_are_405,
+    missing_or_malformed_bearer_is_401,
+    invalid_token_is_401,
+    body_that_is_not_json_is_422,
+    invalid_key_hash_is_422,
+    owner_lookup_request_has_the_contract_shape,
+    unreachable_or_refusing_convex_fails_closed,
+    oversized_body_is_413,
+    other_paths_are_404_from_the_host,
+    redis_down_is_503,
+    upstash_errors_are_503,
+    origin_settings_change_what_is_allowed,
+);

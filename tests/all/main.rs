@@ -10,7 +10,6 @@
 //! logs, the admin listener, file watching) runs against the real `keybust`
 //! binary (`support::Stack::start`, `support::Keybust`).
 
-#[macro_use]
 mod support;
 
 mod cache;

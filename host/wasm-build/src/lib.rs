@@ -28,14 +28,17 @@ const SCRUBBED: &[&str] = &[
 ];
 
 /// Builds `package` (a workspace member at `workspace`) for
-/// [`GUEST_TARGET`] in release mode into `target_dir`, and returns the
-/// path of its `.wasm`.
+/// [`GUEST_TARGET`] in release mode, with its cargo `features`, into
+/// `target_dir`, and returns the path of its `.wasm`. Builds of one
+/// package with different features need different target directories:
+/// each writes the same file name.
 ///
 /// `target_dir` must not be the directory of a cargo build that is running
 /// now: the nested cargo would wait forever on that build's lock.
 pub fn build_component(
     workspace: &Path,
     package: &str,
+    features: &[&str],
     target_dir: &Path,
 ) -> Result<PathBuf, String> {
     check_target_installed()?;
@@ -47,6 +50,9 @@ pub fn build_component(
         .args(["--target", GUEST_TARGET])
         .arg("--target-dir")
         .arg(target_dir);
+    if !features.is_empty() {
+        build.arg("--features").arg(features.join(","));
+    }
     for var in SCRUBBED {
         build.env_remove(var);
     }

@@ -21,9 +21,9 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Serves the embedded component with the settings `env` names, read
-    /// the way the binary reads its environment.
-    pub async fn start(env: &[(&str, String)]) -> Self {
+    /// Serves `component` with the settings `env` names, read the way the
+    /// binary reads its environment.
+    pub async fn start(env: &[(&str, String)], component: &[u8]) -> Self {
         let logs = Logs::capture_this_thread();
         let settings = Settings::from_lookup(|name| {
             env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
@@ -41,14 +41,9 @@ impl InProcess {
             // (milliseconds) instead of compiling it again side by side.
             static LOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
             let _turn = LOADS.lock().await;
-            Endpoint::load(
-                capabilities,
-                keybust::plugin::EMBEDDED_COMPONENT.to_vec(),
-                "embedded".into(),
-                &config,
-            )
-            .await
-            .expect("the embedded component loads")
+            Endpoint::load(capabilities, component.to_vec(), "embedded".into(), &config)
+                .await
+                .expect("the component loads")
         };
         let endpoint = Arc::new(endpoint);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();

@@ -23,7 +23,7 @@ pub use answer::Answer;
 pub use convex::{FakeConvex, hashes};
 pub use issuer::{Issuer, now, primary_key, sign, stranger_key};
 pub use process::Keybust;
-pub use programs::{test_programs, variant};
+pub use programs::{Guest, test_programs, variant};
 pub use redis::{Redis, RedisCluster};
 pub use stack::{Backend, Options, Stack};
 
@@ -38,35 +38,3 @@ pub fn use_aws_lc_for_tls() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// Generates one test per cache backend for each listed `async fn(Backend)`,
-/// each on a current-thread runtime with keybust in process (the test's
-/// function starts its stack with `Stack::in_process` or `in_process: true`),
-/// so what keybust logs is captured for the test.
-macro_rules! each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Embedded).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Redis).await
-                }
-            )*
-        }
-        mod upstash {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name($crate::support::Backend::Upstash).await
-                }
-            )*
-        }
-    };
-}

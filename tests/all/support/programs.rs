@@ -1,5 +1,6 @@
-//! Components other than the embedded one: the misbehaving test programs,
-//! and variants of the embedded component under another digest.
+//! Components other than the embedded one: the guest's wasi:http 0.3
+//! build, the misbehaving test programs, and variants of the embedded
+//! component under another digest.
 
 use std::sync::OnceLock;
 
@@ -21,7 +22,47 @@ pub fn test_programs() -> &'static [u8] {
         let wasm = keybust_wasm_build::build_component(
             root,
             "keybust-test-programs",
+            &[],
             std::path::Path::new(env!("KEYBUST_GUEST_TARGET_DIR")),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        std::fs::read(wasm).unwrap()
+    })
+}
+
+/// Which build of `guest/` a stack serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Guest {
+    /// The embedded one: `wasi:http/incoming-handler@0.2.12`.
+    #[default]
+    P2,
+    /// The `p3` feature's: `wasi:http/handler@0.3.0`.
+    P3,
+}
+
+impl Guest {
+    /// The component's bytes.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            Guest::P2 => keybust::plugin::EMBEDDED_COMPONENT,
+            Guest::P3 => endpoint_p3(),
+        }
+    }
+}
+
+/// The guest built with its `p3` feature, once per test binary, beside the
+/// embedded build (in a directory of its own: both are `keybust_guest.wasm`).
+pub fn endpoint_p3() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let wasm = keybust_wasm_build::build_component(
+            root,
+            "keybust-guest",
+            &["p3"],
+            &std::path::Path::new(env!("KEYBUST_GUEST_TARGET_DIR")).join("p3"),
         )
         .unwrap_or_else(|err| panic!("{err}"));
         std::fs::read(wasm).unwrap()

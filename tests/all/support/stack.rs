@@ -7,6 +7,7 @@ use super::in_process::InProcess;
 use super::issuer::Issuer;
 use super::logs::Logs;
 use super::process::Keybust;
+use super::programs::Guest;
 use super::redis::{Redis, UpstashFront};
 use super::{ENDPOINT, SECRET, UPSTASH_TOKEN, use_aws_lc_for_tls};
 use serde_json::json;
@@ -36,6 +37,9 @@ pub struct Options {
     pub prefix: String,
     /// Extra arguments after `serve` (the process only).
     pub args: Vec<String>,
+    /// Which build of the guest to serve (a process gets it as a file
+    /// through `--component`).
+    pub guest: Guest,
 }
 
 /// The keybust a stack serves from.
@@ -150,6 +154,8 @@ pub struct Stack {
     pub keybust: Server,
     pub http: reqwest::Client,
     pub prefix: String,
+    /// Holds the file of `--component` while the process serves it.
+    _component: Option<tempfile::TempDir>,
 }
 
 impl Stack {
@@ -160,8 +166,14 @@ impl Stack {
 
     /// The library, in the test's runtime, with default settings for `backend`.
     pub async fn in_process(backend: Backend) -> Self {
+        Self::serving(Guest::P2, backend).await
+    }
+
+    /// Like [`Stack::in_process`], serving `guest`.
+    pub async fn serving(guest: Guest, backend: Backend) -> Self {
         let options = Options {
             in_process: true,
+            guest,
             ..Options::default()
         };
         Self::with(backend, options).await
@@ -213,14 +225,26 @@ impl Stack {
             env.push((name, value));
         }
         let in_process = options.in_process && std::env::var_os("KEYBUST_TEST_BINARY").is_none();
+        let guest = options.guest;
+        let component = tokio::task::spawn_blocking(move || guest.bytes())
+            .await
+            .unwrap();
+        let mut component_dir = None;
         let keybust = if in_process {
             assert!(
                 options.args.is_empty(),
                 "command-line arguments need the process"
             );
-            Server::InProcess(InProcess::start(&env).await)
+            Server::InProcess(InProcess::start(&env, component).await)
         } else {
-            let args = options.args.clone();
+            let mut args = options.args.clone();
+            if guest != Guest::P2 {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("endpoint.wasm");
+                std::fs::write(&path, component).unwrap();
+                args.extend(["--component".to_owned(), path.display().to_string()]);
+                component_dir = Some(dir);
+            }
             Server::Process(
                 tokio::task::spawn_blocking(move || {
                     let mut all = vec!["serve"];
@@ -242,6 +266,7 @@ impl Stack {
                 .build()
                 .unwrap(),
             prefix: options.prefix,
+            _component: component_dir,
         }
     }
 

@@ -87,7 +87,7 @@ fn snoop(port: &str) -> String {
     )
 }
 
-impl exports::wasi::http::incoming_handler::Guest for Programs {
+impl exports::wasi::http0_2_12::incoming_handler::Guest for Programs {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let query = request.path_with_query().unwrap_or_default();
         let param = |name: &str| {

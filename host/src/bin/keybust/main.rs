@@ -275,6 +275,7 @@ async fn new_endpoint(
     tracing::info!(
         source = serving.source,
         digest = serving.digest(),
+        wasi_http = serving.plugin.wasi_http().as_str(),
         "component loaded"
     );
     Ok((endpoint, manifest))
