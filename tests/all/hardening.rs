@@ -358,32 +358,47 @@ async fn guest_traps_and_timeouts_are_counted() {
     }
 }
 
-/// The endpoint component imports nothing it does not use: wasi:http and
-/// its streams, stderr for its warnings, and keybust's four interfaces. A
-/// std-built component would import the rest of wasi:cli too (environment,
-/// exit, the other streams, terminals), which every instantiation resolves.
+/// Both builds of the endpoint component import nothing they do not use:
+/// wasi:http (and, on 0.2, its streams), stderr for warnings, and
+/// keybust's four interfaces. A std-built component would import the rest
+/// of wasi:cli too (environment, exit, the other streams, terminals),
+/// which every instantiation resolves.
 #[test]
 fn the_component_imports_only_what_it_uses() {
-    let engine = wasmtime::Engine::default();
-    let component =
-        wasmtime::component::Component::new(&engine, keybust::plugin::EMBEDDED_COMPONENT).unwrap();
-    let mut imports: Vec<String> = component
-        .component_type()
-        .imports(&engine)
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    imports.sort();
-    assert_eq!(
-        imports,
-        [
-            "keybust:gateway/cache@0.1.0",
-            "keybust:gateway/convex@0.1.0",
-            "keybust:gateway/origins@0.1.0",
-            "keybust:gateway/session@0.1.0",
-            "wasi:cli/stderr@0.2.12",
-            "wasi:http/types@0.2.12",
-            "wasi:io/error@0.2.12",
-            "wasi:io/streams@0.2.12",
-        ]
-    );
+    fn imports(bytes: &[u8]) -> Vec<String> {
+        let engine = wasmtime::Engine::default();
+        let component = wasmtime::component::Component::new(&engine, bytes).unwrap();
+        let mut imports: Vec<String> = component
+            .component_type()
+            .imports(&engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        imports.sort();
+        imports
+    }
+    let ours = [
+        "keybust:gateway/cache@0.1.0",
+        "keybust:gateway/convex@0.1.0",
+        "keybust:gateway/origins@0.1.0",
+        "keybust:gateway/session@0.1.0",
+    ];
+    let mut p2 = ours.to_vec();
+    p2.extend([
+        "wasi:cli/stderr@0.2.12",
+        "wasi:http/types@0.2.12",
+        "wasi:io/error@0.2.12",
+        "wasi:io/streams@0.2.12",
+    ]);
+    assert_eq!(imports(keybust::plugin::EMBEDDED_COMPONENT), p2);
+    // wasip3's bindings tie the intrinsics of a byte stream to
+    // wasi:cli/stdin and stderr's error type to wasi:cli/types; the
+    // component calls neither (and keybust gives it no stdin).
+    let mut p3 = ours.to_vec();
+    p3.extend([
+        "wasi:cli/stderr@0.3.0",
+        "wasi:cli/stdin@0.3.0",
+        "wasi:cli/types@0.3.0",
+        "wasi:http/types@0.3.0",
+    ]);
+    assert_eq!(imports(support::programs::endpoint_p3()), p3);
 }

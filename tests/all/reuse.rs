@@ -4,7 +4,7 @@
 
 use crate::support::answer::assert_endpoint_answers;
 use crate::support::programs::{mode, serve_programs};
-use crate::support::{self, Answer, Backend, ENDPOINT, Options, Stack, hashes};
+use crate::support::{self, Answer, Backend, ENDPOINT, Guest, Options, Stack, hashes};
 use keybust::artifacts::hex_digest;
 use serde_json::Value;
 use std::time::Duration;
@@ -199,11 +199,21 @@ async fn a_swap_retires_the_old_versions_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoint_holds_its_contract_on_reused_instances() {
+    endpoint_on_reused_instances(Guest::P2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wasi_http_0_3_endpoint_holds_its_contract_on_reused_instances() {
+    endpoint_on_reused_instances(Guest::P3).await
+}
+
+async fn endpoint_on_reused_instances(guest: Guest) {
     let options = Options {
         env: vec![
             ("KEYBUST_INSTANCE_REUSE", "16".to_owned()),
             ("KEYBUST_REQUEST_TIMEOUT", "1s".to_owned()),
         ],
+        guest,
         ..Options::default()
     };
     let stack = Stack::with(Backend::Redis, options).await;

@@ -513,3 +513,73 @@ async fn a_changed_component_setting_wins_over_the_record() {
     let stack = with_state(state.path(), args).await;
     assert_eq!(component(&stack).await["digest"], hex_digest(&newer));
 }
+
+/// The two kinds of component (wasi:http 0.2 and 0.3) swap into each other
+/// and back, by the admin API and a rollback, while 8 clients keep sending
+/// valid requests: each swap serves at once, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wasi_http_0_2_and_0_3_builds_swap_into_each_other_under_load() {
+    let p3 = tokio::task::spawn_blocking(support::programs::endpoint_p3)
+        .await
+        .unwrap();
+    let builds = [(EMBEDDED_COMPONENT, "0.2"), (p3, "0.3")];
+    let stack = Arc::new(Stack::with(Backend::Embedded, with_admin_token(vec![])).await);
+    assert_eq!(component(&stack).await["wasi_http"], "0.2");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stack, stop) = (stack.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut sent, mut failures) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+                sent += 1;
+                if answer.status != 200 || answer.body != r#"{"ok":true}"# {
+                    failures.push(format!("{} {}", answer.status, answer.body));
+                }
+            }
+            (sent, failures)
+        }));
+    }
+    for step in 1..=6 {
+        let (bytes, kind) = builds[step % 2];
+        let answer = put(&stack, Some(ADMIN_TOKEN), bytes.to_vec()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let now = component(&stack).await;
+        assert_eq!(now["digest"], hex_digest(bytes));
+        assert_eq!(now["wasi_http"], kind);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Serving the 0.2 build now; the rollback target is the 0.3 one.
+    let answer = Answer::of(
+        stack
+            .http
+            .post(stack.keybust.admin_url("/admin/component/rollback"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let now = component(&stack).await;
+    assert_eq!(now["wasi_http"], "0.3");
+    assert_eq!(now["digest"], hex_digest(p3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (n, failed) = client.await.unwrap();
+        sent += n;
+        failures.extend(failed);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 100, "only {sent} requests");
+}

@@ -37,4 +37,3 @@ pub const USER: &str = "user_owner";
 pub fn use_aws_lc_for_tls() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
-
