@@ -11,7 +11,9 @@
 # default) run keybust with --instance-reuse, the same policy compiled
 # natively (bench/native.rs) with the same host capabilities, and `wasmtime
 # serve` with a hello-world component (bench/hello), the baseline for the
-# preflight path, with its defaults and with instance reuse.
+# preflight path, with its defaults and with instance reuse. The guest's
+# wasi:http 0.3 build (`p3` feature) runs beside its 0.2 build, with and
+# without reuse, on every path.
 # Each round drives them in turn, path by path.
 # Prints req/s, p50, p99, keybust/native, keybust-preflight/wasmtime-serve and
 # peak RSS, and fails if any answer has another status than the path's own.
@@ -62,6 +64,10 @@ else
 fi
 
 cargo build --release --locked -q -p keybust-host --bin keybust --example bench-backends --example bench-native
+# The guest's wasi:http 0.3 build, in a directory of its own (the 0.2 build
+# embedded in keybust has the same file name).
+cargo build --release --locked -q -p keybust-guest --features p3 --target wasm32-wasip2 --target-dir target/guest-p3
+p3_component=target/guest-p3/wasm32-wasip2/release/keybust_guest.wasm
 
 cpus=$(nproc)
 load_cpu=1
@@ -165,14 +171,16 @@ rps() { printf '%.0f' "$(median "$1")"; }
 
 start keybust target/release/keybust serve
 start reuse target/release/keybust serve --instance-reuse "$reuse"
+start p3 target/release/keybust serve --component "$p3_component"
+start p3-reuse target/release/keybust serve --component "$p3_component" --instance-reuse "$reuse"
 start native target/release/examples/bench-native
-for name in keybust reuse native; do
+for name in keybust reuse p3 p3-reuse native; do
   wait_for "$work/$name.out" "^listening on"
   URL[$name]="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"
 done
 # The baseline for the preflight path: `wasmtime serve` (its default
 # settings) answering every request from a hello-world wasi:http component.
-servers=(keybust reuse native)
+servers=(keybust reuse p3 p3-reuse native)
 if [ "$smoke" = 0 ]; then
   port=$(( 20000 + RANDOM % 20000 ))
   start wasmtime "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
@@ -193,6 +201,8 @@ for path in full 401 422 preflight 404; do
   for _ in $(seq 1 "$rounds"); do
     drive keybust "$path" "$connections"
     drive reuse "$path" "$connections"
+    drive p3 "$path" "$connections"
+    drive p3-reuse "$path" "$connections"
     drive native "$path" "$connections"
     if [ "$path" = preflight ] && [ "$smoke" = 0 ]; then
       drive wasmtime hello "$connections"
@@ -227,6 +237,15 @@ row() { # key label
     "${STATUSES[keybust:$1]}"
 }
 for path in full 401 422 preflight 404; do row "$path" "$path"; done
+echo "the wasi:http 0.3 build (p3: fresh instances; p3-reuse: --instance-reuse $reuse), against the 0.2 build above:"
+printf '%-10s %10s %9s %9s %11s %9s %9s %9s  %s\n' path "p3 r/s" p99 "p3/k" "p3-reuse r/s" p99 "p3r/r" "p3/native" "statuses (p3, last round)"
+for path in full 401 422 preflight 404; do
+  printf '%-10s %10s %9s %9s %11s %9s %9s %9s  %s\n' "$path" "$(rps "${RPS[p3:$path]}")" \
+    "$(ms "${P99[p3:$path]}")" "$(ratio "${RPS[p3:$path]}" "${RPS[keybust:$path]}")" \
+    "$(rps "${RPS[p3-reuse:$path]}")" "$(ms "${P99[p3-reuse:$path]}")" \
+    "$(ratio "${RPS[p3-reuse:$path]}" "${RPS[reuse:$path]}")" \
+    "$(ratio "${RPS[p3:$path]}" "${RPS[native:$path]}")" "${STATUSES[p3:$path]}"
+done
 echo "full path by connections, 200s per second (one run each; vs: against its own figure at the first count; 503: share of answers shed; MiB: peak RSS so far):"
 printf '%-6s %8s %8s %8s %6s %5s %4s | %8s %8s %6s %5s %4s | %8s %8s %5s %4s\n' conns keybust p99 k/native vs 503 MiB reuse p99 vs 503 MiB native p99 503 MiB
 for count in "${curve[@]}"; do
@@ -247,6 +266,6 @@ if [ "$smoke" = 0 ]; then
     "keybust preflight with reuse / it: $(ratio "${RPS[reuse:preflight]}" "${RPS[wasmtime-reuse:hello]}")"
 fi
 echo "wakeups of the load CPU per request (function-call IPIs), preflight: keybust $(median "${IPI[keybust:preflight]}"), native $(median "${IPI[native:preflight]}")${IPI[wasmtime:hello]:+, wasmtime serve $(median "${IPI[wasmtime:hello]}")}; full: keybust $(median "${IPI[keybust:full]}"), native $(median "${IPI[native:full]}")"
-echo "peak RSS (whole run, up to $peak_connections connections): keybust ${RSS[keybust]} MiB, reuse ${RSS[reuse]} MiB, native ${RSS[native]} MiB${RSS[wasmtime]:+, wasmtime serve ${RSS[wasmtime]} MiB}"
+echo "peak RSS (whole run, up to $peak_connections connections): keybust ${RSS[keybust]} MiB, reuse ${RSS[reuse]} MiB, p3 ${RSS[p3]} MiB, p3-reuse ${RSS[p3-reuse]} MiB (these two at $connections connections only), native ${RSS[native]} MiB${RSS[wasmtime]:+, wasmtime serve ${RSS[wasmtime]} MiB}"
 if [ "$smoke" = 1 ]; then echo "smoke run: status codes checked, timings not meaningful"; fi
 exit "$failed"
