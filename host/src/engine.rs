@@ -72,15 +72,16 @@ pub fn start_epoch_ticker(engine: &Engine) {
     }
 }
 
-/// Builds the linker every component is checked against: WASI p2 (keybust's
-/// guest needs only stderr of it, but a std-built component imports the
-/// rest of `wasi:cli`), `wasi:http`, and ours.
+/// Builds the linker every component is checked against: WASI 0.2 and
+/// 0.3 (keybust's guest needs only stderr of either, but a std-built
+/// component imports the rest of `wasi:cli`), `wasi:http` 0.2 and 0.3, and
+/// ours. Both generations of WASI are in one linker so that one slot can
+/// serve, and swap between, components of either.
 pub fn new_linker(engine: &Engine) -> Result<Linker<RequestState>, EngineError> {
     let mut linker = Linker::new(engine);
     let link = |linker: &mut Linker<RequestState>| -> wasmtime::Result<()> {
         wasmtime_wasi::p2::add_to_linker_async(linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-        // WASI 0.3 beside 0.2: a component of either kind links.
         wasmtime_wasi::p3::add_to_linker(linker)?;
         wasmtime_wasi_http::p3::add_to_linker(linker)?;
         capabilities::add_to_linker(linker)

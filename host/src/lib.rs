@@ -5,7 +5,8 @@
 //!
 //! * **Component** — the endpoint's policy (CORS, auth order, body checks,
 //!   the ownership decision) ships as a `wasi:http` component built from
-//!   `guest/`. It targets the `keybust:gateway/endpoint` world in `wit/`.
+//!   `guest/`. It targets the `keybust:gateway/endpoint` world in `wit/`
+//!   (wasi:http 0.2), or `endpoint-p3` (0.3); the host serves either.
 //! * **Capabilities** — the component imports four interfaces: `convex`,
 //!   `cache`, `session` and `origins`. [`capabilities::Capabilities`]
 //!   implements them on the host, where the secrets live; the guest gets no

@@ -27,6 +27,13 @@
 //!
 //! A swap retires the old version's instances: idle ones are dropped at
 //! once, busy ones after their current request.
+//!
+//! A wasi:http 0.3 component is always served here, even with N = 1 (one
+//! request per instance): its async export is driven by [`ProxyHandler`].
+//! Its instances, like 0.2 ones, take one request at a time: the
+//! capabilities are host calls that hold the store until they return, and
+//! the CPU budget is the store's, so concurrent requests would stall on
+//! each other's backend calls and spend each other's budget.
 
 use crate::body::{BoundedBody, MAX_BODY_BYTES, ResponseBody};
 use crate::capabilities::Capabilities;
@@ -377,7 +384,8 @@ impl WorkerState for Worker {
         if total >= self.reuse || self.retirement.current() != self.born {
             ShouldAccept::Never
         } else if concurrent > 0 {
-            // A wasi:http@0.2 instance serves one request at a time.
+            // One request at a time, for either wasi:http (see the module
+            // docs).
             ShouldAccept::No
         } else {
             ShouldAccept::Yes

@@ -2,11 +2,12 @@
 //! deployment's shared secret, which only the host holds.
 
 use super::bindings::keybust::gateway::convex as wit;
-use super::outbound::{ReadError, read_bounded};
+use super::outbound::{PooledClient, pooled_client};
 use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty, split_list};
 use crate::deadlines::Deadlines;
 use bytes::Bytes;
 use http::HeaderValue;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use std::time::Duration;
 
 /// The Convex HTTP actions a component may call by default: the owner
@@ -138,13 +139,13 @@ pub struct ConvexClient {
     secret: Option<HeaderValue>,
     allowed_paths: Vec<String>,
     timeout: Duration,
-    http: reqwest::Client,
+    http: PooledClient,
 }
 
 impl ConvexClient {
-    /// Uses `http`'s connection pool; `settings` says where and with what
-    /// secret, `deadlines.convex` how long one call may take.
-    pub fn new(settings: &ConvexSettings, deadlines: &Deadlines, http: reqwest::Client) -> Self {
+    /// A client with its own keep-alive pool; `settings` says where and
+    /// with what secret, `deadlines.convex` how long one call may take.
+    pub fn new(settings: &ConvexSettings, deadlines: &Deadlines) -> Result<Self, rustls::Error> {
         let secret = settings
             .shared_secret
             .as_ref()
@@ -153,13 +154,13 @@ impl ConvexClient {
                 value.set_sensitive(true);
                 value
             });
-        ConvexClient {
+        Ok(ConvexClient {
             site_url: settings.site_url.clone(),
             secret,
             allowed_paths: settings.allowed_paths.clone(),
             timeout: deadlines.convex,
-            http,
-        }
+            http: pooled_client(deadlines)?,
+        })
     }
 
     /// Whether both the URL and the secret are set.
@@ -180,19 +181,29 @@ impl ConvexClient {
             return Err(ConvexError::ForbiddenPath);
         }
         let exchange = async {
-            let response = self
-                .http
-                .post(format!("{site_url}{path}"))
-                .headers(crate::telemetry::outgoing_headers())
+            let mut request = http::Request::post(format!("{site_url}{path}"))
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("x-convex-shared-secret", secret.clone())
-                .body(body)
-                .send()
+                .body(Full::new(Bytes::from(body)))
+                .map_err(ExchangeError::Request)?;
+            request
+                .headers_mut()
+                .extend(crate::telemetry::outgoing_headers());
+            let response = self
+                .http
+                .request(request)
                 .await
-                .map_err(|err| ReadError::Transport(err.without_url()))?;
+                .map_err(ExchangeError::Send)?;
             let status = response.status().as_u16();
-            let body = read_bounded(response, MAX_RESPONSE_BYTES).await?;
-            Ok::<_, ReadError>(ConvexResponse { status, body })
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|err| match err.downcast::<LengthLimitError>() {
+                    Ok(_) => ExchangeError::TooLarge,
+                    Err(err) => ExchangeError::Read(err),
+                })?
+                .to_bytes();
+            Ok::<_, ExchangeError>(ConvexResponse { status, body })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
@@ -200,11 +211,46 @@ impl ConvexClient {
                 Err(ConvexError::Timeout)
             }
             Ok(Err(err)) => {
-                tracing::warn!(path, error = %err, "Convex call failed");
+                tracing::warn!(path, error = %ErrorChain(&err), "Convex call failed");
                 Err(ConvexError::Transport)
             }
             Ok(Ok(response)) => Ok(response),
         }
+    }
+}
+
+/// Why a Convex exchange broke off, for the log line.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// The URL and path do not make a request (a path with characters a
+    /// URI cannot hold).
+    #[error("cannot build the request")]
+    Request(#[source] http::Error),
+    /// Connecting, sending, or the answer's head failed.
+    #[error("the exchange failed")]
+    Send(#[source] hyper_util::client::legacy::Error),
+    /// The connection failed while the body came in.
+    #[error("reading the answer failed")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The answer is longer than Convex has any reason to send.
+    #[error("the answer is longer than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+}
+
+/// An error and its sources, `: `-separated: hyper's errors say what
+/// failed only in their sources ("client error (Connect)": connection
+/// refused).
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
     }
 }
 

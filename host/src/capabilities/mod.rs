@@ -58,6 +58,10 @@ pub enum SetupError {
     /// The HTTP client cannot be set up.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The TLS of the Convex client cannot be set up (the platform's
+    /// certificate verifier is unavailable).
+    #[error("Convex client TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Everything the endpoint component may ask of its host.
@@ -86,7 +90,7 @@ impl Capabilities {
         let deadlines = &settings.deadlines;
         let http = outbound::outbound_client(deadlines)?;
         Ok(Capabilities {
-            convex: ConvexClient::new(&settings.convex, deadlines, http.clone()),
+            convex: ConvexClient::new(&settings.convex, deadlines)?,
             cache: Cache::from_settings(&settings.cache, deadlines, http.clone())?,
             sessions: SessionVerifier::new(&settings.clerk, deadlines, http),
             origins: OriginPolicy::new(&settings.origins)?,

@@ -19,6 +19,43 @@ pub(crate) fn outbound_client(deadlines: &Deadlines) -> Result<reqwest::Client, 
         .build()
 }
 
+/// The pooled, keep-alive client for Convex, which every full-path request
+/// calls: hyper-util's, over plain hyper. Measured against reqwest (with
+/// the settings of [`outbound_client`]) in `benches/convex_client.rs`,
+/// side by side against one loopback stand-in: about 30 µs (a sixth) less
+/// per sequential call, and 1.5× the calls per second with 64 callers.
+/// Like reqwest, it follows no redirects and trusts what the platform's
+/// verifier trusts.
+pub(crate) type PooledClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+/// Builds a [`PooledClient`] with [`outbound_client`]'s connect deadline,
+/// idle timeout and `TCP_NODELAY`.
+pub(crate) fn pooled_client(deadlines: &Deadlines) -> Result<PooledClient, rustls::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use_aws_lc_for_tls();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(deadlines.connect));
+    // The TLS layer takes https:// URLs; plain http:// (a local Convex, a
+    // stand-in) passes through.
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(https),
+    )
+}
+
 /// Every TLS client keybust opens (reqwest for Convex, the JWKS and
 /// Upstash; redis-rs for `rediss://`) takes rustls's process-wide crypto
 /// provider. keybust uses aws-lc-rs, the library it already verifies tokens
