@@ -55,7 +55,7 @@ use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::handler::{
     ExpirationError, HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept,
-    WorkerExpiration, WorkerState, WorkerStatus,
+    TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
 };
 
 /// The reused instances of one version of the component.
@@ -140,6 +140,13 @@ impl Reuse {
             Ok(Err(_)) if call.out_of_time() => Err(GuestFailure::OutOfTime(
                 "guest exceeded its execution time budget (--guest-timeout)".into(),
             )),
+            Ok(Err(err)) if err.is::<TrapOrPanicError>() => {
+                // The instance's event loop ended (a wasi:http 0.3 guest that
+                // trapped): its worker says why as it drops the store, just
+                // after this request's answer channel closed.
+                let why = call.worker_failure(WORKER_REPORT).await;
+                Err(GuestFailure::Failed(why.unwrap_or(err)))
+            }
             Ok(Err(err)) => Err(GuestFailure::Failed(err)),
             Err(_) => Err(request_timed_out(deadline)),
         };
@@ -176,6 +183,10 @@ impl Drop for Reuse {
 /// reach it) a little later.
 const WORKER_GRACE: Duration = Duration::from_millis(250);
 
+/// How long a request whose instance failed waits for its worker to say
+/// why; the worker does so right after, so this is only a bound.
+const WORKER_REPORT: Duration = Duration::from_millis(100);
+
 fn request_timed_out(deadline: Duration) -> GuestFailure {
     GuestFailure::OutOfTime(format!("request exceeded the {deadline:?} request timeout"))
 }
@@ -187,6 +198,9 @@ pub(crate) struct Call {
     span: Mutex<Option<tracing::Span>>,
     out_of_time: OnceLock<Arc<AtomicBool>>,
     log: OnceLock<GuestLog>,
+    /// Why the instance failed while serving this request, from its worker.
+    failure: OnceLock<wasmtime::Error>,
+    failed: Notify,
 }
 
 impl Call {
@@ -202,7 +216,37 @@ impl Call {
             span: Mutex::new(Some(span)),
             out_of_time: OnceLock::new(),
             log: OnceLock::new(),
+            failure: OnceLock::new(),
+            failed: Notify::new(),
         }
+    }
+
+    /// Records why the instance serving this request failed.
+    fn instance_failed(&self, why: wasmtime::Error) {
+        if self.failure.set(why).is_ok() {
+            self.failed.notify_waiters();
+        }
+    }
+
+    /// Why the instance failed, once its worker has said so, within `bound`.
+    async fn worker_failure(&self, bound: Duration) -> Option<wasmtime::Error> {
+        let reported = async {
+            loop {
+                let notified = self.failed.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a report between the
+                // check and the wait still wakes us.
+                notified.as_mut().enable();
+                if self.failure.get().is_some() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(bound, reported).await;
+        self.failure
+            .get()
+            .map(|why| wasmtime::format_err!("{why:#}"))
     }
 
     /// The span a capability call made for this request belongs under, until
@@ -408,6 +452,9 @@ impl WorkerState for Worker {
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
         if let Err(err) = result {
             tracing::debug!(error = %format!("{err:#}"), "reused instance dropped after a failure");
+            if let Some(call) = store.data().call() {
+                call.instance_failed(err);
+            }
         }
         store.data().guest_log().drain();
         self.capabilities.metrics.reused_instance_stopped();

@@ -127,6 +127,11 @@ impl RequestState {
     pub(crate) fn serve_call(&mut self, call: Arc<Call>) {
         self.call = Some(call);
     }
+
+    /// The request a reused instance serves, or served last.
+    pub(crate) fn call(&self) -> Option<&Arc<Call>> {
+        self.call.as_ref()
+    }
 }
 
 /// A store for one request, bounded by [`bound_store`].

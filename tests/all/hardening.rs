@@ -1,8 +1,8 @@
 //! Bad builds, hostile clients and sandbox walls: the host answers, stays
 //! bounded, and keeps serving good requests alongside.
 
-use crate::support::programs::{mode, serve_programs};
-use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use crate::support::programs::{mode, serve_programs, serve_programs_of};
+use crate::support::{self, Answer, Backend, Guest, Options, Stack, hashes};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +94,30 @@ async fn a_huge_response_streams_without_blocking_others() {
     let (answer, _) = good_requests_alongside(&stack, "huge").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.len(), 64 << 20);
+}
+
+/// The bounds above, for a wasi:http 0.3 guest (an async handler, run
+/// through wasi:http's concurrent machinery): a trap, a spin, a hoard and a
+/// tight import loop each end in their answer within their bound, a huge
+/// body streams, and good requests are served beside each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_0_3_guest_is_bounded_as_a_0_2_one() {
+    let (stack, _dir) = serve_programs_of(Guest::P3, &[]).await;
+    let stack = Arc::new(stack);
+    let (answer, _) = good_requests_alongside(&stack, "trap").await;
+    answer.assert_json(500, r#"{"error":"Internal error"}"#);
+    endless_loop_is_stopped(&stack).await;
+    let (answer, _) = good_requests_alongside(&stack, "alloc").await;
+    answer.assert_json(500, r#"{"error":"Internal error"}"#);
+    import_loop_is_bounded(&stack).await;
+    let (answer, _) = good_requests_alongside(&stack, "huge").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), 64 << 20);
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains(r#"keybust_guest_failures_total{kind="timeout"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! timeout, a trap dropping the instance, swaps retiring old instances.
 
 use crate::support::answer::assert_endpoint_answers;
-use crate::support::programs::{mode, serve_programs};
+use crate::support::programs::{mode, serve_programs_of};
 use crate::support::{self, Answer, Backend, ENDPOINT, Guest, Options, Stack, hashes};
 use keybust::artifacts::hex_digest;
 use serde_json::Value;
@@ -13,9 +13,14 @@ const ADMIN_TOKEN: &str = "test-admin-token-77c1";
 
 /// keybust serving the test programs with `args`, and an admin token.
 async fn programs_with(args: &[&str]) -> (Stack, tempfile::TempDir) {
+    programs_of(Guest::P2, args).await
+}
+
+/// The same, the build for `guest`'s wasi:http.
+async fn programs_of(guest: Guest, args: &[&str]) -> (Stack, tempfile::TempDir) {
     let mut all = vec!["--admin-token", ADMIN_TOKEN];
     all.extend(args);
-    serve_programs(&all).await
+    serve_programs_of(guest, &all).await
 }
 
 /// How many requests the instance that answered has served, this one included.
@@ -74,12 +79,24 @@ async fn an_instance_serves_up_to_its_count_then_idles_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_a_spent_budget_or_the_memory_cap_drops_the_instance() {
-    let (stack, _dir) = programs_with(&[
-        "--instance-reuse",
-        "1000",
-        "--max-instance-memory",
-        "8388608",
-    ])
+    failures_drop_the_instance(Guest::P2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_0_3_instance_is_dropped_by_a_trap_a_spent_budget_or_the_memory_cap() {
+    failures_drop_the_instance(Guest::P3).await
+}
+
+async fn failures_drop_the_instance(guest: Guest) {
+    let (stack, _dir) = programs_of(
+        guest,
+        &[
+            "--instance-reuse",
+            "1000",
+            "--max-instance-memory",
+            "8388608",
+        ],
+    )
     .await;
     for (bad, status) in [("trap", 500), ("loop", 504), ("alloc", 500)] {
         assert_eq!(served(&stack).await, 1, "before {bad}");

@@ -15,19 +15,75 @@ pub use variant::variant;
 /// (into the directory the host's build script builds the guest in).
 pub fn test_programs() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap();
-        let wasm = keybust_wasm_build::build_component(
-            root,
-            "keybust-test-programs",
-            &[],
-            std::path::Path::new(env!("KEYBUST_GUEST_TARGET_DIR")),
-        )
+    WASM.get_or_init(|| build("keybust-test-programs", &[], "programs"))
+}
+
+/// The test programs' wasi:http 0.3 build, compiled once per test binary.
+pub fn test_programs_p3() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| build("keybust-test-programs", &["p3"], "p3"))
+}
+
+/// Builds `package` with `features` into `dir` under the guest's target
+/// directory. Builds of one package with other features need a directory
+/// of their own (they write the same file); the default ones share the
+/// guest's.
+fn build(package: &str, features: &[&str], dir: &str) -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let target = std::path::Path::new(env!("KEYBUST_GUEST_TARGET_DIR"));
+    let target = if features.is_empty() {
+        target.to_owned()
+    } else {
+        target.join(dir)
+    };
+    let wasm = keybust_wasm_build::build_component(root, package, features, &target)
         .unwrap_or_else(|err| panic!("{err}"));
-        std::fs::read(wasm).unwrap()
+    std::fs::read(wasm).unwrap()
+}
+
+/// keybust serving the test programs from a file, with short time budgets
+/// (`--guest-timeout 300ms`, `--request-timeout 3s`) and `extra_args`.
+/// Keep the directory while the stack runs.
+pub async fn serve_programs(extra_args: &[&str]) -> (super::Stack, tempfile::TempDir) {
+    serve_programs_of(Guest::P2, extra_args).await
+}
+
+/// Like [`serve_programs`], the build for `guest`'s wasi:http.
+pub async fn serve_programs_of(
+    guest: Guest,
+    extra_args: &[&str],
+) -> (super::Stack, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("programs.wasm");
+    let bytes = tokio::task::spawn_blocking(move || match guest {
+        Guest::P2 => test_programs(),
+        Guest::P3 => test_programs_p3(),
     })
+    .await
+    .unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let path = path.display().to_string();
+    let options = super::Options {
+        args: [
+            "--component",
+            path.as_str(),
+            "--guest-timeout",
+            "300ms",
+            "--request-timeout",
+            "3s",
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|arg| arg.to_string())
+        .collect(),
+        ..super::Options::default()
+    };
+    (
+        super::Stack::with(super::Backend::Embedded, options).await,
+        dir,
+    )
 }
 
 /// Which build of `guest/` a stack serves.
@@ -54,49 +110,7 @@ impl Guest {
 /// embedded build (in a directory of its own: both are `keybust_guest.wasm`).
 pub fn endpoint_p3() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap();
-        let wasm = keybust_wasm_build::build_component(
-            root,
-            "keybust-guest",
-            &["p3"],
-            &std::path::Path::new(env!("KEYBUST_GUEST_TARGET_DIR")).join("p3"),
-        )
-        .unwrap_or_else(|err| panic!("{err}"));
-        std::fs::read(wasm).unwrap()
-    })
-}
-
-/// keybust serving the test programs from a file, with short time budgets
-/// (`--guest-timeout 300ms`, `--request-timeout 3s`) and `extra_args`.
-/// Keep the directory while the stack runs.
-pub async fn serve_programs(extra_args: &[&str]) -> (super::Stack, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("programs.wasm");
-    let bytes = tokio::task::spawn_blocking(test_programs).await.unwrap();
-    std::fs::write(&path, bytes).unwrap();
-    let path = path.display().to_string();
-    let options = super::Options {
-        args: [
-            "--component",
-            path.as_str(),
-            "--guest-timeout",
-            "300ms",
-            "--request-timeout",
-            "3s",
-        ]
-        .iter()
-        .chain(extra_args)
-        .map(|arg| arg.to_string())
-        .collect(),
-        ..super::Options::default()
-    };
-    (
-        super::Stack::with(super::Backend::Embedded, options).await,
-        dir,
-    )
+    WASM.get_or_init(|| build("keybust-guest", &["p3"], "p3"))
 }
 
 /// A POST to the endpoint asking the test programs for `?mode=`.

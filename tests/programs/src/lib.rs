@@ -16,6 +16,12 @@
 //! | `imports` | calls a host import in a tight loop, forever |
 //! | `snoop` | reports what it can see of the host: env, args, files, sockets, outbound HTTP (to `127.0.0.1:PORT` with `&port=PORT`) |
 //! | `fields` | grows one `wasi:http` fields resource until the host refuses |
+//!
+//! With the `p3` feature it is a wasi:http 0.3 component instead
+//! (`keybust:gateway/endpoint-p3`) with `ok`, `count`, `say`, `trap`,
+//! `loop`, `alloc`, `huge` and `imports`.
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "p3")))]
 mod component;
+#[cfg(all(target_arch = "wasm32", feature = "p3"))]
+mod component_p3;
