@@ -86,6 +86,25 @@ where
     }
 }
 
+/// `request` with its body as the guest sees it: at most
+/// [`MAX_BODY_BYTES`] and one byte more (so the guest can tell "too
+/// large" without anything past the bound being buffered), ending within
+/// `body_timeout`. The flag says, once the guest has answered, whether the
+/// deadline cut the body short (the client gets 408, whatever the guest
+/// made of it).
+pub fn bound_request<B>(
+    request: hyper::Request<B>,
+    body_timeout: Duration,
+) -> (hyper::Request<BoundedBody<B>>, Arc<AtomicBool>)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    let (parts, body) = request.into_parts();
+    let body = BoundedBody::new(body, MAX_BODY_BYTES + 1).with_deadline(body_timeout);
+    let timed_out = body.timed_out();
+    (hyper::Request::from_parts(parts, body), timed_out)
+}
+
 /// Why the guest's view of the request body failed.
 #[derive(Debug)]
 pub enum BoundedBodyError<E> {

@@ -2,7 +2,7 @@
 //! request runs through a fresh instance of it.
 
 use crate::artifacts::{ArtifactCache, Origin, hex_digest};
-use crate::body::{BoundedBody, MAX_BODY_BYTES, ResponseBody, json_response};
+use crate::body::{ResponseBody, bound_request, json_response};
 use crate::capabilities::Capabilities;
 use crate::limits::Limits;
 use crate::reuse::Reuse;
@@ -252,7 +252,7 @@ impl Plugin {
 }
 
 /// Serves one request through a fresh instance of `pre` in `store`, with
-/// keybust's bounds: the body clamped to [`MAX_BODY_BYTES`] (plus one byte,
+/// keybust's bounds: the body clamped to [`MAX_BODY_BYTES`](crate::body::MAX_BODY_BYTES) (plus one byte,
 /// so the guest can tell "too large") and to `--body-timeout`, the whole
 /// run to `--request-timeout`, and the store's own [`GuestBounds`]
 /// (memory, CPU). The store must have gone through
@@ -280,14 +280,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    // The guest never sees more than one byte past the body bound, so it
-    // can tell "too large" without anything past the bound being buffered.
-    let mut body_timed_out = None;
-    let request = request.map(|body| {
-        let body = BoundedBody::new(body, MAX_BODY_BYTES + 1).with_deadline(limits.body_timeout);
-        body_timed_out = Some(body.timed_out());
-        body
-    });
+    let (request, body_timed_out) = bound_request(request, limits.body_timeout);
     let request = store
         .data_mut()
         .http()
@@ -369,7 +362,7 @@ where
     };
     // A guest that saw its body fail answers what it makes of that (a
     // 422, say); the client deserves to hear that it was too slow.
-    if body_timed_out.is_some_and(|flag| flag.load(std::sync::atomic::Ordering::Relaxed)) {
+    if body_timed_out.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(GuestFailure::BodyTimeout);
     }
     answer

@@ -35,7 +35,7 @@
 //! the CPU budget is the store's, so concurrent requests would stall on
 //! each other's backend calls and spend each other's budget.
 
-use crate::body::{BoundedBody, MAX_BODY_BYTES, ResponseBody};
+use crate::body::{ResponseBody, bound_request};
 use crate::capabilities::Capabilities;
 use crate::guest_log::GuestLog;
 use crate::limits::Limits;
@@ -116,13 +116,8 @@ impl Reuse {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let limits = &self.limits;
-        let mut body_timed_out = None;
-        let request = request.map(|body| {
-            let body =
-                BoundedBody::new(body, MAX_BODY_BYTES + 1).with_deadline(limits.body_timeout);
-            body_timed_out = Some(body.timed_out());
-            body.map_err(Into::into).boxed_unsync()
-        });
+        let (request, body_timed_out) = bound_request(request, limits.body_timeout);
+        let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
         let call = Arc::new(Call::new());
         // Ends the call however this returns, or if the caller drops it (the
         // client went away): the request's spans must not stay open, and
@@ -150,7 +145,7 @@ impl Reuse {
             Ok(Err(err)) => Err(GuestFailure::Failed(err)),
             Err(_) => Err(request_timed_out(deadline)),
         };
-        if body_timed_out.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+        if body_timed_out.load(Ordering::Relaxed) {
             call.end(true);
             return Err(GuestFailure::BodyTimeout);
         }

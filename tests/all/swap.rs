@@ -44,6 +44,20 @@ async fn put(stack: &Stack, token: Option<&str>, bytes: Vec<u8>) -> Answer {
     Answer::of(request.send().await.unwrap()).await
 }
 
+/// `POST /admin/component/rollback` with the admin token.
+async fn rollback(stack: &Stack) -> Answer {
+    Answer::of(
+        stack
+            .http
+            .post(stack.keybust.admin_url("/admin/component/rollback"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 async fn wait_for_digest(stack: &Stack, digest: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -90,16 +104,7 @@ async fn component_api_describes_swaps_and_rolls_back() {
         .await
         .assert_json(200, r#"{"ok":true}"#);
 
-    let answer = Answer::of(
-        stack
-            .http
-            .post(stack.keybust.admin_url("/admin/component/rollback"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = rollback(&stack).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let now = component(&stack).await;
     assert_eq!(now["digest"], hex_digest(EMBEDDED_COMPONENT));
@@ -332,14 +337,7 @@ async fn a_repeated_swap_keeps_the_rollback_target() {
     let now = component(&stack).await;
     assert_eq!(now["digest"], next_digest.as_str());
     assert_eq!(now["previous_digest"], embedded.as_str(), "{now}");
-    let rollback = stack
-        .http
-        .post(stack.keybust.admin_url("/admin/component/rollback"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rollback.status(), 200);
+    assert_eq!(rollback(&stack).await.status, 200);
     assert_eq!(component(&stack).await["digest"], embedded.as_str());
 }
 
@@ -422,14 +420,7 @@ async fn a_swap_survives_a_restart_with_its_rollback_target() {
     Answer::of(stack.invalidate(hashes::OWNED).await)
         .await
         .assert_json(200, r#"{"ok":true}"#);
-    let rolled = stack
-        .http
-        .post(stack.keybust.admin_url("/admin/component/rollback"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rolled.status(), 200);
+    assert_eq!(rollback(&stack).await.status, 200);
     stop(stack).await;
 
     let stack = with_state(state.path(), vec![]).await;
@@ -453,14 +444,7 @@ async fn a_rollback_from_a_changed_file_lasts_through_restarts() {
     let stack = with_state(state.path(), args.clone()).await;
     support::certs::replace(&file, &newer);
     wait_for_digest(&stack, &hex_digest(&newer)).await;
-    let rolled = stack
-        .http
-        .post(stack.keybust.admin_url("/admin/component/rollback"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rolled.status(), 200);
+    assert_eq!(rollback(&stack).await.status, 200);
     stop(stack).await;
 
     for restart in 1..=2 {
@@ -552,16 +536,7 @@ async fn the_wasi_http_0_2_and_0_3_builds_swap_into_each_other_under_load() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Serving the 0.2 build now; the rollback target is the 0.3 one.
-    let answer = Answer::of(
-        stack
-            .http
-            .post(stack.keybust.admin_url("/admin/component/rollback"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = rollback(&stack).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let now = component(&stack).await;
     assert_eq!(now["wasi_http"], "0.3");

@@ -110,19 +110,8 @@ impl exports::wasi::http0_2_12::incoming_handler::Guest for Programs {
                 respond_sized(out, 200, br#"{"ok":true}"#.to_vec())
             }
             "trap" => panic!("trapping on purpose"),
-            "loop" => {
-                let mut n: u64 = 0;
-                loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-            }
-            "alloc" => {
-                let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hoard.push(vec![1u8; 1 << 20]);
-                    std::hint::black_box(&hoard);
-                }
-            }
+            "loop" => crate::spin(),
+            "alloc" => crate::hoard(),
             "alloc32" => {
                 // 32 MiB, then an answer: within a generous cap, not a tight one.
                 let hoard: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 1 << 20]).collect();
@@ -130,9 +119,9 @@ impl exports::wasi::http0_2_12::incoming_handler::Guest for Programs {
                 respond_sized(out, 200, br#"{"ok":true}"#.to_vec())
             }
             "huge" => respond(out, 200, None, (0..1024).map(|_| vec![b'x'; 64 << 10])),
-            "imports" => loop {
-                std::hint::black_box(keybust::gateway::origins::is_allowed("https://x.example"));
-            },
+            "imports" => {
+                crate::ask_forever(|| keybust::gateway::origins::is_allowed("https://x.example"))
+            }
             "snoop" => {
                 let port = param("port").unwrap_or_else(|| "9".to_owned());
                 respond_sized(out, 200, snoop(&port).into_bytes())

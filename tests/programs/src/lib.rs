@@ -25,3 +25,30 @@
 mod component;
 #[cfg(all(target_arch = "wasm32", feature = "p3"))]
 mod component_p3;
+
+/// Spins in wasm code until the host stops it.
+#[cfg(target_arch = "wasm32")]
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates a MiB at a time until the memory cap traps it.
+#[cfg(target_arch = "wasm32")]
+fn hoard() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 1 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+/// Calls a host import (`ask`) in a tight loop until the host stops it.
+#[cfg(target_arch = "wasm32")]
+fn ask_forever<T>(ask: impl Fn() -> T) -> ! {
+    loop {
+        std::hint::black_box(ask());
+    }
+}
