@@ -58,6 +58,14 @@ impl WasiHttp {
             WasiHttp::P3 => "0.3",
         }
     }
+
+    /// The `keybust:gateway` world a component of this kind fits.
+    pub fn world(self) -> &'static str {
+        match self {
+            WasiHttp::P2 => "keybust:gateway/endpoint",
+            WasiHttp::P3 => "keybust:gateway/endpoint-p3",
+        }
+    }
 }
 
 /// A compiled, pre-instantiated endpoint component.

@@ -266,7 +266,26 @@ async fn check_and_push_refuse_what_a_swap_would() {
 
     let ok = keybust_component(&["check", good.to_str().unwrap()]);
     assert!(ok.status.success());
-    assert!(String::from_utf8_lossy(&ok.stdout).contains(&hex_digest(EMBEDDED_COMPONENT)));
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(said.contains(&hex_digest(EMBEDDED_COMPONENT)), "{said}");
+    assert!(
+        said.contains("keybust:gateway/endpoint (wasi:http 0.2)"),
+        "{said}"
+    );
+    // The wasi:http 0.3 build is checked, and named, as what it is.
+    let p3 = files.path().join("p3.wasm");
+    let p3_bytes = tokio::task::spawn_blocking(support::programs::endpoint_p3)
+        .await
+        .unwrap();
+    std::fs::write(&p3, p3_bytes).unwrap();
+    let ok = keybust_component(&["check", p3.to_str().unwrap()]);
+    assert!(ok.status.success());
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(said.contains(&hex_digest(p3_bytes)), "{said}");
+    assert!(
+        said.contains("keybust:gateway/endpoint-p3 (wasi:http 0.3)"),
+        "{said}"
+    );
     let refused = keybust_component(&["check", bad.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not fit"));

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use keybust::capabilities::{Capabilities, Settings};
 use keybust::config::Secret;
 use keybust::limits::{LimitArgs, Limits};
-use keybust::plugin::{MAX_COMPONENT_BYTES, Plugin};
+use keybust::plugin::{MAX_COMPONENT_BYTES, Plugin, WasiHttp};
 use keybust::registry::{ComponentSource, OciReference, RegistryArgs};
 use keybust::{artifacts, engine};
 use std::path::{Path, PathBuf};
@@ -79,8 +79,12 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                 _ => read(Path::new(&args.component))?,
             };
             Ok(match check(bytes, args.limits.limits()?).await {
-                Ok(digest) => {
-                    println!("ok: sha256:{digest} fits keybust:gateway/endpoint and instantiates");
+                Ok((digest, kind)) => {
+                    println!(
+                        "ok: sha256:{digest} fits {} (wasi:http {}) and instantiates",
+                        kind.world(),
+                        kind.as_str()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(reason) => {
@@ -132,7 +136,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// The checks a swap makes, under `limits` (the instance memory bound
 /// among them), with unconfigured capabilities (instantiation calls none of
 /// them): its digest when they pass, the reason when not.
-async fn check(bytes: Vec<u8>, limits: Limits) -> Result<String, String> {
+async fn check(bytes: Vec<u8>, limits: Limits) -> Result<(String, WasiHttp), String> {
     let limits = Arc::new(limits);
     let engine = engine::new_engine(&limits).map_err(|err| err.to_string())?;
     let linker = engine::new_linker(&engine).map_err(|err| err.to_string())?;
@@ -147,5 +151,5 @@ async fn check(bytes: Vec<u8>, limits: Limits) -> Result<String, String> {
         .probe(capabilities)
         .await
         .map_err(|err| err.to_string())?;
-    Ok(digest)
+    Ok((digest, plugin.wasi_http()))
 }
