@@ -55,7 +55,7 @@ impl Caller for Reqwest {
     }
 }
 
-struct Hyper(HyperClient<HttpConnector, Full<Bytes>>);
+struct Hyper(HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>);
 
 impl Caller for Hyper {
     async fn call(&self, url: &str) -> anyhow::Result<(u16, Bytes)> {
@@ -161,13 +161,24 @@ fn main() -> anyhow::Result<()> {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
         ));
+        // As `capabilities::outbound::pooled_client` builds it.
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
+        connector.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let hyper = Arc::new(Hyper(
             HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
-                .build(connector),
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(https),
         ));
         // Warm both pools.
         sequential(&*reqwest, &url).await?;

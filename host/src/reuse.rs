@@ -33,7 +33,10 @@
 //! Its instances, like 0.2 ones, take one request at a time: the
 //! capabilities are host calls that hold the store until they return, and
 //! the CPU budget is the store's, so concurrent requests would stall on
-//! each other's backend calls and spend each other's budget.
+//! each other's backend calls and spend each other's budget. One overlap
+//! remains: a 0.3 handler returns its response before a task it spawned
+//! has written the body, and wasi:http's handler counts the request done
+//! then, so the next request may start while that task still writes.
 
 use crate::body::{ResponseBody, bound_request};
 use crate::capabilities::Capabilities;

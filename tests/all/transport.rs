@@ -3,7 +3,7 @@
 //! gets the same answers, and its streams are requests like any other.
 
 use crate::support::answer::assert_endpoint_answers;
-use crate::support::{Backend, ENDPOINT, Stack, hashes};
+use crate::support::{Answer, Backend, ENDPOINT, FakeConvex, Options, Stack, hashes};
 use reqwest::Version;
 use serde_json::json;
 
@@ -57,4 +57,43 @@ async fn http2_with_prior_knowledge_gets_the_same_answers() {
     let http1 = stack.invalidate(hashes::OWNED).await;
     assert_eq!(http1.version(), Version::HTTP_11);
     assert_eq!(http1.status(), 200);
+}
+
+/// Convex calls honour the proxy the environment names, as keybust's
+/// other outbound calls do: with `HTTP_PROXY` pointing at a proxy that is
+/// down, the full path fails closed (503) and Convex sees no call; with
+/// Convex's host in `NO_PROXY`, it is reached directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convex_calls_go_through_the_proxy_the_environment_names() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    for (no_proxy, status) in [("127.0.0.1", 503), ("127.0.0.1,localhost", 200)] {
+        // Convex by another name than the issuer's 127.0.0.1, so that
+        // NO_PROXY can tell the two apart.
+        let convex = FakeConvex::start().await;
+        let options = Options {
+            env: vec![
+                ("HTTP_PROXY", proxy.clone()),
+                ("NO_PROXY", no_proxy.to_owned()),
+                (
+                    "CONVEX_SITE_URL",
+                    format!("http://localhost:{}", convex.addr.port()),
+                ),
+            ],
+            ..Options::default()
+        };
+        let stack = Stack::with(Backend::Embedded, options).await;
+        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        assert_eq!(
+            answer.status, status,
+            "NO_PROXY={no_proxy}: {}",
+            answer.body
+        );
+        assert_eq!(
+            convex.calls().is_empty(),
+            status == 503,
+            "NO_PROXY={no_proxy}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! deployment's shared secret, which only the host holds.
 
 use super::bindings::keybust::gateway::convex as wit;
-use super::outbound::{PooledClient, pooled_client};
+use super::outbound::{PooledClient, ReadError, pooled_client, read_bounded};
 use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty, split_list};
 use crate::deadlines::Deadlines;
 use bytes::Bytes;
@@ -139,13 +139,27 @@ pub struct ConvexClient {
     secret: Option<HeaderValue>,
     allowed_paths: Vec<String>,
     timeout: Duration,
-    http: PooledClient,
+    transport: Transport,
+}
+
+/// How Convex is reached: hyper-util's pooled client, measured faster
+/// (see [`PooledClient`]), unless the environment names a proxy for the
+/// Convex URL (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, less `NO_PROXY`,
+/// as reqwest reads them); then reqwest, which speaks to proxies.
+enum Transport {
+    Direct(Box<PooledClient>),
+    Proxied(reqwest::Client),
 }
 
 impl ConvexClient {
-    /// A client with its own keep-alive pool; `settings` says where and
-    /// with what secret, `deadlines.convex` how long one call may take.
-    pub fn new(settings: &ConvexSettings, deadlines: &Deadlines) -> Result<Self, rustls::Error> {
+    /// A client with its own keep-alive pool, or `http`'s when a proxy
+    /// applies; `settings` says where and with what secret,
+    /// `deadlines.convex` how long one call may take.
+    pub fn new(
+        settings: &ConvexSettings,
+        deadlines: &Deadlines,
+        http: reqwest::Client,
+    ) -> Result<Self, rustls::Error> {
         let secret = settings
             .shared_secret
             .as_ref()
@@ -159,7 +173,12 @@ impl ConvexClient {
             secret,
             allowed_paths: settings.allowed_paths.clone(),
             timeout: deadlines.convex,
-            http: pooled_client(deadlines)?,
+            transport: if proxied(settings.site_url.as_deref()) {
+                tracing::info!("Convex is reached through the proxy the environment names");
+                Transport::Proxied(http)
+            } else {
+                Transport::Direct(Box::new(pooled_client(deadlines)?))
+            },
         })
     }
 
@@ -180,30 +199,49 @@ impl ConvexClient {
             tracing::warn!("refused a Convex call outside --allowed-convex-paths");
             return Err(ConvexError::ForbiddenPath);
         }
+        let url = format!("{site_url}{path}");
         let exchange = async {
-            let mut request = http::Request::post(format!("{site_url}{path}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header("x-convex-shared-secret", secret.clone())
-                .body(Full::new(Bytes::from(body)))
-                .map_err(ExchangeError::Request)?;
-            request
-                .headers_mut()
-                .extend(crate::telemetry::outgoing_headers());
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(ExchangeError::Send)?;
-            let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|err| match err.downcast::<LengthLimitError>() {
-                    Ok(_) => ExchangeError::TooLarge,
-                    Err(err) => ExchangeError::Read(err),
-                })?
-                .to_bytes();
-            Ok::<_, ExchangeError>(ConvexResponse { status, body })
+            match &self.transport {
+                Transport::Direct(client) => {
+                    let mut request = http::Request::post(url)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .header("x-convex-shared-secret", secret.clone())
+                        .body(Full::new(Bytes::from(body)))
+                        .map_err(ExchangeError::Request)?;
+                    request
+                        .headers_mut()
+                        .extend(crate::telemetry::outgoing_headers());
+                    let response = client.request(request).await.map_err(ExchangeError::Send)?;
+                    let status = response.status().as_u16();
+                    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                        .collect()
+                        .await
+                        .map_err(|err| match err.downcast::<LengthLimitError>() {
+                            Ok(_) => ExchangeError::TooLarge,
+                            Err(err) => ExchangeError::Read(err),
+                        })?
+                        .to_bytes();
+                    Ok::<_, ExchangeError>(ConvexResponse { status, body })
+                }
+                Transport::Proxied(client) => {
+                    let response = client
+                        .post(url)
+                        .headers(crate::telemetry::outgoing_headers())
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .header("x-convex-shared-secret", secret.clone())
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|err| {
+                            ExchangeError::Proxied(ReadError::Transport(err.without_url()))
+                        })?;
+                    let status = response.status().as_u16();
+                    let body = read_bounded(response, MAX_RESPONSE_BYTES)
+                        .await
+                        .map_err(ExchangeError::Proxied)?;
+                    Ok(ConvexResponse { status, body })
+                }
+            }
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
@@ -235,6 +273,20 @@ enum ExchangeError {
     /// The answer is longer than Convex has any reason to send.
     #[error("the answer is longer than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
+    /// The exchange through the proxy failed.
+    #[error("through the proxy")]
+    Proxied(#[source] ReadError),
+}
+
+/// Whether the environment names a proxy for the Convex URL.
+fn proxied(site_url: Option<&str>) -> bool {
+    site_url
+        .and_then(|url| url.parse::<http::Uri>().ok())
+        .is_some_and(|uri| {
+            hyper_util::client::proxy::matcher::Matcher::from_env()
+                .intercept(&uri)
+                .is_some()
+        })
 }
 
 /// An error and its sources, `: `-separated: hyper's errors say what

@@ -90,7 +90,7 @@ impl Capabilities {
         let deadlines = &settings.deadlines;
         let http = outbound::outbound_client(deadlines)?;
         Ok(Capabilities {
-            convex: ConvexClient::new(&settings.convex, deadlines)?,
+            convex: ConvexClient::new(&settings.convex, deadlines, http.clone())?,
             cache: Cache::from_settings(&settings.cache, deadlines, http.clone())?,
             sessions: SessionVerifier::new(&settings.clerk, deadlines, http),
             origins: OriginPolicy::new(&settings.origins)?,
