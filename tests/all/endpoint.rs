@@ -421,6 +421,24 @@ async fn oversized_body_is_413(guest: Guest) {
     let answer = Answer::of(stack.post(body).await).await;
     answer.assert_json(413, r#"{"error":"Payload too large"}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
+    // Without a length to refuse it by, the guest finds out as it reads.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..70).map(|_| Ok(vec![b' '; 1024])).collect();
+    let answer = Answer::of(
+        stack
+            .request(Method::POST, support::ENDPOINT)
+            .bearer_auth(stack.issuer.token())
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    answer.assert_json(413, r#"{"error":"Payload too large"}"#);
+    assert!(stack.convex.calls().is_empty());
     // Just under the bound is read and judged.
     let padding = "x".repeat(60 * 1024);
     let body = json!({ "keyHash": hashes::UNKNOWN, "pad": padding }).to_string();
