@@ -63,6 +63,17 @@ async fn a_request_with_a_traceparent_is_one_trace_continued_into_the_backends()
     let receiver = OtlpReceiver::start().await;
     let stack = traced_stack(Backend::Upstash, &receiver, &[]).await;
     stack.seed(hashes::OWNED);
+    // Ready means the issuer's keys are in: the request below must find
+    // them, not fetch them (jwks.refetched is asserted false).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reqwest::get(stack.keybust.admin_url("/readyz"))
+        .await
+        .map(|answer| answer.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let token = stack.issuer.token();
     assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
     assert_eq!(stack.cached(hashes::OWNED), Some(false));
