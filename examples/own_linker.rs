@@ -76,7 +76,7 @@ impl WasiHttpView for GatewayState {
 }
 
 impl CapabilitiesView for GatewayState {
-    fn capabilities(&self) -> &Capabilities {
+    fn capabilities(&self) -> &Arc<Capabilities> {
         &self.keybust
     }
 }

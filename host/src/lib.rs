@@ -65,7 +65,7 @@
 //! }
 //!
 //! impl CapabilitiesView for MyState {
-//!     fn capabilities(&self) -> &Capabilities {
+//!     fn capabilities(&self) -> &std::sync::Arc<Capabilities> {
 //!         &self.keybust
 //!     }
 //! }

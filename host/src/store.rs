@@ -204,7 +204,7 @@ impl WasiHttpView for RequestState {
 }
 
 impl CapabilitiesView for RequestState {
-    fn capabilities(&self) -> &Capabilities {
+    fn capabilities(&self) -> &Arc<Capabilities> {
         &self.capabilities
     }
 

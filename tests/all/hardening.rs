@@ -328,6 +328,16 @@ async fn the_request_timeout_cuts_a_guest_waiting_on_a_host_call() {
         "{took:?}"
     );
     stack.keybust.assert_logged("request timeout").await;
+    // The owner lookup runs as a task of its own: it ends with its request,
+    // not when Convex answers (4 s in). Had it run on, it would count its
+    // call when the answer came.
+    let answered_by_now = started + Duration::from_millis(4500);
+    tokio::time::sleep_until(answered_by_now.into()).await;
+    let metrics = stack.metrics().await;
+    assert!(
+        !metrics.contains(r#"keybust_capability_calls_total{capability="convex""#),
+        "{metrics}"
+    );
     Answer::of(stack.invalidate(hashes::OWNED).await)
         .await
         .assert_json(200, r#"{"ok":true}"#);
