@@ -8,6 +8,9 @@ use crate::store::RequestState;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+/// How much of a freed stack slot stays resident for the next request.
+const STACK_KEEP_RESIDENT: usize = 32 << 10;
+
 /// wasmtime could not be set up on this machine.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up wasmtime: {0}")]
@@ -35,6 +38,14 @@ pub fn new_engine(limits: &Limits) -> Result<Engine, EngineError> {
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(1 << 16)
         .pagemap_scan(wasmtime::Enabled::Auto);
+    // A freed stack slot is zeroed: its top STACK_KEEP_RESIDENT bytes with
+    // memset, kept resident for the next request (a request touches about
+    // 16 KiB of it), the rest handed back to the kernel. Without this a
+    // slot keeps every page its deepest guest ever touched, up to the wasm
+    // stack's 512 KiB, in each of the slots ever used. Measured on this
+    // workload: no change in throughput.
+    config.async_stack_zeroing(true);
+    pooling.async_stack_keep_resident(STACK_KEEP_RESIDENT);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = match Engine::new(&config) {
         Ok(engine) => engine,

@@ -436,3 +436,52 @@ fn the_component_imports_only_what_it_uses() {
     ]);
     assert_eq!(imports(support::programs::endpoint_p3()), p3);
 }
+
+/// A request slot keeps only a bounded part of its stack resident once its
+/// request is done: a guest that recursed deep hands the pages it touched
+/// back, rather than leaving them resident in every slot it ever ran in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_guest_leaves_no_stack_resident_behind() {
+    const AT_ONCE: usize = 24;
+    let (stack, _dir) = programs().await;
+    // Shallow first, all at once, so the slots the deep round takes are warm.
+    held_at_once(&stack, 1, AT_ONCE).await;
+    let before = resident_bytes(&stack).await;
+    // About 384 KiB of stack each (the wasm stack's cap is 512 KiB).
+    held_at_once(&stack, 3000, AT_ONCE).await;
+    let grown = resident_bytes(&stack).await.saturating_sub(before);
+    assert!(
+        grown < AT_ONCE as u64 * (128 << 10),
+        "resident memory grew by {} KiB after {AT_ONCE} deep requests",
+        grown >> 10
+    );
+}
+
+/// `count` requests at once that recurse `depth` calls deep and wait there
+/// on a Convex answer that takes a second, so each holds a slot of its own.
+async fn held_at_once(stack: &Arc<Stack>, depth: u32, count: usize) {
+    let url = format!(
+        "{}?mode=deep&depth={depth}&key={}",
+        support::ENDPOINT,
+        hashes::OWNED_DELAYED
+    );
+    let requests = (0..count).map(|_| {
+        let request = stack.request(reqwest::Method::POST, &url);
+        tokio::spawn(async move { Answer::of(request.send().await.unwrap()).await })
+    });
+    for answer in futures_util::future::join_all(requests).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+}
+
+/// keybust's resident memory, as its own metrics report it.
+async fn resident_bytes(stack: &Stack) -> u64 {
+    let metrics = stack.metrics().await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("no resident memory in:\n{metrics}"))
+}

@@ -111,6 +111,17 @@ impl exports::wasi::http0_2_12::incoming_handler::Guest for Programs {
             }
             "trap" => panic!("trapping on purpose"),
             "loop" => crate::spin(),
+            "deep" => {
+                let depth = param("depth").and_then(|d| d.parse().ok()).unwrap_or(1000);
+                let key = param("key").unwrap_or_default();
+                let lookup = format!(r#"{{"keyHash":"{key}"}}"#).into_bytes();
+                let sum = crate::deep(depth, &|| {
+                    let answer =
+                        keybust::gateway::convex::post("/api/internal-get-key-owner", &lookup);
+                    answer.map_or(0, |response| u64::from(response.status))
+                });
+                respond_sized(out, 200, format!("{{\"sum\":{sum}}}").into_bytes())
+            }
             "alloc" => crate::hoard(),
             "alloc32" => {
                 // 32 MiB, then an answer: within a generous cap, not a tight one.

@@ -10,6 +10,7 @@
 //! | `chatter` | writes about 50 KiB to stderr, then answers 200 |
 //! | `trap` | traps at once |
 //! | `loop` | loops forever |
+//! | `deep` | recurses `&depth=N` calls deep (each frame keeps values in the host's native stack), then asks Convex who owns `&key=HASH` there, and answers 200 |
 //! | `alloc` | allocates past any reasonable memory cap |
 //! | `alloc32` | allocates 32 MiB, then answers 200 |
 //! | `huge` | streams a 64 MiB response body |
@@ -33,6 +34,25 @@ fn spin() -> ! {
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// Recurses `depth` calls deep and calls `bottom` there. Each frame keeps eight values live across its call, which
+/// wasm code keeps in the native stack (the host's fiber stack), not in
+/// linear memory; they come from an atomic the compiler cannot see
+/// through, so it cannot fold or recompute them after the call.
+#[cfg(target_arch = "wasm32")]
+fn deep(depth: u32, bottom: &dyn Fn() -> u64) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(1);
+    let held: [u64; 8] =
+        std::array::from_fn(|_| SEED.fetch_add(u64::from(depth), Ordering::Relaxed));
+    let below = if depth == 0 {
+        bottom()
+    } else {
+        deep(depth - 1, bottom)
+    };
+    held.iter()
+        .fold(below, |sum, value| sum.rotate_left(3) ^ value)
 }
 
 /// Allocates a MiB at a time until the memory cap traps it.
