@@ -40,7 +40,7 @@ fn spin() -> ! {
 /// wasm code keeps in the native stack (the host's fiber stack), not in
 /// linear memory; they come from an atomic the compiler cannot see
 /// through, so it cannot fold or recompute them after the call.
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "p3")))]
 fn deep(depth: u32, bottom: &dyn Fn() -> u64) -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: AtomicU64 = AtomicU64::new(1);
