@@ -8,7 +8,10 @@
 //! digest names, even if the tag moves again meanwhile), checks and swaps
 //! like any other swap. A version that is refused is not tried again until
 //! the tag moves once more; a registry that cannot be reached is tried
-//! again at the next poll. The serving version keeps serving throughout.
+//! again at the next poll, and so is a version refused under
+//! `--verify-key` only for having no signature at all: publishing and then
+//! signing (`keybust component push`, then `keybust component sign` or
+//! `cosign sign`) is two steps, and a poll may fall between them. The serving version keeps serving throughout.
 
 use crate::endpoint::Endpoint;
 use crate::registry::{OciReference, Registry};
@@ -24,7 +27,8 @@ pub enum PollResult {
     Swapped,
     /// The tag moved to a version that was refused.
     Refused,
-    /// The registry could not be asked, or the pull failed.
+    /// The registry could not be asked, or the pull failed, or the new
+    /// version has no signature yet (under `--verify-key`).
     Failed,
 }
 
@@ -90,6 +94,10 @@ impl Follower {
         }
         let pulled = match self.registry.pull(&self.reference, Some(&digest)).await {
             Ok(pulled) => pulled,
+            Err(err) if err.awaits_signature() => {
+                tracing::warn!(reference = %self.reference, manifest = digest, error = %err, "the followed tag's new version has no signature yet; looking again at the next poll");
+                return PollResult::Failed;
+            }
             Err(err) if err.is_transient() => {
                 tracing::warn!(reference = %self.reference, error = %err, "cannot pull the followed tag's new version; trying again at the next poll");
                 return PollResult::Failed;

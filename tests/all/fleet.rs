@@ -432,6 +432,84 @@ async fn with_a_verify_key_only_signed_components_serve() {
     assert!(stderr.contains("no valid signature"), "{stderr}");
 }
 
+/// Under `--verify-key`, publishing and signing are two steps. A follower
+/// that polls between them finds the new version without a signature; once
+/// `keybust component sign` signs it, the follower takes it, without the
+/// tag moving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_takes_a_version_signed_after_it_was_published() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let tag = registry.reference("keybust/endpoint:live");
+    push_signed(files.path(), EMBEDDED_COMPONENT, &tag, &ours);
+    let stack = serve(
+        &tag,
+        &[
+            "--follow-interval",
+            "1s",
+            "--verify-key",
+            our_public.to_str().unwrap(),
+        ],
+    )
+    .await;
+
+    let next = variant("signed-after-publishing");
+    let pushed = manifest_digest(&push(files.path(), &next, &tag));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack
+        .keybust
+        .logs()
+        .lines()
+        .any(|line| line.contains("followed tag") && line.contains("signature"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no poll found the unsigned version:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+
+    // Signed with this build's keybust, whichever binary serves.
+    let signed = std::process::Command::new(env!("CARGO_BIN_EXE_keybust"))
+        .args(["component", "sign", &tag, "--sign-key"])
+        .arg(&ours)
+        .env_clear()
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&signed.stdout).contains(&format!("manifest {pushed}")),
+        "{}",
+        String::from_utf8_lossy(&signed.stdout)
+    );
+    let signed_at = Instant::now();
+    while serving(&stack).await["digest"] != hex_digest(&next) {
+        assert!(
+            signed_at.elapsed() < Duration::from_secs(10),
+            "the signed version was not taken:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack
+        .keybust
+        .assert_logged("followed the tag to a new version")
+        .await;
+}
+
 /// A registry that wants a login gets it from KEYBUST_REGISTRY_USERNAME and
 /// KEYBUST_REGISTRY_PASSWORD, or from a docker config.json; without either,
 /// it refuses, and keybust says so.

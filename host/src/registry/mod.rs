@@ -183,6 +183,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// Whether the version was refused only for having no signature at
+    /// all, which a signature pushed after the version (`keybust component
+    /// sign`, `cosign sign`) mends.
+    pub fn awaits_signature(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Signature {
+                source: SignatureError::NotSigned { .. },
+                ..
+            }
+        )
+    }
+
     /// Whether trying again later may work: the registry could not be
     /// reached or asked, as opposed to what it holds being refused.
     pub fn is_transient(&self) -> bool {
@@ -314,7 +327,7 @@ impl Registry {
                     error.code == oci_client::errors::OciErrorCode::ManifestUnknown
                 }) =>
             {
-                SignatureError::Unsigned {
+                SignatureError::NotSigned {
                     digest: digest.to_owned(),
                 }
             }
@@ -495,6 +508,37 @@ impl Registry {
             })
         })
         .await
+    }
+
+    /// Signs the manifest `reference` names now (its tag resolved once)
+    /// with `key` and its password, and pushes the signature beside it:
+    /// for a version published unsigned. Returns the digest signed.
+    pub async fn sign(
+        &self,
+        reference: &OciReference,
+        key: &std::path::Path,
+        password: Option<&Secret>,
+    ) -> Result<String, RegistryError> {
+        let digest = self.resolve(reference).await?;
+        self.bounded(reference, async {
+            let auth = self.auth(reference).await?;
+            signatures::sign(
+                sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
+                cosign_auth(&auth),
+                reference.registry(),
+                reference.oci().repository(),
+                &digest,
+                key,
+                password,
+            )
+            .await
+            .map_err(|source| RegistryError::Signature {
+                reference: reference.to_string(),
+                source,
+            })
+        })
+        .await?;
+        Ok(digest)
     }
 
     /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm

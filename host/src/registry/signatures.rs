@@ -34,6 +34,13 @@ pub enum SignatureError {
         /// The manifest digest.
         digest: String,
     },
+    /// The registry holds no signature over the digest at all: the
+    /// version was pushed and is not signed (yet).
+    #[error("no valid signature by --verify-key over {digest}: it has no signature")]
+    NotSigned {
+        /// The manifest digest.
+        digest: String,
+    },
     /// No signature could be read at all: the component is unsigned, or
     /// the signature image could not be fetched (sigstore does not say
     /// which; [`crate::registry::Registry`] asks the registry).

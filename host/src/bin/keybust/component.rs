@@ -23,6 +23,27 @@ pub enum ComponentCommand {
     /// instantiation), serving nothing: exit 0 when the component would be
     /// accepted, 1 with the reason when not.
     Check(Box<CheckArgs>),
+    /// Sign the version an oci:// tag points to now, as `cosign sign --key`
+    /// does, for one published unsigned; print the manifest digest signed.
+    Sign(Box<SignArgs>),
+}
+
+#[derive(clap::Args)]
+pub struct SignArgs {
+    /// The version to sign: oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST).
+    reference: String,
+
+    /// Private key to sign with (PKCS#8 PEM, or a cosign key; ECDSA P-256
+    /// or Ed25519).
+    #[arg(long, env = "KEYBUST_SIGN_KEY")]
+    sign_key: PathBuf,
+
+    /// Password of an encrypted --sign-key.
+    #[arg(long, env = "COSIGN_PASSWORD", hide_env_values = true)]
+    sign_key_password: Option<String>,
+
+    #[command(flatten, next_help_heading = "Registry")]
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args)]
@@ -92,6 +113,16 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             })
+        }
+        ComponentCommand::Sign(args) => {
+            let reference = OciReference::parse(&args.reference)?;
+            let registry = args.registry.registry()?.with_login_for(&reference);
+            let password = args.sign_key_password.map(Secret::new);
+            let digest = registry
+                .sign(&reference, &args.sign_key, password.as_ref())
+                .await?;
+            println!("signed {reference}\nmanifest {digest}");
+            Ok(ExitCode::SUCCESS)
         }
         ComponentCommand::Push(args) => {
             let reference = OciReference::parse(&args.reference)?;

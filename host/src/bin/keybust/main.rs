@@ -1,5 +1,5 @@
 //! The `keybust` binary: `keybust serve`, `keybust dev` and `keybust
-//! component push|check`.
+//! component push|check|sign`.
 
 mod component;
 mod logging;
