@@ -316,6 +316,26 @@ async fn the_admin_api_pulls_a_reference() {
     Answer::of(stack.invalidate(hashes::OWNED).await)
         .await
         .assert_json(200, r#"{"ok":true}"#);
+
+    // A tag or digest the registry does not hold: 404, not "cannot reach".
+    let missing_digest = format!(
+        "{}@sha256:{}",
+        registry.reference("keybust/admin"),
+        "0".repeat(64)
+    );
+    for missing in [
+        registry.reference("keybust/admin:no-such-tag"),
+        missing_digest,
+    ] {
+        let answer = put_reference(&stack, &missing).await;
+        assert_eq!(answer.status, 404, "{missing}: {}", answer.body);
+        assert!(
+            answer.body.contains("not in the registry"),
+            "{}",
+            answer.body
+        );
+    }
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&next));
 }
 
 /// A fresh ECDSA P-256 key pair in `dir`: `NAME.key` (PKCS#8 PEM, as

@@ -196,6 +196,24 @@ impl RegistryError {
         )
     }
 
+    /// Whether the registry says it holds no such tag, digest or
+    /// repository (which a follower waits out, and an operator is told).
+    pub fn is_not_found(&self) -> bool {
+        use oci_client::errors::{OciDistributionError as Oci, OciErrorCode as Code};
+        match self {
+            RegistryError::Registry { source, .. } => match source {
+                Oci::RegistryError { envelope, .. } => envelope
+                    .errors
+                    .iter()
+                    .any(|error| matches!(error.code, Code::ManifestUnknown | Code::NameUnknown)),
+                Oci::ImageManifestNotFoundError(_) => true,
+                Oci::ServerError { code: 404, .. } => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether trying again later may work: the registry could not be
     /// reached or asked, as opposed to what it holds being refused.
     pub fn is_transient(&self) -> bool {
