@@ -387,7 +387,11 @@ impl HandlerState for Workers {
         .map_err(|_| wasmtime::format_err!("instantiation did not finish in time"))??;
         let metrics = &self.capabilities.metrics;
         metrics.instantiated(started.elapsed());
-        metrics.reused_instance_started();
+        // A 0.3 component's instances come through here with N = 1 too;
+        // only instances that may serve more than one request are counted.
+        if self.limits.instance_reuse > 1 {
+            metrics.reused_instance_started();
+        }
         Ok(Instance {
             store,
             proxy,
@@ -455,7 +459,9 @@ impl WorkerState for Worker {
             }
         }
         store.data().guest_log().drain();
-        self.capabilities.metrics.reused_instance_stopped();
+        if self.reuse > 1 {
+            self.capabilities.metrics.reused_instance_stopped();
+        }
     }
 }
 

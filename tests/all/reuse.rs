@@ -7,6 +7,7 @@ use crate::support::programs::{mode, serve_programs_of};
 use crate::support::{self, Answer, Backend, ENDPOINT, Guest, Options, Stack, hashes};
 use keybust::artifacts::hex_digest;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 const ADMIN_TOKEN: &str = "test-admin-token-77c1";
@@ -47,6 +48,26 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
         .parse()
         .unwrap()
+}
+
+/// A wasi:http 0.3 component goes through the reuse handler even without
+/// the flag, one request per instance: none of them counts as reused, not
+/// even while it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_flag_no_wasi_http_0_3_instance_counts_as_reused() {
+    let (stack, _dir) = programs_of(Guest::P3, &[]).await;
+    assert_eq!(served_in_turn(&stack, 3).await, vec![1; 3]);
+    let stack = Arc::new(stack);
+    let busy = {
+        let stack = stack.clone();
+        tokio::spawn(async move { mode(&stack, "loop").await })
+    };
+    stack.wait_for_metric("keybust_requests_in_flight 1").await;
+    assert_eq!(
+        metric(&stack.metrics().await, "keybust_reused_instances"),
+        0.0
+    );
+    assert_eq!(busy.await.unwrap().status, 504);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
