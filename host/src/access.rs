@@ -158,7 +158,10 @@ fn server_span<B>(
         http.request.method = %method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
-        url.scheme = "http",
+        url.scheme = request
+            .extensions()
+            .get::<crate::server::Scheme>()
+            .map_or("http", |scheme| scheme.0),
         keybust.request_id = request_id.to_str().unwrap_or_default(),
         keybust.component.digest = digest,
     );

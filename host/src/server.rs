@@ -29,6 +29,11 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// The scheme the request arrived over (`http` or `https`), set as a
+/// request extension by [`serve`] for the request's span.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheme(pub &'static str);
+
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests.
 pub async fn serve<F, Fut>(
@@ -99,8 +104,10 @@ pub async fn serve_with<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let scheme = Scheme(if tls.is_some() { "https" } else { "http" });
         let service = service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(Peer(peer));
+            request.extensions_mut().insert(scheme);
             let response = handler(request);
             async move { Ok::<_, Infallible>(response.await) }
         });

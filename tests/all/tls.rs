@@ -5,6 +5,7 @@
 
 use crate::support::answer::assert_endpoint_answers;
 use crate::support::certs::{Pair, TestCa, replace};
+use crate::support::otlp::{OtlpReceiver, attribute, named};
 use crate::support::process::refused_start;
 use crate::support::{Backend, ENDPOINT, Options, Stack, hashes};
 use reqwest::Version;
@@ -95,6 +96,44 @@ async fn tls_with_alpn_h2_gets_the_same_answers() {
         .send()
         .await;
     assert!(plain.is_err(), "plaintext was answered: {plain:?}");
+}
+
+/// Over TLS the request's span says so: `url.scheme` is `https`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_request_span_says_https() {
+    let ca = TestCa::new("keybust test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server().install(dir.path());
+    let receiver = OtlpReceiver::start().await;
+    let options = Options {
+        args: tls_args(&cert, &key),
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let answer = trusting(&ca)
+        .build()
+        .unwrap()
+        .request(reqwest::Method::OPTIONS, https(&stack, ENDPOINT))
+        .header("origin", "https://worldmonitor.app")
+        .header("access-control-request-method", "POST")
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    let trace_id: Vec<u8> = (0..trace_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).unwrap())
+        .collect();
+    let server_span = format!("OPTIONS {ENDPOINT}");
+    let spans = receiver.wait_for_trace(&trace_id, &[&server_span]).await;
+    let server = named(&spans, &server_span);
+    assert_eq!(attribute(server, "url.scheme").as_deref(), Some("https"));
 }
 
 /// How many log lines of `stack` mention all of `needles`.

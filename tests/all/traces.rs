@@ -101,6 +101,7 @@ async fn a_request_with_a_traceparent_is_one_trace_continued_into_the_backends()
         Some("POST")
     );
     assert_eq!(attribute(server, "http.route").as_deref(), Some(ENDPOINT));
+    assert_eq!(attribute(server, "url.scheme").as_deref(), Some("http"));
     assert_eq!(
         attribute(server, "http.response.status_code").as_deref(),
         Some("200")
