@@ -540,23 +540,37 @@ impl Registry {
         let digest = self.resolve(reference).await?;
         self.bounded(reference, async {
             let auth = self.auth(reference).await?;
-            signatures::sign(
-                sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
-                cosign_auth(&auth),
-                reference.registry(),
-                reference.oci().repository(),
-                &digest,
-                key,
-                password,
-            )
-            .await
-            .map_err(|source| RegistryError::Signature {
-                reference: reference.to_string(),
-                source,
-            })
+            self.sign_digest(reference, &auth, &digest, key, password)
+                .await
         })
         .await?;
         Ok(digest)
+    }
+
+    /// Signs the manifest `digest` in `reference`'s repository and pushes
+    /// the signature beside it. Call it inside [`Registry::bounded`].
+    async fn sign_digest(
+        &self,
+        reference: &OciReference,
+        auth: &RegistryAuth,
+        digest: &str,
+        key: &std::path::Path,
+        password: Option<&Secret>,
+    ) -> Result<(), RegistryError> {
+        signatures::sign(
+            sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
+            cosign_auth(auth),
+            reference.registry(),
+            reference.oci().repository(),
+            digest,
+            key,
+            password,
+        )
+        .await
+        .map_err(|source| RegistryError::Signature {
+            reference: reference.to_string(),
+            source,
+        })
     }
 
     /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
@@ -595,20 +609,8 @@ impl Registry {
                     })?,
             };
             if let Some((key, password)) = sign_key {
-                signatures::sign(
-                    sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
-                    cosign_auth(&auth),
-                    reference.registry(),
-                    reference.oci().repository(),
-                    &manifest_digest,
-                    key,
-                    password,
-                )
-                .await
-                .map_err(|source| RegistryError::Signature {
-                    reference: reference.to_string(),
-                    source,
-                })?;
+                self.sign_digest(reference, &auth, &manifest_digest, key, password)
+                    .await?;
             }
             Ok(Pushed {
                 manifest_digest,
