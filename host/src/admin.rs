@@ -310,7 +310,10 @@ async fn pull_reference(
         Ok(pulled) => Ok((pulled.bytes, reference.to_string())),
         Err(err) if err.is_not_found() => {
             tracing::warn!(error = %err, "admin pull found nothing at the reference; the current component keeps serving");
-            Err(error(404, &format!("not in the registry: {err}")))
+            Err(error(
+                404,
+                &format!("not in the registry (or not shown to these credentials): {err}"),
+            ))
         }
         Err(err) if err.is_transient() => {
             tracing::error!(error = %err, "admin pull failed; the current component keeps serving");

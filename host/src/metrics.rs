@@ -121,7 +121,7 @@ impl Metrics {
         let follow_polls = Family::<SwapLabels, Counter>::default();
         registry.register(
             "follow_polls",
-            "Polls of the followed tag: unchanged, swapped, refused (the new version failed its checks), failed (the registry could not be asked)",
+            "Polls of the followed tag: unchanged, swapped, refused (the new version failed its checks), failed (the registry could not be asked, or the new version has no signature yet)",
             follow_polls.clone(),
         );
         let guest_failures = Family::<KindLabels, Counter>::default();

@@ -57,11 +57,22 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn without_the_flag_no_wasi_http_0_3_instance_counts_as_reused() {
     let (stack, _dir) = programs_of(Guest::P3, &[]).await;
     assert_eq!(served_in_turn(&stack, 3).await, vec![1; 3]);
+    let instantiated = metric(
+        &stack.metrics().await,
+        "keybust_instantiate_duration_seconds_count",
+    );
     let stack = Arc::new(stack);
     let busy = {
         let stack = stack.clone();
         tokio::spawn(async move { mode(&stack, "loop").await })
     };
+    // Its instance exists (and would be counted by now).
+    stack
+        .wait_for_metric(&format!(
+            "keybust_instantiate_duration_seconds_count {}",
+            instantiated + 1.0
+        ))
+        .await;
     stack.wait_for_metric("keybust_requests_in_flight 1").await;
     assert_eq!(
         metric(&stack.metrics().await, "keybust_reused_instances"),

@@ -187,12 +187,18 @@ impl CapabilityCall<'_> {
     /// fiber only waits on the task's handle. A panic in the call becomes
     /// the capability's failure instead of unwinding through the guest, and
     /// the task is aborted when the guest's call is dropped (the request's
-    /// deadline, a trap). Outside a tokio runtime the call runs in place.
-    async fn in_task<F>(&mut self, work: impl FnOnce(Arc<Capabilities>) -> F) -> Option<F::Output>
+    /// deadline, a trap): `None`, counted as the capability's error.
+    /// Outside a tokio runtime the call runs in place.
+    async fn in_task<F>(
+        &mut self,
+        capability: &'static str,
+        work: impl FnOnce(Arc<Capabilities>) -> F,
+    ) -> Option<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        let started = Instant::now();
         let span = self.span.take().unwrap_or_else(tracing::Span::current);
         let work = work(self.capabilities.clone()).instrument(span);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -202,7 +208,14 @@ impl CapabilityCall<'_> {
         match (&mut task.0).await {
             Ok(output) => Some(output),
             Err(err) => {
-                tracing::error!(error = %err, "a capability call failed in the host");
+                if err.is_panic() {
+                    tracing::error!(capability, error = %err, "a capability call panicked in the host");
+                } else {
+                    tracing::debug!(capability, error = %err, "a capability call was cancelled");
+                }
+                self.capabilities
+                    .metrics
+                    .capability(capability, Outcome::Error, started.elapsed());
                 None
             }
         }
@@ -219,6 +232,10 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Adds the four `keybust:gateway` interfaces to `linker`.
+///
+/// The backend calls run as tasks on the current tokio runtime, so the
+/// runtime must run spawned tasks while the guest waits: any multi-thread
+/// runtime, or a current-thread one driven by its `Runtime::block_on`.
 pub fn add_to_linker<T: CapabilitiesView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
@@ -234,25 +251,47 @@ impl wit_convex::Host for CapabilityCall<'_> {
         path: String,
         body: Vec<u8>,
     ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
-        self.in_task(|capabilities| async move { capabilities.convex_post(path, body).await })
+        match self
+            .in_task("convex", |capabilities| async move {
+                capabilities.convex_post(path, body).await
+            })
             .await
-            .unwrap_or(Err(wit_convex::ConvexError::Transport))
+        {
+            Some(result) => result,
+            None => {
+                // A 503 from the component, as any backend failure.
+                self.capabilities.metrics.unavailable("backend");
+                Err(wit_convex::ConvexError::Transport)
+            }
+        }
     }
 }
 
 impl wit_cache::Host for CapabilityCall<'_> {
     async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
-        self.in_task(|capabilities| async move { capabilities.cache_delete(key).await })
+        match self
+            .in_task("cache", |capabilities| async move {
+                capabilities.cache_delete(key).await
+            })
             .await
-            .unwrap_or(Err(wit_cache::CacheError::Unavailable))
+        {
+            Some(result) => result,
+            None => {
+                // A 503 from the component, as any backend failure.
+                self.capabilities.metrics.unavailable("backend");
+                Err(wit_cache::CacheError::Unavailable)
+            }
+        }
     }
 }
 
 impl wit_session::Host for CapabilityCall<'_> {
     async fn validate(&mut self, token: String) -> Result<String, wit_session::SessionError> {
-        self.in_task(|capabilities| async move { capabilities.session_validate(token).await })
-            .await
-            .unwrap_or(Err(wit_session::SessionError::Unverifiable))
+        self.in_task("session", |capabilities| async move {
+            capabilities.session_validate(token).await
+        })
+        .await
+        .unwrap_or(Err(wit_session::SessionError::Unverifiable))
     }
 }
 

@@ -197,7 +197,8 @@ impl RegistryError {
     }
 
     /// Whether the registry says it holds no such tag, digest or
-    /// repository (which a follower waits out, and an operator is told).
+    /// repository. Some registries say the same of a repository the
+    /// credentials may not see, so the operator is told both.
     pub fn is_not_found(&self) -> bool {
         use oci_client::errors::{OciDistributionError as Oci, OciErrorCode as Code};
         match self {
