@@ -1,7 +1,7 @@
 //! A gateway that owns its wasmtime `Linker` and store data, and runs the
 //! keybust component with keybust's bounds.
 //!
-//! `examples/gateway.rs` mounts a whole `keybust::endpoint::Endpoint`. This
+//! `examples/gateway.rs` mounts a whole `keybust::serve::endpoint::Endpoint`. This
 //! one keeps the wasmtime side itself: its store data (`GatewayState`)
 //! holds its own WASI and `wasi:http` contexts next to keybust's
 //! capabilities, its `Linker` gets WASI, `wasi:http` and
@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use keybust::body::{ResponseBody, json_response};
 use keybust::capabilities::{self, Capabilities, CapabilitiesView};
 use keybust::limits::Limits;
-use keybust::store::{DenyOutbound, GuestBounds, GuestState, bound_store, http_ctx};
+use keybust::runtime::store::{DenyOutbound, GuestBounds, GuestState, bound_store, http_ctx};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,8 +98,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// Links and checks `component` (its bytes) once, on `engine`, which
-    /// needs epoch interruption and a ticker: `keybust::engine::new_engine`
-    /// sets both up, `keybust::engine::start_epoch_ticker` starts the
+    /// needs epoch interruption and a ticker: `keybust::runtime::engine::new_engine`
+    /// sets both up, `keybust::runtime::engine::start_epoch_ticker` starts the
     /// ticker for an engine configured elsewhere.
     pub fn new(
         engine: &Engine,
@@ -153,7 +153,7 @@ impl Gateway {
         let Ok(Ok(permit)) = admitted else {
             return json_response(503, r#"{"error":"Service unavailable"}"#);
         };
-        let served = keybust::plugin::serve_request(
+        let served = keybust::runtime::serve_request(
             self.pre.clone(),
             self.store(),
             request,
@@ -192,14 +192,14 @@ async fn main() -> anyhow::Result<()> {
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     capabilities.start_background_checks(&settings.deadlines);
     // The gateway's engine, its pool sized for every component it runs.
-    let engine = keybust::engine::new_engine(&Limits {
+    let engine = keybust::runtime::engine::new_engine(&Limits {
         max_instance_memory: 64 << 20,
         ..Limits::default()
     })?;
     let gateway = Gateway::new(
         &engine,
         capabilities,
-        keybust::plugin::EMBEDDED_COMPONENT,
+        keybust::runtime::plugin::EMBEDDED_COMPONENT,
         Limits::default(),
     )
     .map_err(|err| anyhow::anyhow!("{err:#}"))?;

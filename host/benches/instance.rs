@@ -14,11 +14,11 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use keybust::capabilities::{Capabilities, Settings};
-use keybust::endpoint::ENDPOINT_PATH;
-use keybust::engine;
 use keybust::limits::Limits;
-use keybust::plugin::EMBEDDED_COMPONENT;
-use keybust::slot::ComponentSlot;
+use keybust::runtime::engine;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
+use keybust::serve::endpoint::ENDPOINT_PATH;
+use keybust::versions::slot::ComponentSlot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|path| !path.is_empty())
     {
         let bytes = std::fs::read(path)?;
-        let other = keybust::plugin::Plugin::load(&others_linker, &bytes, limits.clone())?;
+        let other = keybust::runtime::Plugin::load(&others_linker, &bytes, limits.clone())?;
         let samples = instantiations(&other, &capabilities, &limits).await?;
         others.push((path.to_owned(), bytes.len(), samples));
     }
@@ -131,14 +131,15 @@ async fn main() -> anyhow::Result<()> {
 /// Times instantiating `plugin` into a fresh store (made and dropped
 /// outside the timing), after a warm-up.
 async fn instantiations(
-    plugin: &keybust::plugin::Plugin,
+    plugin: &keybust::runtime::Plugin,
     capabilities: &Arc<Capabilities>,
     limits: &Limits,
 ) -> anyhow::Result<Vec<Duration>> {
     let pre = plugin.proxy_pre();
     let mut samples = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
-        let mut store = keybust::store::new_store(plugin.engine(), capabilities.clone(), limits);
+        let mut store =
+            keybust::runtime::store::new_store(plugin.engine(), capabilities.clone(), limits);
         let started = Instant::now();
         pre.instantiate_async(&mut store)
             .await

@@ -8,12 +8,12 @@
 #[path = "../../tests/all/support/variant.rs"]
 mod variant;
 
-use keybust::artifacts::ArtifactCache;
 use keybust::capabilities::{Capabilities, Settings};
-use keybust::engine;
 use keybust::limits::Limits;
-use keybust::plugin::EMBEDDED_COMPONENT;
-use keybust::slot::ComponentSlot;
+use keybust::runtime::artifacts::ArtifactCache;
+use keybust::runtime::engine;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
+use keybust::versions::slot::ComponentSlot;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let engine = engine::new_engine(&limits)?;
     let linker = engine::new_linker(&engine)?;
     let dir = tempfile::tempdir()?;
-    let key = keybust::artifacts::ArtifactKey::ephemeral()?;
+    let key = keybust::runtime::artifacts::ArtifactKey::ephemeral()?;
     let artifacts = ArtifactCache::open(dir.path().join("cache"), key, &engine)?;
     let slot = ComponentSlot::new(
         linker,

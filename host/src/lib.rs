@@ -1,6 +1,29 @@
 //! keybust's host: serves the `POST /api/invalidate-user-api-key-cache`
 //! endpoint by running a WASI component under wasmtime.
 //!
+//! # Layout
+//!
+//! Each layer is a folder and uses only what is listed below it; no
+//! module imports one that imports it back.
+//!
+//! * [`admin`]: the admin listener (health, readiness, metrics, the
+//!   component API), on top of the rest.
+//! * [`serve`]: listeners, TLS, the endpoint a request is routed to, and
+//!   the access record it leaves.
+//! * [`rollout`], beside it: how new versions arrive: OCI registries and
+//!   signatures, following a tag, re-reading the component file.
+//! * [`versions`]: which version serves (the slot) and the record of
+//!   accepted ones (the history).
+//! * [`runtime`]: one request through a guest: engine, store, the compiled
+//!   version, a fresh or a reused instance, compiled-code artifacts, the
+//!   guest's log.
+//! * [`capabilities`]: the host side of the component's imports (Convex,
+//!   cache, session, origins), each with its backends and settings.
+//! * Shared ground, at the top level: [`config`] (settings readers),
+//!   [`limits`] and [`deadlines`] (the bounds), [`body`] (bounded bodies),
+//!   [`digest`] (how versions are named), [`metrics`], [`telemetry`],
+//!   [`watch`] (file changes).
+//!
 //! # The model
 //!
 //! * **Component** — the endpoint's policy (CORS, auth order, body checks,
@@ -11,20 +34,19 @@
 //!   `cache`, `session` and `origins`. [`capabilities::Capabilities`]
 //!   implements them on the host, where the secrets live; the guest gets no
 //!   environment, no files and no sockets.
-//! * **Plugin** — [`plugin::Plugin`] is a component compiled once and
+//! * **Plugin** — [`runtime::Plugin`] is a component compiled once and
 //!   pre-instantiated against the [`wasmtime::component::Linker`] that
-//!   [`engine::new_linker`] builds; every request runs in a fresh `Store`
-//!   ([`store::new_store`]) from the pooling allocator, or, with
+//!   [`runtime::engine::new_linker`] builds; every request runs in a fresh `Store`
+//!   ([`runtime::store::new_store`]) from the pooling allocator, or, with
 //!   `--instance-reuse` ([`limits::Limits::instance_reuse`]), in one kept
 //!   for several requests in turn.
-//! * **Slot** — [`slot::ComponentSlot`] holds the serving version behind an
+//! * **Slot** — [`versions::slot::ComponentSlot`] holds the serving version behind an
 //!   atomic pointer; a new one (admin API, file change, SIGHUP) is compiled,
 //!   checked and instantiated once before it replaces the old one, and
 //!   requests in flight finish on the version they started with.
-//! * **Serving** — [`server`] runs hyper, routes the endpoint's path to the
+//! * **Serving** — [`serve::server`] runs hyper, routes the endpoint's path to the
 //!   component and answers everything else itself; [`admin`] serves health,
 //!   readiness, metrics and the component API on a second listener.
-
 //!
 //! # Embedding keybust in your own gateway
 //!
@@ -32,7 +54,7 @@
 //!
 //! ```no_run
 //! use keybust::capabilities::Capabilities;
-//! use keybust::endpoint::{ENDPOINT_PATH, Endpoint};
+//! use keybust::serve::endpoint::{ENDPOINT_PATH, Endpoint};
 //! use std::sync::Arc;
 //!
 //! # async fn demo(request: hyper::Request<hyper::body::Incoming>) -> anyhow::Result<()> {
@@ -80,10 +102,10 @@
 //! ```
 //!
 //! To serve requests with keybust's bounds from such a store, hold a
-//! [`store::GuestBounds`] in it, implement [`store::GuestState`], apply
-//! [`store::bound_store`], hand out [`store::DenyOutbound`] as the
-//! `wasi:http` hooks and [`store::http_ctx`] as its context, and serve each
-//! request with [`plugin::serve_request`]: `examples/own_linker.rs` does all
+//! [`runtime::store::GuestBounds`] in it, implement [`runtime::store::GuestState`], apply
+//! [`runtime::store::bound_store`], hand out [`runtime::store::DenyOutbound`] as the
+//! `wasi:http` hooks and [`runtime::store::http_ctx`] as its context, and serve each
+//! request with [`runtime::serve_request`]: `examples/own_linker.rs` does all
 //! of it.
 //!
 //! The contract those imports implement is documented in `wit/README.md`;
@@ -91,40 +113,29 @@
 
 #![deny(missing_docs)]
 
-// The contract: settings shared by every capability, and the bounds.
+// Shared ground: settings, bounds and plumbing every layer uses.
+pub mod body;
 pub mod config;
 pub mod deadlines;
+pub mod digest;
 pub mod limits;
+pub mod metrics;
+mod private_files;
+pub mod telemetry;
+pub mod watch;
 
 // What the component may ask of its host.
 pub mod capabilities;
 
-// The component's lifecycle: compiled and linked once, a fresh store per
-// request (or one kept for several, `--instance-reuse`), swapped in place.
-pub mod artifacts;
-pub mod engine;
-pub mod follow;
-pub mod guest_log;
-pub mod history;
-pub mod plugin;
-mod private_files;
-pub mod registry;
-pub mod reload;
-mod reuse;
-pub mod slot;
-pub mod store;
-pub mod watch;
+// The layers, from one request up to the process.
+pub mod rollout;
+pub mod runtime;
+pub mod serve;
+pub mod versions;
 
-// Serving.
-pub mod access;
+// The admin listener, on top of them all.
 pub mod admin;
-pub mod body;
-pub mod endpoint;
-pub mod metrics;
-pub mod server;
-pub mod telemetry;
-pub mod tls;
 
 // `keybust dev`: the whole flow on one machine.
-#[cfg(feature = "cli")]
+#[cfg(feature = "dev")]
 pub mod dev;

@@ -11,6 +11,10 @@ use std::time::Duration;
 /// many slots, and admitted requests stay below it.
 pub const MAX_INSTANCES: u32 = 1000;
 
+/// The largest component keybust takes, from a file, an upload or a
+/// registry: a bound on what a swap may make it read and compile.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
 /// How often the engine's epoch advances; the granularity of the guest's CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 

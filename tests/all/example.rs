@@ -12,12 +12,12 @@ mod gateway;
 mod own_linker;
 
 use crate::support::{self, FakeConvex, Issuer, hashes, test_programs, variant};
-use keybust::artifacts::hex_digest;
 use keybust::capabilities::cache::{CacheBackendSettings, CacheSettings};
 use keybust::capabilities::{Capabilities, Settings};
-use keybust::endpoint::Endpoint;
+use keybust::digest::hex_digest;
 use keybust::limits::Limits;
-use keybust::plugin::EMBEDDED_COMPONENT;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
+use keybust::serve::endpoint::Endpoint;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,7 +184,7 @@ async fn serve_own_linker(component: &[u8], limits: Limits, issuer: Option<&Issu
         ..Settings::default()
     };
     let capabilities = Arc::new(Capabilities::from_settings(&settings).unwrap());
-    let engine = keybust::engine::new_engine(&Limits {
+    let engine = keybust::runtime::engine::new_engine(&Limits {
         max_instance_memory: 64 << 20,
         ..Limits::default()
     })

@@ -6,8 +6,8 @@
 use crate::support::process::refused_start;
 use crate::support::registry::OciRegistry;
 use crate::support::{self, Answer, Backend, Options, Stack, hashes};
-use keybust::artifacts::hex_digest;
-use keybust::plugin::EMBEDDED_COMPONENT;
+use keybust::digest::hex_digest;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -295,6 +295,78 @@ async fn check_and_push_refuse_what_a_swap_would() {
     assert_eq!(refused.status.code(), Some(1));
     let check = keybust_component(&["check", &tag]);
     assert!(!check.status.success(), "nothing was published");
+}
+
+/// `push` publishes the layout `wkg oci push` writes and other wasm tools
+/// read: an OCI image manifest with one `application/wasm` layer, and a
+/// wasm config that names the component's layer, imports and exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_writes_the_wasm_artifact_layout() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let pushed = push(
+        files.path(),
+        EMBEDDED_COMPONENT,
+        &registry.reference("keybust/layout:v1"),
+    );
+    let blob = |digest: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(registry.blob_path(digest)).unwrap()).unwrap()
+    };
+    let manifest = blob(&manifest_digest(&pushed));
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    let component = format!("sha256:{}", hex_digest(EMBEDDED_COMPONENT));
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    assert_eq!(layers[0]["mediaType"], "application/wasm");
+    assert_eq!(layers[0]["digest"], component.as_str());
+    assert_eq!(layers[0]["size"], EMBEDDED_COMPONENT.len());
+
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["architecture"], "wasm", "{config}");
+    assert_eq!(config["os"], "wasip2");
+    assert_eq!(config["layerDigests"], serde_json::json!([component]));
+    let created = config["created"].as_str().unwrap_or_default();
+    assert!(
+        created.starts_with("20") && created.contains('T'),
+        "{config}"
+    );
+    let names = |key: &str| -> Vec<String> {
+        config["component"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no component.{key}: {config}"))
+            .iter()
+            .map(|name| name.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names("exports"),
+        ["wasi:http/incoming-handler@0.2.12"],
+        "{config}"
+    );
+    let imports = names("imports");
+    for import in [
+        "keybust:gateway/convex@0.1.0",
+        "keybust:gateway/cache@0.1.0",
+        "keybust:gateway/session@0.1.0",
+        "keybust:gateway/origins@0.1.0",
+    ] {
+        assert!(imports.iter().any(|name| name == import), "{imports:?}");
+    }
+    assert!(
+        imports
+            .iter()
+            .all(|name| name.contains(':') && name.contains('/')),
+        "only interfaces, by their full names: {imports:?}"
+    );
 }
 
 /// The admin API swaps in a component named by reference, on one instance.

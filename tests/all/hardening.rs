@@ -423,7 +423,7 @@ fn the_component_imports_only_what_it_uses() {
         "wasi:io/error@0.2.12",
         "wasi:io/streams@0.2.12",
     ]);
-    assert_eq!(imports(keybust::plugin::EMBEDDED_COMPONENT), p2);
+    assert_eq!(imports(keybust::runtime::plugin::EMBEDDED_COMPONENT), p2);
     // wasip3's bindings tie the intrinsics of a byte stream to
     // wasi:cli/stdin and stderr's error type to wasi:cli/types; the
     // component calls neither (and keybust gives it no stdin).

@@ -132,7 +132,7 @@ async fn metrics_parse_and_count_what_was_sent() {
         &[("capability", "session"), ("outcome", "ok")],
     );
     assert!(sessions >= Some(30.0), "{sessions:?}\n{}", text.body);
-    let digest = keybust::artifacts::hex_digest(keybust::plugin::EMBEDDED_COMPONENT);
+    let digest = keybust::digest::hex_digest(keybust::runtime::plugin::EMBEDDED_COMPONENT);
     assert_eq!(
         sample(&scrape, "keybust_component_info", &[("digest", &digest)]),
         Some(1.0)
@@ -190,7 +190,7 @@ async fn json_logs_are_one_object_per_line() {
     Answer::of(stack.invalidate(hashes::OWNED).await)
         .await
         .assert_json(200, r#"{"ok":true}"#);
-    stack.keybust.assert_logged("keybust::access").await;
+    stack.keybust.assert_logged("keybust::serve::access").await;
     for line in stack.keybust.logs().lines() {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
@@ -247,7 +247,7 @@ async fn drains_on_sigterm(options: Options) {
     // Access lines wait in a buffer; every one is written before exit.
     stack
         .keybust
-        .wait_for_lines(&["keybust::access", "status=200"], 16)
+        .wait_for_lines(&["keybust::serve::access", "status=200"], 16)
         .await;
 }
 
@@ -261,7 +261,7 @@ fn version_names_the_build() {
         .unwrap();
     assert!(output.status.success());
     let version = String::from_utf8(output.stdout).unwrap();
-    let digest = keybust::artifacts::hex_digest(keybust::plugin::EMBEDDED_COMPONENT);
+    let digest = keybust::digest::hex_digest(keybust::runtime::plugin::EMBEDDED_COMPONENT);
     assert!(version.contains(&format!("sha256:{digest}")), "{version}");
     assert!(version.contains("wasmtime 48."), "{version}");
     assert!(version.contains("(git "), "{version}");

@@ -179,8 +179,8 @@ async fn the_metrics_listener_serves_probes_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requests_leave_audit_lines() {
     let stack = Stack::with(Backend::Embedded, admin_options(&[])).await;
-    let bytes = crate::support::variant(keybust::plugin::EMBEDDED_COMPONENT, "audited");
-    let digest = keybust::artifacts::hex_digest(&bytes);
+    let bytes = crate::support::variant(keybust::runtime::plugin::EMBEDDED_COMPONENT, "audited");
+    let digest = keybust::digest::hex_digest(&bytes);
     let put = |token: &'static str| {
         stack
             .http

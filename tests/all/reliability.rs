@@ -79,7 +79,7 @@ async fn a_client_that_hangs_up_keeps_its_slot_until_its_guest_finishes() {
     // Access lines leave in batches, a little after the metric counts them.
     stack
         .keybust
-        .wait_for_lines(&["keybust::access", "client closed"], 12)
+        .wait_for_lines(&["keybust::serve::access", "client closed"], 12)
         .await;
 }
 
@@ -161,14 +161,14 @@ async fn a_planted_precompiled_component_is_not_run() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
-    let engine = keybust::engine::new_engine(&keybust::limits::Limits::default()).unwrap();
+    let engine = keybust::runtime::engine::new_engine(&keybust::limits::Limits::default()).unwrap();
     let planted = engine
         .precompile_component(support::test_programs())
         .unwrap();
     std::fs::write(&entries[0], &planted).unwrap();
     std::fs::write(
         entries[0].with_extension("sha256"),
-        keybust::artifacts::hex_digest(&planted),
+        keybust::digest::hex_digest(&planted),
     )
     .unwrap();
     let stack = Stack::with(Backend::Embedded, options).await;

@@ -5,7 +5,7 @@
 use crate::support::answer::assert_endpoint_answers;
 use crate::support::programs::{mode, serve_programs_of};
 use crate::support::{self, Answer, Backend, ENDPOINT, Guest, Options, Stack, hashes};
-use keybust::artifacts::hex_digest;
+use keybust::digest::hex_digest;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! SIGHUP, under load, with bad components refused.
 
 use crate::support::{self, Answer, Backend, Options, Stack, hashes};
-use keybust::artifacts::hex_digest;
-use keybust::plugin::EMBEDDED_COMPONENT;
+use keybust::digest::hex_digest;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;

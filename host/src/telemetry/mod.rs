@@ -23,13 +23,24 @@
 //! ```
 //!
 //! No span carries a token, a secret, a key hash or a cache key.
+//!
+//! The link to OpenTelemetry (the caller's trace continued, `traceparent`
+//! sent on, trace ids in access lines) is the `traces` feature; the
+//! exporter, `otlp`. Without `traces` the spans are plain `tracing` spans,
+//! and each trace starts and ends in this process.
 
+#[cfg(feature = "otlp")]
 pub mod export;
 
+#[cfg(feature = "traces")]
 use opentelemetry::propagation::TextMapPropagator;
+#[cfg(feature = "traces")]
 use opentelemetry::trace::TraceContextExt;
+#[cfg(feature = "traces")]
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+#[cfg(feature = "traces")]
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+#[cfg(feature = "traces")]
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The target of every span keybust opens for a request. A subscriber can
@@ -39,6 +50,7 @@ pub const TRACE_TARGET: &str = "keybust::trace";
 /// Continues the trace an incoming request names in `traceparent` (and
 /// `tracestate`): `span` becomes a child of the caller's span. Without a
 /// usable header, `span` starts a trace of its own.
+#[cfg(feature = "traces")]
 pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     if span.is_disabled() || !headers.contains_key("traceparent") {
         return;
@@ -50,6 +62,7 @@ pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 
 /// The `traceparent` (and `tracestate`) that carry the current span's trace
 /// to a backend; empty when no trace is being recorded.
+#[cfg(feature = "traces")]
 pub(crate) fn outgoing_headers() -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
     let span = tracing::Span::current();
@@ -62,6 +75,7 @@ pub(crate) fn outgoing_headers() -> http::HeaderMap {
 
 /// The id of the trace `span` belongs to, for the access log; none when no
 /// trace is being recorded, or this one is not sampled.
+#[cfg(feature = "traces")]
 pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
     if span.is_disabled() {
         return None;
@@ -71,4 +85,20 @@ pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
     // An unsampled trace is exported nowhere: no id to look up.
     (span_context.is_valid() && span_context.is_sampled())
         .then(|| span_context.trace_id().to_string())
+}
+
+/// Without OpenTelemetry there is no caller's trace to continue.
+#[cfg(not(feature = "traces"))]
+pub(crate) fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
+
+/// Without OpenTelemetry no trace is carried to a backend.
+#[cfg(not(feature = "traces"))]
+pub(crate) fn outgoing_headers() -> http::HeaderMap {
+    http::HeaderMap::new()
+}
+
+/// Without OpenTelemetry no trace has an id to look up.
+#[cfg(not(feature = "traces"))]
+pub(crate) fn trace_id(_span: &tracing::Span) -> Option<String> {
+    None
 }

@@ -4,7 +4,7 @@
 
 use super::logs::Logs;
 use keybust::capabilities::{Capabilities, Settings};
-use keybust::endpoint::{Endpoint, EndpointConfig};
+use keybust::serve::endpoint::{Endpoint, EndpointConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ impl InProcess {
             async move { endpoint.route(request).await }
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(keybust::server::serve(
+        tokio::spawn(keybust::serve::server::serve(
             listener,
             handler,
             async move {

@@ -100,7 +100,7 @@ impl Guest {
     /// The component's bytes.
     pub fn bytes(self) -> &'static [u8] {
         match self {
-            Guest::P2 => keybust::plugin::EMBEDDED_COMPONENT,
+            Guest::P2 => keybust::runtime::plugin::EMBEDDED_COMPONENT,
             Guest::P3 => endpoint_p3(),
         }
     }

@@ -98,7 +98,7 @@ impl OciRegistry {
             protocol: ClientProtocol::Http,
             ..ClientConfig::default()
         });
-        let digest = format!("sha256:{}", keybust::artifacts::hex_digest(&bytes));
+        let digest = format!("sha256:{}", keybust::digest::hex_digest(&bytes));
         let layers = vec![ImageLayer::new(bytes, "application/wasm".to_owned(), None)];
         let config = Config::new(
             serde_json::json!({

@@ -4,7 +4,7 @@
 
 use keybust::capabilities::cache::{CacheBackendSettings, CacheSettings};
 use keybust::capabilities::{Capabilities, Settings};
-use keybust::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
+use keybust::serve::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
 use keybust::limits::Limits;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +26,9 @@ async fn main() -> anyhow::Result<()> {
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
     let endpoint =
         Arc::new(Endpoint::load(capabilities, bytes, path, &EndpointConfig::default()).await?);
-    let listener = keybust::server::bind("127.0.0.1:0".parse()?).await?;
+    let listener = keybust::serve::server::bind("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(keybust::server::serve(
+    tokio::spawn(keybust::serve::server::serve(
         listener,
         move |request| {
             let endpoint = endpoint.clone();

@@ -5,10 +5,12 @@ use anyhow::Context;
 use clap::Subcommand;
 use keybust::capabilities::{Capabilities, Settings};
 use keybust::config::Secret;
+use keybust::digest;
+use keybust::limits::MAX_COMPONENT_BYTES;
 use keybust::limits::{LimitArgs, Limits};
-use keybust::plugin::{MAX_COMPONENT_BYTES, Plugin, WasiHttp};
-use keybust::registry::{ComponentSource, OciReference, RegistryArgs};
-use keybust::{artifacts, engine};
+use keybust::rollout::registry::{ComponentSource, OciReference, RegistryArgs};
+use keybust::runtime::engine;
+use keybust::runtime::{Plugin, WasiHttp};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -173,7 +175,7 @@ async fn check(bytes: Vec<u8>, limits: Limits) -> Result<(String, WasiHttp), Str
     let linker = engine::new_linker(&engine).map_err(|err| err.to_string())?;
     let capabilities =
         Arc::new(Capabilities::from_settings(&Settings::default()).map_err(|err| err.to_string())?);
-    let digest = artifacts::hex_digest(&bytes);
+    let digest = digest::hex_digest(&bytes);
     let plugin = tokio::task::spawn_blocking(move || Plugin::load(&linker, &bytes, limits))
         .await
         .map_err(|err| err.to_string())?

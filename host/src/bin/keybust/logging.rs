@@ -2,7 +2,7 @@
 //! is on.
 
 use clap::ValueEnum;
-use keybust::access::ACCESS_TARGET;
+use keybust::serve::access::ACCESS_TARGET;
 use keybust::telemetry::export::{self, Tracing};
 use std::io::Write;
 use std::sync::{Mutex, PoisonError};
@@ -173,6 +173,6 @@ mod tests {
         assert!(caps.would_enable("oci_client::client", &Level::INFO));
         assert!(!caps.would_enable("opentelemetry_sdk::trace", &Level::INFO));
         assert!(!caps.would_enable("opentelemetry-otlp", &Level::DEBUG));
-        assert!(caps.would_enable("keybust::access", &Level::DEBUG));
+        assert!(caps.would_enable("keybust::serve::access", &Level::DEBUG));
     }
 }

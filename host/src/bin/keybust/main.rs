@@ -1,180 +1,27 @@
 //! The `keybust` binary: `keybust serve`, `keybust dev` and `keybust
 //! component push|check|sign`.
 
+mod cli;
 mod component;
 mod logging;
 mod systemd;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use component::ComponentCommand;
-use keybust::admin::{AdminArgs, AdminPolicy};
-use keybust::artifacts;
-use keybust::capabilities::{Capabilities, SettingsArgs};
-use keybust::config::parse_duration;
-use keybust::endpoint::{Configured, ENDPOINT_PATH, Endpoint, EndpointConfig};
-use keybust::limits::{LimitArgs, Limits};
-use keybust::plugin;
-use keybust::registry::{ComponentSource, OciReference, Registry, RegistryArgs};
-use keybust::server;
-use keybust::telemetry::export::TelemetryArgs;
-use keybust::tls::{Acceptor, Listener, TlsArgs};
-use logging::{LogFormat, init_logging};
+use clap::Parser;
+use cli::{Cli, Command, CommonArgs, DevArgs, ServeArgs};
+use keybust::admin::AdminPolicy;
+use keybust::capabilities::Capabilities;
+use keybust::limits::Limits;
+use keybust::rollout::registry::{ComponentSource, OciReference, Registry};
+use keybust::runtime::plugin;
+use keybust::serve::endpoint::{Configured, ENDPOINT_PATH, Endpoint};
+use keybust::serve::server;
+use keybust::serve::tls::{Acceptor, Listener};
+use logging::init_logging;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The version, the commit, the wasmtime it runs on, and the component it
-/// embeds, as `keybust --version` prints them.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("KEYBUST_GIT_SHA"),
-    ", wasmtime ",
-    env!("KEYBUST_WASMTIME_VERSION"),
-    ", embedded component sha256:",
-    env!("KEYBUST_GUEST_DIGEST"),
-    ")"
-);
-
-/// Serve the invalidate-user-api-key-cache endpoint from a WASI component.
-#[derive(Parser)]
-#[command(name = "keybust", version = VERSION, about)]
-struct Cli {
-    /// Log line format.
-    #[arg(long, env = "KEYBUST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-
-    /// Threads that serve requests. With one, a single thread runs
-    /// everything, without hand-offs between threads; with more, a
-    /// work-stealing pool. Default: the CPUs this process may run on.
-    #[arg(long, env = "KEYBUST_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..))]
-    worker_threads: Option<u16>,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the endpoint; every setting below also reads its environment twin.
-    Serve(Box<ServeArgs>),
-    /// Run the whole flow locally: embedded cache, stand-ins for Convex and the
-    /// token issuer, and a ready-to-paste curl that gets a 200.
-    Dev(Box<DevArgs>),
-    /// Publish a component to a registry, or check one before a rollout.
-    #[command(subcommand)]
-    Component(ComponentCommand),
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address for the public listener.
-    #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
-    listen: SocketAddr,
-
-    /// Component to serve: a file (watched, and re-read on SIGHUP), or
-    /// oci://REGISTRY/REPOSITORY:TAG or @sha256:DIGEST, pulled at start
-    /// [default: the component built from guest/, embedded in this binary].
-    #[arg(long, env = "KEYBUST_COMPONENT")]
-    component: Option<String>,
-
-    /// With an oci:// tag, how often to check where the tag points (each
-    /// check waits this give or take a fifth); when it moves, the new
-    /// version is pulled, checked and swapped in [default: off].
-    #[arg(long, env = "KEYBUST_FOLLOW_INTERVAL", value_parser = parse_follow_interval)]
-    follow_interval: Option<Duration>,
-
-    #[command(flatten, next_help_heading = "Registry")]
-    registry: RegistryArgs,
-
-    #[command(flatten, next_help_heading = "Admin plane")]
-    admin: AdminArgs,
-
-    #[command(flatten, next_help_heading = "TLS")]
-    tls: TlsArgs,
-
-    #[command(flatten)]
-    common: CommonArgs,
-
-    #[command(flatten)]
-    settings: SettingsArgs,
-}
-
-#[derive(clap::Args)]
-struct DevArgs {
-    /// Address for the public listener.
-    #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
-    listen: SocketAddr,
-
-    #[command(flatten)]
-    common: CommonArgs,
-}
-
-#[derive(clap::Args)]
-struct CommonArgs {
-    /// Directory for precompiled components, keyed by digest
-    /// [default: the user's cache directory, e.g. ~/.cache/keybust].
-    #[arg(long, env = "KEYBUST_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Largest size of the precompiled component cache, in bytes; the
-    /// least recently used entries go first.
-    #[arg(long, env = "KEYBUST_CACHE_MAX_BYTES", default_value_t = artifacts::DEFAULT_MAX_BYTES)]
-    cache_max_bytes: u64,
-
-    /// Directory for keybust's state, outside the cache directory: the key
-    /// that authenticates precompiled components
-    /// [default: the user's state directory, e.g. ~/.local/state/keybust].
-    #[arg(long, env = "KEYBUST_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-
-    /// After SIGTERM or ctrl-c, how long the listener keeps accepting while
-    /// /readyz already answers 503: the time a load balancer needs to stop
-    /// sending traffic. Then it closes, and new connections are refused.
-    #[arg(long, env = "KEYBUST_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
-    shutdown_delay: Duration,
-
-    /// Time in-flight requests get to finish after the listener closes (e.g. 30s).
-    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
-    shutdown_grace: Duration,
-
-    #[command(flatten, next_help_heading = "Limits")]
-    limits: LimitArgs,
-
-    #[command(flatten, next_help_heading = "Tracing (OpenTelemetry)")]
-    telemetry: TelemetryArgs,
-
-    /// Whether accepted versions are recorded in the state directory.
-    #[arg(skip = true)]
-    keep_history: bool,
-}
-
-impl CommonArgs {
-    fn endpoint_config(&self) -> anyhow::Result<EndpointConfig> {
-        let mut limits = self.limits.limits()?;
-        limits.fit_to_fd_limit();
-        let state_dir = self.state_dir.clone().or_else(default_state_dir);
-        Ok(EndpointConfig {
-            cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
-            artifact_key: state_dir.as_ref().map(|dir| dir.join("artifact.key")),
-            history_dir: state_dir
-                .filter(|_| self.keep_history)
-                .map(|dir| dir.join("components")),
-            // Set by the caller that knows whether signatures are required.
-            signed_only: false,
-            cache_max_bytes: self.cache_max_bytes,
-            limits,
-        })
-    }
-}
-
-/// `$XDG_STATE_HOME/keybust`, else the local data directory's `keybust`.
-fn default_state_dir() -> Option<PathBuf> {
-    artifacts::default_key_path().and_then(|key| key.parent().map(ToOwned::to_owned))
-}
 
 fn main() -> anyhow::Result<ExitCode> {
     // Errors on the request path (a closed stream, a refused call) must not
@@ -308,7 +155,13 @@ async fn serve(args: ServeArgs, mut inherited: systemd::Inherited) -> anyhow::Re
     let endpoint = Arc::new(endpoint);
     if let (Some(reference), Some(interval)) = (followed, args.follow_interval) {
         tracing::info!(%reference, ?interval, "following the tag");
-        keybust::follow::follow(&endpoint, registry.clone(), reference, interval, manifest);
+        keybust::rollout::follow::follow(
+            endpoint.slot(),
+            registry.clone(),
+            reference,
+            interval,
+            manifest,
+        )?;
     }
     for problem in endpoint.capabilities().configuration_problems() {
         tracing::warn!("{problem}: the endpoint is not ready until it is");
@@ -330,8 +183,8 @@ async fn serve(args: ServeArgs, mut inherited: systemd::Inherited) -> anyhow::Re
     let _watcher = match &source {
         ComponentSource::File(path) => {
             #[cfg(unix)]
-            keybust::reload::reload_on_sighup(endpoint.clone(), path.clone())?;
-            match keybust::reload::watch(endpoint.clone(), path.clone()) {
+            keybust::rollout::reload::reload_on_sighup(endpoint.slot().clone(), path.clone())?;
+            match keybust::rollout::reload::watch(endpoint.slot().clone(), path.clone()) {
                 Ok(watcher) => Some(watcher),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot watch the component file; SIGHUP still reloads it");
@@ -436,17 +289,6 @@ async fn listen(
     match inherited.take(index, what)? {
         Some(listener) => Ok(listener),
         None => Ok(server::bind(addr).await?),
-    }
-}
-
-/// A follow interval from 1 s to 24 h: shorter would hammer the registry,
-/// longer is not following.
-fn parse_follow_interval(value: &str) -> Result<Duration, String> {
-    let interval = parse_duration(value).map_err(|err| err.to_string())?;
-    if (Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&interval) {
-        Ok(interval)
-    } else {
-        Err("must be from 1s to 24h".to_owned())
     }
 }
 

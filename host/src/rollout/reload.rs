@@ -2,7 +2,7 @@
 //! [`crate::watch`] for how changes are noticed), and on SIGHUP. A reload
 //! whose bytes equal the serving version does nothing.
 
-use crate::endpoint::Endpoint;
+use crate::versions::slot::ComponentSlot;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,13 +23,13 @@ pub enum ReloadError {
         /// The component file.
         path: String,
         /// Why.
-        source: crate::plugin::LoadError,
+        source: crate::runtime::plugin::LoadError,
     },
 }
 
 /// Re-reads `path` and swaps it in if it differs from what serves now.
 /// Returns whether a swap happened.
-pub async fn reload(endpoint: &Endpoint, path: &Path) -> Result<bool, ReloadError> {
+pub async fn reload(slot: &ComponentSlot, path: &Path) -> Result<bool, ReloadError> {
     let shown = path.display().to_string();
     let bytes = tokio::fs::read(path)
         .await
@@ -37,9 +37,7 @@ pub async fn reload(endpoint: &Endpoint, path: &Path) -> Result<bool, ReloadErro
             path: shown.clone(),
             source,
         })?;
-    endpoint
-        .slot()
-        .replace(bytes, shown.clone())
+    slot.replace(bytes, shown.clone())
         .await
         .map(|swapped| !swapped.already_serving())
         .map_err(|source| ReloadError::Load {
@@ -48,8 +46,8 @@ pub async fn reload(endpoint: &Endpoint, path: &Path) -> Result<bool, ReloadErro
         })
 }
 
-async fn reload_and_log(endpoint: &Endpoint, path: &Path, why: &str) {
-    match reload(endpoint, path).await {
+async fn reload_and_log(slot: &ComponentSlot, path: &Path, why: &str) {
+    match reload(slot, path).await {
         Ok(true) => {}
         Ok(false) => tracing::debug!(why, "component file unchanged"),
         Err(err) => {
@@ -60,23 +58,26 @@ async fn reload_and_log(endpoint: &Endpoint, path: &Path, why: &str) {
 
 /// Watches `path` and reloads it after each burst of changes. The returned
 /// watcher must be kept alive for as long as the watch should last.
-pub fn watch(endpoint: Arc<Endpoint>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    slot: Arc<ComponentSlot>,
+    path: PathBuf,
+) -> notify::Result<notify::RecommendedWatcher> {
     let watched = path.clone();
     crate::watch::on_change(&[watched], move || {
-        let endpoint = endpoint.clone();
+        let slot = slot.clone();
         let path = path.clone();
-        async move { reload_and_log(&endpoint, &path, "file changed").await }
+        async move { reload_and_log(&slot, &path, "file changed").await }
     })
 }
 
 /// Reloads `path` on every SIGHUP.
 #[cfg(unix)]
-pub fn reload_on_sighup(endpoint: Arc<Endpoint>, path: PathBuf) -> std::io::Result<()> {
+pub fn reload_on_sighup(slot: Arc<ComponentSlot>, path: PathBuf) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            reload_and_log(&endpoint, &path, "SIGHUP").await;
+            reload_and_log(&slot, &path, "SIGHUP").await;
         }
     });
     Ok(())

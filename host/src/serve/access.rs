@@ -160,7 +160,7 @@ fn server_span<B>(
         http.response.status_code = tracing::field::Empty,
         url.scheme = request
             .extensions()
-            .get::<crate::server::Scheme>()
+            .get::<crate::serve::server::Scheme>()
             .map_or("http", |scheme| scheme.0),
         keybust.request_id = request_id.to_str().unwrap_or_default(),
         keybust.component.digest = digest,

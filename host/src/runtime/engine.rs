@@ -2,9 +2,9 @@
 //! (pooling allocator, epoch interruption and its ticker) and one
 //! [`Linker`] holding WASI, `wasi:http` and the keybust capabilities.
 
+use super::store::RequestState;
 use crate::capabilities;
 use crate::limits::{EPOCH_TICK, Limits, MAX_INSTANCES};
-use crate::store::RequestState;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -67,7 +67,7 @@ pub fn new_engine(limits: &Limits) -> Result<Engine, EngineError> {
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
 /// dropped. The ticker holds only a weak reference, so it never keeps an
 /// engine alive; each store counts the ticks that find its guest running
-/// (see [`crate::store::bound_store`]). An engine of your own needs
+/// (see [`crate::runtime::store::bound_store`]). An engine of your own needs
 /// `Config::epoch_interruption(true)` and this, once.
 pub fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();

@@ -43,7 +43,7 @@ pub enum SignatureError {
     },
     /// No signature could be read at all: the component is unsigned, or
     /// the signature image could not be fetched (sigstore does not say
-    /// which; [`crate::registry::Registry`] asks the registry).
+    /// which; [`crate::rollout::registry::Registry`] asks the registry).
     #[error("no signature could be read over {digest}")]
     NoneRead {
         /// The manifest digest.

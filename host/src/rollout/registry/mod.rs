@@ -1,7 +1,7 @@
 //! Components in OCI registries: pulled, resolved and pushed in the wasm
-//! artifact layout that `oci-wasm` defines (the one `wkg oci push` and
-//! `wash push` write): one `application/wasm` layer holding the component,
-//! and an `application/vnd.wasm.config.v0+json` config.
+//! artifact layout (the one `wkg oci push` and `wash push` write,
+//! [`layout`]): one `application/wasm` layer holding the component, and an
+//! `application/vnd.wasm.config.v0+json` config.
 //!
 //! What is pulled is checked before anyone compiles it: the manifest's
 //! bytes against a pinned digest, the layer against the digest the manifest
@@ -13,236 +13,33 @@
 //! ([`VerifyKey`]).
 
 mod credentials;
+mod error;
+pub mod layout;
+mod push;
 mod reference;
+mod settings;
 mod signatures;
 
 pub use self::credentials::{Credentials, CredentialsError};
+pub use self::error::RegistryError;
 pub use self::reference::{ComponentSource, InvalidReference, OCI_SCHEME, OciReference};
+pub use self::settings::RegistryArgs;
 pub use self::signatures::{SignatureError, VerifyKey};
 
-use crate::artifacts::hex_digest;
-use crate::config::{ConfigError, Secret, parse_duration};
+use push::cosign_auth;
+
+use crate::digest::hex_digest;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// The largest component pulled: the bound an upload has.
-const MAX_COMPONENT_BYTES: u64 = crate::plugin::MAX_COMPONENT_BYTES as u64;
+const MAX_COMPONENT_BYTES: u64 = crate::limits::MAX_COMPONENT_BYTES as u64;
 
 /// The largest manifest read.
 const MAX_MANIFEST_BYTES: usize = 256 * 1024;
-
-/// Registry settings, as flags with environment twins.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RegistryArgs {
-    /// User name (with KEYBUST_REGISTRY_PASSWORD) for the registry of
-    /// --component (or of the reference `keybust component` is given), and
-    /// for no other; other registries get the docker config's credentials.
-    #[arg(long, env = "KEYBUST_REGISTRY_USERNAME")]
-    pub registry_username: Option<String>,
-
-    /// Password or token for registries (prefer the environment variable).
-    #[arg(long, env = "KEYBUST_REGISTRY_PASSWORD", hide_env_values = true)]
-    pub registry_password: Option<String>,
-
-    /// Directory of the docker config.json whose credentials are used
-    /// [default: ~/.docker].
-    #[arg(long, env = "DOCKER_CONFIG")]
-    pub docker_config: Option<PathBuf>,
-
-    /// Registries (host or host:port, comma-separated) reached over plain
-    /// HTTP; loopback registries always are.
-    #[arg(long, env = "KEYBUST_INSECURE_REGISTRY", value_delimiter = ',')]
-    pub insecure_registry: Vec<String>,
-
-    /// Time one pull, resolve or push may take.
-    #[arg(long, env = "KEYBUST_REGISTRY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub registry_timeout: Duration,
-
-    /// Public key (PEM, as `cosign generate-key-pair` writes cosign.pub;
-    /// ECDSA P-256 or Ed25519) that must have signed every component:
-    /// pulled ones need its cosign signature over their manifest digest,
-    /// and components that are not pulled (files, uploads) are refused
-    /// [default: signatures are not checked].
-    #[arg(long, env = "KEYBUST_VERIFY_KEY")]
-    pub verify_key: Option<PathBuf>,
-}
-
-impl RegistryArgs {
-    /// The registry client these settings describe.
-    pub fn registry(&self) -> Result<Registry, ConfigError> {
-        let login = match (&self.registry_username, &self.registry_password) {
-            (Some(user), Some(password)) => Some((user.clone(), Secret::new(password.clone()))),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::invalid(
-                    "KEYBUST_REGISTRY_USERNAME",
-                    "KEYBUST_REGISTRY_USERNAME and KEYBUST_REGISTRY_PASSWORD must be set together",
-                ));
-            }
-        };
-        let docker_config = self
-            .docker_config
-            .clone()
-            .or_else(|| dirs::home_dir().map(|home| home.join(".docker")));
-        let verify_key = match &self.verify_key {
-            Some(path) => Some(
-                VerifyKey::load(path)
-                    .map_err(|err| ConfigError::invalid("KEYBUST_VERIFY_KEY", err.to_string()))?,
-            ),
-            None => None,
-        };
-        Ok(Registry {
-            verify_key,
-            credentials: Credentials {
-                login,
-                login_registry: None,
-                docker_config,
-            },
-            insecure: self
-                .insecure_registry
-                .iter()
-                .map(|host| host.trim().to_owned())
-                .filter(|host| !host.is_empty())
-                .collect(),
-            timeout: self.registry_timeout,
-        })
-    }
-}
-
-/// Why a registry exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The credentials cannot be had.
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-    /// The registry refused or could not be reached.
-    #[error("{reference}: {source}")]
-    Registry {
-        /// The reference.
-        reference: String,
-        /// What oci-client reports.
-        source: oci_client::errors::OciDistributionError,
-    },
-    /// The registry took longer than `--registry-timeout`.
-    #[error("{reference}: the registry did not answer within {timeout:?}")]
-    TimedOut {
-        /// The reference.
-        reference: String,
-        /// The bound.
-        timeout: Duration,
-    },
-    /// What the reference names is not a wasm component artifact.
-    #[error("{reference}: not a wasm component artifact: {reason}")]
-    NotAComponent {
-        /// The reference.
-        reference: String,
-        /// Why.
-        reason: String,
-    },
-    /// Bytes pulled do not hash to the digest that names them.
-    #[error("{reference}: {what} digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch {
-        /// The reference.
-        reference: String,
-        /// `manifest` or `component`.
-        what: &'static str,
-        /// The digest that names the bytes.
-        expected: String,
-        /// The digest of the bytes received.
-        actual: String,
-    },
-    /// The component is larger than a swap accepts.
-    #[error("{reference}: the component is larger than {MAX_COMPONENT_BYTES} bytes")]
-    TooLarge {
-        /// The reference.
-        reference: String,
-    },
-    /// The signature check failed, or signing did.
-    #[error("{reference}: {source}")]
-    Signature {
-        /// The reference.
-        reference: String,
-        /// Why.
-        source: SignatureError,
-    },
-    /// The bytes to push are not a component.
-    #[error("not a component that can be published: {0:#}")]
-    Unpublishable(anyhow::Error),
-    /// The push failed.
-    #[error("{reference}: push failed: {source:#}")]
-    Push {
-        /// The reference.
-        reference: String,
-        /// Why.
-        source: anyhow::Error,
-    },
-}
-
-impl RegistryError {
-    /// Whether the version was refused only for having no signature at
-    /// all, which a signature pushed after the version (`keybust component
-    /// sign`, `cosign sign`) mends.
-    pub fn awaits_signature(&self) -> bool {
-        matches!(
-            self,
-            RegistryError::Signature {
-                source: SignatureError::NotSigned { .. },
-                ..
-            }
-        )
-    }
-
-    /// Whether the registry says it holds no such tag, digest or
-    /// repository. Some registries say the same of a repository the
-    /// credentials may not see, so the operator is told both.
-    pub fn is_not_found(&self) -> bool {
-        use oci_client::errors::{OciDistributionError as Oci, OciErrorCode as Code};
-        match self {
-            RegistryError::Registry { source, .. } => match source {
-                Oci::RegistryError { envelope, .. } => envelope
-                    .errors
-                    .iter()
-                    .any(|error| matches!(error.code, Code::ManifestUnknown | Code::NameUnknown)),
-                Oci::ImageManifestNotFoundError(_) => true,
-                Oci::ServerError { code: 404, .. } => true,
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-
-    /// Whether trying again later may work: the registry could not be
-    /// reached or asked, as opposed to what it holds being refused.
-    pub fn is_transient(&self) -> bool {
-        use oci_client::errors::OciDistributionError as Oci;
-        match self {
-            RegistryError::TimedOut { .. } | RegistryError::Credentials(_) => true,
-            RegistryError::Signature {
-                source: SignatureError::Registry(_),
-                ..
-            } => true,
-            // What the registry holds is malformed: asking again gets the same.
-            RegistryError::Registry {
-                source:
-                    Oci::DigestError(_)
-                    | Oci::ManifestParsingError(_)
-                    | Oci::ManifestEncodingError(_)
-                    | Oci::JsonError(_)
-                    | Oci::SpecViolationError(_)
-                    | Oci::IncompatibleLayerMediaTypeError(_)
-                    | Oci::PullNoLayersError,
-                ..
-            } => false,
-            // Unreachable, 5xx, throttled, unauthorized, not there yet.
-            RegistryError::Registry { .. } => true,
-            _ => false,
-        }
-    }
-}
 
 /// A component pulled from a registry and checked.
 #[derive(Debug)]
@@ -455,11 +252,11 @@ impl Registry {
             }
             let manifest: OciImageManifest = serde_json::from_slice(&raw)
                 .map_err(|err| not_a_component(format!("not an image manifest: {err}")))?;
-            if manifest.config.media_type != oci_wasm::WASM_MANIFEST_CONFIG_MEDIA_TYPE {
+            if manifest.config.media_type != layout::CONFIG_MEDIA_TYPE {
                 return Err(not_a_component(format!(
                     "its config is {}, not {}",
                     manifest.config.media_type,
-                    oci_wasm::WASM_MANIFEST_CONFIG_MEDIA_TYPE
+                    layout::CONFIG_MEDIA_TYPE
                 )));
             }
             let [layer] = manifest.layers.as_slice() else {
@@ -468,11 +265,11 @@ impl Registry {
                     manifest.layers.len()
                 )));
             };
-            if layer.media_type != oci_wasm::WASM_LAYER_MEDIA_TYPE {
+            if layer.media_type != layout::LAYER_MEDIA_TYPE {
                 return Err(not_a_component(format!(
                     "its layer is {}, not {}",
                     layer.media_type,
-                    oci_wasm::WASM_LAYER_MEDIA_TYPE
+                    layout::LAYER_MEDIA_TYPE
                 )));
             }
             if u64::try_from(layer.size).map_or(true, |size| size > MAX_COMPONENT_BYTES) {
@@ -528,115 +325,12 @@ impl Registry {
         })
         .await
     }
-
-    /// Signs the manifest `reference` names now (its tag resolved once)
-    /// with `key` and its password, and pushes the signature beside it:
-    /// for a version published unsigned. Returns the digest signed.
-    pub async fn sign(
-        &self,
-        reference: &OciReference,
-        key: &std::path::Path,
-        password: Option<&Secret>,
-    ) -> Result<String, RegistryError> {
-        let digest = self.resolve(reference).await?;
-        self.bounded(reference, async {
-            let auth = self.auth(reference).await?;
-            self.sign_digest(reference, &auth, &digest, key, password)
-                .await
-        })
-        .await?;
-        Ok(digest)
-    }
-
-    /// Signs the manifest `digest` in `reference`'s repository and pushes
-    /// the signature beside it. Call it inside [`Registry::bounded`].
-    async fn sign_digest(
-        &self,
-        reference: &OciReference,
-        auth: &RegistryAuth,
-        digest: &str,
-        key: &std::path::Path,
-        password: Option<&Secret>,
-    ) -> Result<(), RegistryError> {
-        signatures::sign(
-            sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
-            cosign_auth(auth),
-            reference.registry(),
-            reference.oci().repository(),
-            digest,
-            key,
-            password,
-        )
-        .await
-        .map_err(|source| RegistryError::Signature {
-            reference: reference.to_string(),
-            source,
-        })
-    }
-
-    /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
-    /// artifact layout, and signs its manifest digest with `sign_key`
-    /// (and its password) when given.
-    pub async fn push(
-        &self,
-        reference: &OciReference,
-        bytes: Vec<u8>,
-        sign_key: Option<(&std::path::Path, Option<&Secret>)>,
-    ) -> Result<Pushed, RegistryError> {
-        let component_digest = hex_digest(&bytes);
-        let (config, layer) = oci_wasm::WasmConfig::from_raw_component(bytes, None)
-            .map_err(RegistryError::Unpublishable)?;
-        let client = oci_wasm::WasmClient::new(self.client(reference));
-        self.bounded(reference, async {
-            let auth = self.auth(reference).await?;
-            let pushed = client
-                .push(reference.oci(), &auth, layer, config, None)
-                .await
-                .map_err(|source| RegistryError::Push {
-                    reference: reference.to_string(),
-                    source,
-                })?;
-            // The digest the registry gave the manifest this push wrote (in
-            // its Location), not what the tag points to a moment later: a
-            // concurrent push must not get this signature.
-            let manifest_digest = match pushed.manifest_url.rsplit_once("/manifests/") {
-                Some((_, digest)) if digest.starts_with("sha256:") => digest.to_owned(),
-                _ => client
-                    .fetch_manifest_digest(reference.oci(), &auth)
-                    .await
-                    .map_err(|source| RegistryError::Registry {
-                        reference: reference.to_string(),
-                        source,
-                    })?,
-            };
-            if let Some((key, password)) = sign_key {
-                self.sign_digest(reference, &auth, &manifest_digest, key, password)
-                    .await?;
-            }
-            Ok(Pushed {
-                manifest_digest,
-                component_digest,
-            })
-        })
-        .await
-    }
-}
-
-/// The same credentials for sigstore's registry client (which links
-/// another oci-client release).
-fn cosign_auth(auth: &RegistryAuth) -> sigstore::registry::Auth {
-    match auth {
-        RegistryAuth::Anonymous => sigstore::registry::Auth::Anonymous,
-        RegistryAuth::Basic(user, password) => {
-            sigstore::registry::Auth::Basic(user.clone(), password.clone())
-        }
-        RegistryAuth::Bearer(token) => sigstore::registry::Auth::Bearer(token.clone()),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigError;
     use clap::Parser;
 
     #[derive(Parser)]

@@ -7,10 +7,10 @@
 //! gateway that owns its `Linker` and store data gets the same guarantees
 //! as keybust's own [`RequestState`]: see `examples/own_linker.rs`.
 
+use super::call::Call;
+use super::guest_log::GuestLog;
 use crate::capabilities::{Capabilities, CapabilitiesView};
-use crate::guest_log::GuestLog;
 use crate::limits::Limits;
-use crate::reuse::Call;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::component::ResourceTable;
@@ -60,7 +60,7 @@ impl GuestBounds {
 }
 
 /// Store data that one request's guest runs in: `wasi:http` state and
-/// keybust's bounds. [`crate::plugin::serve_request`] serves a request with
+/// keybust's bounds. [`crate::runtime::serve_request`] serves a request with
 /// any such store.
 pub trait GuestState: WasiHttpView + Send + 'static {
     /// The request's bounds.
@@ -152,8 +152,8 @@ pub fn new_store(
 /// pass while the guest waits on a host call cost nothing.
 ///
 /// The engine needs epoch interruption and a ticker, as
-/// [`crate::engine::new_engine`] sets up (or
-/// [`crate::engine::start_epoch_ticker`] for an engine of your own).
+/// [`crate::runtime::engine::new_engine`] sets up (or
+/// [`crate::runtime::engine::start_epoch_ticker`] for an engine of your own).
 pub fn bound_store<T: GuestState>(store: &mut Store<T>) {
     store.limiter(|state| &mut state.bounds().memory);
     store.set_epoch_deadline(1);

@@ -2,7 +2,7 @@
 //! knowledge, told apart by the connection's first bytes), keep-alive,
 //! header bounds and timeouts, and a graceful stop. What a request gets is
 //! decided by the handler given to [`serve`]:
-//! [`crate::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
+//! [`crate::serve::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
 //! HTTP/2 stream is a request like any other: admitted, bounded and timed
 //! the same way. [`serve_with`] does the same over TLS when given an
 //! acceptor: ALPN offers `h2`, and the handshake is bounded by the header
@@ -10,7 +10,7 @@
 
 use crate::body::ResponseBody;
 use crate::limits::Limits;
-use crate::tls::Acceptor;
+use crate::serve::tls::Acceptor;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

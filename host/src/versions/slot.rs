@@ -9,12 +9,13 @@
 //! once before the swap; if any step fails, the current version keeps
 //! serving and the caller gets the reason.
 
-use crate::artifacts::{ArtifactCache, Origin, hex_digest};
 use crate::capabilities::Capabilities;
-use crate::history::{Accepted, History};
+use crate::digest::hex_digest;
 use crate::limits::Limits;
-use crate::plugin::{LoadError, Plugin};
-use crate::store::RequestState;
+use crate::runtime::artifacts::{ArtifactCache, Origin};
+use crate::runtime::plugin::{LoadError, Plugin};
+use crate::runtime::store::RequestState;
+use crate::versions::history::{Accepted, History};
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};

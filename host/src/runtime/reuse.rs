@@ -38,18 +38,17 @@
 //! has written the body, and wasi:http's handler counts the request done
 //! then, so the next request may start while that task still writes.
 
+use super::call::{Call, Ended};
+use super::failure::GuestFailure;
+use super::store::{GuestState, RequestState, new_store};
 use crate::body::{ResponseBody, bound_request};
 use crate::capabilities::Capabilities;
-use crate::guest_log::GuestLog;
 use crate::limits::Limits;
-use crate::plugin::GuestFailure;
-use crate::store::{GuestState, RequestState, new_store};
-use crate::telemetry::TRACE_TARGET;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -106,7 +105,7 @@ impl Reuse {
     }
 
     /// Serves one request on a reused instance, with the bounds of
-    /// [`crate::plugin::serve_request`]. `hold` is kept until the answer
+    /// [`serve_request`](super::fresh::serve_request). `hold` is kept until the answer
     /// body has been sent or dropped.
     pub(crate) async fn serve<B>(
         &self,
@@ -134,10 +133,10 @@ impl Reuse {
         .await;
         let answer = match handled {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) if err.is::<ExpirationError>() => Err(request_timed_out(deadline)),
-            Ok(Err(_)) if call.out_of_time() => Err(GuestFailure::OutOfTime(
-                "guest exceeded its execution time budget (--guest-timeout)".into(),
-            )),
+            Ok(Err(err)) if err.is::<ExpirationError>() => {
+                Err(GuestFailure::request_timed_out(deadline))
+            }
+            Ok(Err(_)) if call.out_of_time() => Err(GuestFailure::out_of_budget()),
             Ok(Err(err)) if err.is::<TrapOrPanicError>() => {
                 // The instance's event loop ended (a wasi:http 0.3 guest that
                 // trapped): its worker says why as it drops the store, just
@@ -146,7 +145,7 @@ impl Reuse {
                 Err(GuestFailure::Failed(why.unwrap_or(err)))
             }
             Ok(Err(err)) => Err(GuestFailure::Failed(err)),
-            Err(_) => Err(request_timed_out(deadline)),
+            Err(_) => Err(GuestFailure::request_timed_out(deadline)),
         };
         if body_timed_out.load(Ordering::Relaxed) {
             call.end(true);
@@ -184,113 +183,6 @@ const WORKER_GRACE: Duration = Duration::from_millis(250);
 /// How long a request whose instance failed waits for its worker to say
 /// why; the worker does so right after, so this is only a bound.
 const WORKER_REPORT: Duration = Duration::from_millis(100);
-
-fn request_timed_out(deadline: Duration) -> GuestFailure {
-    GuestFailure::OutOfTime(format!("request exceeded the {deadline:?} request timeout"))
-}
-
-/// One request's link to the instance serving it: its `guest` span (the
-/// parent of the capabilities' spans), its CPU-budget flag, and the
-/// instance's stderr, drained into the log when the request ends.
-pub(crate) struct Call {
-    span: Mutex<Option<tracing::Span>>,
-    out_of_time: OnceLock<Arc<AtomicBool>>,
-    log: OnceLock<GuestLog>,
-    /// Why the instance failed while serving this request, from its worker.
-    failure: OnceLock<wasmtime::Error>,
-    failed: Notify,
-}
-
-impl Call {
-    fn new() -> Self {
-        // Opened here, where the request's span is current; it ends with the
-        // request, however long the instance lives.
-        let span = tracing::info_span!(
-            target: TRACE_TARGET,
-            "guest",
-            otel.status_code = tracing::field::Empty,
-        );
-        Call {
-            span: Mutex::new(Some(span)),
-            out_of_time: OnceLock::new(),
-            log: OnceLock::new(),
-            failure: OnceLock::new(),
-            failed: Notify::new(),
-        }
-    }
-
-    /// Records why the instance serving this request failed.
-    fn instance_failed(&self, why: wasmtime::Error) {
-        if self.failure.set(why).is_ok() {
-            self.failed.notify_waiters();
-        }
-    }
-
-    /// Why the instance failed, once its worker has said so, within `bound`.
-    async fn worker_failure(&self, bound: Duration) -> Option<wasmtime::Error> {
-        let reported = async {
-            loop {
-                let notified = self.failed.notified();
-                tokio::pin!(notified);
-                // Registered before the check, so a report between the
-                // check and the wait still wakes us.
-                notified.as_mut().enable();
-                if self.failure.get().is_some() {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(bound, reported).await;
-        self.failure
-            .get()
-            .map(|why| wasmtime::format_err!("{why:#}"))
-    }
-
-    /// The span a capability call made for this request belongs under, until
-    /// the request ends.
-    pub(crate) fn span(&self) -> Option<tracing::Span> {
-        self.span
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn out_of_time(&self) -> bool {
-        self.out_of_time
-            .get()
-            .is_some_and(|flag| flag.load(Ordering::Relaxed))
-    }
-
-    /// Closes the request's side: its span ends (marked error if it
-    /// failed) and what the guest wrote to stderr meanwhile is logged.
-    fn end(&self, failed: bool) {
-        let span = self
-            .span
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(span) = span {
-            if failed {
-                span.record("otel.status_code", "error");
-            }
-            if let Some(log) = self.log.get() {
-                let _inside = span.enter();
-                log.drain();
-            }
-        }
-    }
-}
-
-/// Ends a [`Call`] when dropped: the answer body has been sent, or the
-/// client went away.
-struct Ended(Arc<Call>);
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        self.0.end(false);
-    }
-}
 
 /// An answer body that keeps its request's admission slot and access
 /// record until it has been sent.
@@ -445,8 +337,7 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         let state = store.data_mut();
-        let _ = call.out_of_time.set(state.bounds().renew());
-        let _ = call.log.set(state.guest_log().clone());
+        call.started(state.bounds().renew(), state.guest_log().clone());
         state.serve_call(call);
         Box::pin(tokio::time::sleep(self.request_timeout))
     }

@@ -14,7 +14,6 @@ mod trust;
 pub use self::trust::{ArtifactKey, default_key_path};
 
 use crate::private_files::{check_owned, create_private_dir, write_private};
-use sha2::{Digest, Sha256};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -189,18 +188,6 @@ struct Entry {
     mac: PathBuf,
 }
 
-/// Lower-case hex SHA-256 of `bytes`: how components are named everywhere
-/// (the admin API, metrics, logs, and the entries of this cache).
-pub fn hex_digest(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
-}
-
 /// The default cache directory: `$XDG_CACHE_HOME/keybust` or its platform equivalent.
 pub fn default_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|dir| dir.join("keybust"))
@@ -209,6 +196,7 @@ pub fn default_dir() -> Option<PathBuf> {
 #[cfg(all(test, feature = "embedded-component"))]
 mod tests {
     use super::*;
+    use crate::digest::hex_digest;
 
     /// The component the host embeds (the same bytes as
     /// `plugin::EMBEDDED_COMPONENT`).

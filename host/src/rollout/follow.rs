@@ -13,8 +13,8 @@
 //! signing (`keybust component push`, then `keybust component sign` or
 //! `cosign sign`) is two steps, and a poll may fall between them. The serving version keeps serving throughout.
 
-use crate::endpoint::Endpoint;
-use crate::registry::{OciReference, Registry};
+use super::registry::{OciReference, Registry};
+use crate::versions::slot::ComponentSlot;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,18 +44,41 @@ impl PollResult {
     }
 }
 
+/// The shortest interval a follower polls at: shorter would hammer the
+/// registry (a fleet of N instances makes N polls each interval).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest: a tag looked at less than once a day is not followed.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// A follow interval outside [`MIN_INTERVAL`]..=[`MAX_INTERVAL`].
+#[derive(Debug, thiserror::Error)]
+#[error("a follow interval must be from 1s to 24h, not {0:?}")]
+pub struct IntervalError(pub Duration);
+
+/// `interval`, if a follower may poll at it.
+pub fn check_interval(interval: Duration) -> Result<Duration, IntervalError> {
+    if (MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        Ok(interval)
+    } else {
+        Err(IntervalError(interval))
+    }
+}
+
 /// Polls `reference`'s tag every `interval` (with jitter) for as long as
-/// `endpoint` lives, swapping in each new version. `serving` is the
+/// `slot` lives, swapping in each new version. `serving` is the
 /// manifest digest the tag pointed to when the serving version was pulled,
-/// if known. Needs a tokio runtime.
+/// if known. An interval outside [`check_interval`]'s bounds is refused
+/// and nothing is started. Needs a tokio runtime.
 pub fn follow(
-    endpoint: &Arc<Endpoint>,
+    slot: &Arc<ComponentSlot>,
     registry: Registry,
     reference: OciReference,
     interval: Duration,
     serving: Option<String>,
-) {
-    let endpoint = Arc::downgrade(endpoint);
+) -> Result<(), IntervalError> {
+    let interval = check_interval(interval)?;
+    let slot = Arc::downgrade(slot);
     tokio::spawn(async move {
         let mut follower = Follower {
             registry,
@@ -64,13 +87,14 @@ pub fn follow(
         };
         loop {
             tokio::time::sleep(jittered(interval)).await;
-            let Some(endpoint) = endpoint.upgrade() else {
+            let Some(slot) = slot.upgrade() else {
                 return;
             };
-            let result = follower.poll(&endpoint).await;
-            endpoint.capabilities().metrics.follow_poll(result.label());
+            let result = follower.poll(&slot).await;
+            slot.capabilities().metrics.follow_poll(result.label());
         }
     });
+    Ok(())
 }
 
 struct Follower {
@@ -81,7 +105,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn poll(&mut self, endpoint: &Endpoint) -> PollResult {
+    async fn poll(&mut self, slot: &ComponentSlot) -> PollResult {
         let digest = match self.registry.resolve(&self.reference).await {
             Ok(digest) => digest,
             Err(err) => {
@@ -105,13 +129,12 @@ impl Follower {
             Err(err) => {
                 self.seen = Some(digest);
                 tracing::error!(reference = %self.reference, error = %err, "the followed tag's new version is refused; the current one keeps serving");
-                endpoint.capabilities().metrics.swap(false, None);
+                slot.capabilities().metrics.swap(false, None);
                 return PollResult::Refused;
             }
         };
         self.seen = Some(digest.clone());
-        match endpoint
-            .slot()
+        match slot
             .replace_signed(
                 pulled.bytes,
                 self.reference.to_string(),
@@ -144,6 +167,20 @@ fn jittered(interval: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interval_is_from_a_second_to_a_day() {
+        assert!(check_interval(Duration::from_secs(1)).is_ok());
+        assert!(check_interval(Duration::from_secs(24 * 3600)).is_ok());
+        assert!(check_interval(Duration::from_millis(999)).is_err());
+        assert!(check_interval(Duration::from_secs(24 * 3600 + 1)).is_err());
+        assert_eq!(
+            check_interval(Duration::ZERO).unwrap_err().to_string(),
+            "a follow interval must be from 1s to 24h, not 0ns"
+        );
+    }
+
     #[test]
     fn jitter_stays_within_a_fifth() {
         let interval = std::time::Duration::from_secs(10);

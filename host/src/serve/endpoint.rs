@@ -3,15 +3,16 @@
 //! metrics). This is the type to embed: build it from capabilities and a
 //! component, then hand it `hyper::Request`s.
 
-use crate::access::{AccessRecord, REQUEST_ID};
-use crate::artifacts::{ArtifactCache, ArtifactKey, hex_digest};
 use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
-use crate::engine::{self, EngineError};
-use crate::history::History;
+use crate::digest::hex_digest;
 use crate::limits::Limits;
-use crate::plugin::{GuestFailure, LoadError};
-use crate::slot::{ComponentSlot, Version};
+use crate::runtime::artifacts::{ArtifactCache, ArtifactKey};
+use crate::runtime::engine::{self, EngineError};
+use crate::runtime::{GuestFailure, LoadError};
+use crate::serve::access::{AccessRecord, REQUEST_ID};
+use crate::versions::history::History;
+use crate::versions::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl Default for EndpointConfig {
         EndpointConfig {
             cache_dir: None,
             artifact_key: None,
-            cache_max_bytes: crate::artifacts::DEFAULT_MAX_BYTES,
+            cache_max_bytes: crate::runtime::artifacts::DEFAULT_MAX_BYTES,
             history_dir: None,
             signed_only: false,
             limits: Limits::default(),
@@ -122,7 +123,9 @@ pub enum EndpointError {
 /// The serving side: the component slot and what each request goes through
 /// around it (routing, request ids, the access log, metrics).
 pub struct Endpoint {
-    slot: ComponentSlot,
+    /// Shared with what swaps versions in (a follower, a file watcher),
+    /// which hold it, not the whole endpoint.
+    slot: Arc<ComponentSlot>,
     /// Admission: one permit per request that may run a guest at once
     /// (`--max-concurrent-requests`, kept below the instance pool so a
     /// pooling slot is always free for an admitted request). A request
@@ -146,14 +149,14 @@ impl Endpoint {
             slot.limits().max_concurrent_requests,
         ));
         Endpoint {
-            slot,
+            slot: Arc::new(slot),
             admission,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The component slot, for swaps.
-    pub fn slot(&self) -> &ComponentSlot {
+    pub fn slot(&self) -> &Arc<ComponentSlot> {
         &self.slot
     }
 
@@ -311,7 +314,7 @@ impl Endpoint {
     pub async fn embedded(capabilities: Arc<Capabilities>) -> Result<Self, EndpointError> {
         Self::load(
             capabilities,
-            crate::plugin::EMBEDDED_COMPONENT.to_vec(),
+            crate::runtime::plugin::EMBEDDED_COMPONENT.to_vec(),
             "embedded".to_owned(),
             &EndpointConfig::default(),
         )
@@ -320,7 +323,7 @@ impl Endpoint {
 
     /// Serves the component in the file at `path`, with
     /// [`EndpointConfig::default`] as `Endpoint::embedded` does. The file
-    /// is read once: watching it is [`crate::reload::watch`]'s job.
+    /// is read once: watching it is [`crate::rollout::reload::watch`]'s job.
     pub async fn from_file(
         capabilities: Arc<Capabilities>,
         path: &Path,

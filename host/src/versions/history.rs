@@ -17,7 +17,7 @@
 //!   embedded component while the process was down), is the operator's
 //!   newer word.
 
-use crate::artifacts::hex_digest;
+use crate::digest::hex_digest;
 use crate::private_files::{check_owned, create_private_dir, write_private};
 use serde::{Deserialize, Serialize};
 use std::io;

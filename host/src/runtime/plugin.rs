@@ -1,23 +1,21 @@
-//! A component compiled and pre-instantiated once ([`Plugin`]), and how one
-//! request runs through a fresh instance of it.
+//! A component compiled and pre-instantiated once ([`Plugin`]), and which
+//! serving path its requests take: a fresh instance each
+//! ([`serve_request`](super::fresh::serve_request)) or kept ones
+//! (`--instance-reuse`, and every wasi:http 0.3 component).
 
-use crate::artifacts::{ArtifactCache, Origin, hex_digest};
-use crate::body::{ResponseBody, bound_request, json_response};
+use super::artifacts::{ArtifactCache, Origin};
+use super::failure::GuestFailure;
+use super::fresh::serve_request;
+use super::reuse::Reuse;
+use super::store::{RequestState, new_store};
+use crate::body::ResponseBody;
 use crate::capabilities::Capabilities;
+use crate::digest::hex_digest;
 use crate::limits::Limits;
-use crate::reuse::Reuse;
-use crate::store::{GuestState, RequestState, new_store};
-use crate::telemetry::TRACE_TARGET;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Instant;
-use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::handler::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-
-/// The largest component keybust takes, from an upload or a registry.
-pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 /// The component built from `guest/`, embedded at build time (the
 /// `embedded-component` feature).
@@ -255,145 +253,6 @@ impl Plugin {
                 let store = new_store(&self.engine, capabilities, &self.limits);
                 serve_request(pre.clone(), store, request, &self.limits, hold).await
             }
-        }
-    }
-}
-
-/// Serves one request through a fresh instance of `pre` in `store`, with
-/// keybust's bounds: the body clamped to [`MAX_BODY_BYTES`](crate::body::MAX_BODY_BYTES) (plus one byte,
-/// so the guest can tell "too large") and to `--body-timeout`, the whole
-/// run to `--request-timeout`, and the store's own [`GuestBounds`]
-/// (memory, CPU). The store must have gone through
-/// [`crate::store::bound_store`]: on an engine with epoch interruption, a
-/// store without an epoch deadline traps at once. This is what
-/// [`Plugin::handle`] runs (and logs the failures of); a gateway with its
-/// own `Linker` and store data calls it with its own `ProxyPre`.
-///
-/// `hold` is kept until the guest has finished, answer body included, even
-/// when the caller has gone away meanwhile (give it the request's admission
-/// permit). A failure is a [`GuestFailure`], whose
-/// [`GuestFailure::response`] is the answer to give in the guest's place.
-///
-/// [`GuestBounds`]: crate::store::GuestBounds
-pub async fn serve_request<T, B>(
-    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<T>,
-    mut store: wasmtime::Store<T>,
-    request: hyper::Request<B>,
-    limits: &Limits,
-    hold: impl Send + 'static,
-) -> Result<hyper::Response<ResponseBody>, GuestFailure>
-where
-    T: GuestState,
-    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let (request, body_timed_out) = bound_request(request, limits.body_timeout);
-    let request = store
-        .data_mut()
-        .http()
-        .new_incoming_request(Scheme::Http, request)
-        .map_err(GuestFailure::Failed)?;
-    let outparam = store
-        .data_mut()
-        .http()
-        .new_response_outparam(sender)
-        .map_err(GuestFailure::Failed)?;
-    let deadline = limits.request_timeout;
-    // The guest keeps running after it hands over the response head: it
-    // still has to write the body, which the client reads as it comes.
-    // The task, not the caller, owns `hold`: a client that hangs up
-    // drops the caller, while the guest runs on to its end.
-    // The task runs inside the request's span, so its spans (and the
-    // capabilities' under them) belong to the request's trace.
-    let task = tokio::spawn(
-        async move {
-            let _hold = hold;
-            // Opened once the instance exists, so it starts when the
-            // guest does; a failure before that leaves it unopened.
-            let mut guest = tracing::Span::none();
-            let call = async {
-                let started = Instant::now();
-                let proxy = pre
-                    .instantiate_async(&mut store)
-                    .instrument(tracing::info_span!(target: TRACE_TARGET, "instantiate"))
-                    .await?;
-                store.data_mut().instantiated(started.elapsed());
-                guest = tracing::info_span!(
-                    target: TRACE_TARGET,
-                    "guest",
-                    otel.status_code = tracing::field::Empty,
-                );
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, outparam)
-                    .instrument(guest.clone())
-                    .await
-            };
-            let outcome = match tokio::time::timeout(deadline, call).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) if store.data_mut().bounds().out_of_time() => {
-                    Err(GuestFailure::OutOfTime(
-                        "guest exceeded its execution time budget (--guest-timeout)".into(),
-                    ))
-                }
-                Ok(Err(err)) => Err(GuestFailure::Failed(err)),
-                Err(_) => Err(GuestFailure::OutOfTime(format!(
-                    "request exceeded the {deadline:?} request timeout"
-                ))),
-            };
-            if outcome.is_err() {
-                guest.record("otel.status_code", "error");
-            }
-            store.data_mut().finished();
-            // The instance goes back to the pool before the request's slot
-            // frees, so an admitted request always finds a pool slot.
-            drop(store);
-            outcome
-        }
-        .instrument(tracing::Span::current()),
-    );
-    let answer = match receiver.await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(code)) => Err(GuestFailure::Failed(wasmtime::format_err!(
-            "guest answered with error code {code:?}"
-        ))),
-        Err(_) => match task.await {
-            Ok(Ok(())) => Err(GuestFailure::Failed(wasmtime::format_err!(
-                "guest returned without a response"
-            ))),
-            Ok(Err(failure)) => Err(failure),
-            Err(join) => Err(GuestFailure::Failed(wasmtime::format_err!(
-                "guest task failed: {join}"
-            ))),
-        },
-    };
-    // A guest that saw its body fail answers what it makes of that (a
-    // 422, say); the client deserves to hear that it was too slow.
-    if body_timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(GuestFailure::BodyTimeout);
-    }
-    answer
-}
-
-/// How a request's guest run ended without an answer of its own.
-#[derive(Debug)]
-pub enum GuestFailure {
-    /// Out of CPU budget or past the wall-clock bound.
-    OutOfTime(String),
-    /// Trapped, or returned without a response.
-    Failed(wasmtime::Error),
-    /// The request body was not in by `--body-timeout`.
-    BodyTimeout,
-}
-
-impl GuestFailure {
-    /// The answer the host gives in the guest's place.
-    pub fn response(&self) -> hyper::Response<ResponseBody> {
-        match self {
-            GuestFailure::OutOfTime(_) => json_response(504, r#"{"error":"Gateway timeout"}"#),
-            GuestFailure::Failed(_) => json_response(500, r#"{"error":"Internal error"}"#),
-            GuestFailure::BodyTimeout => json_response(408, r#"{"error":"Request timeout"}"#),
         }
     }
 }

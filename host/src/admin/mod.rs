@@ -1,0 +1,160 @@
+//! The admin listener: health, readiness, metrics, and the component API.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when the backends are configured, else 503 with the reasons |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /admin/component` | digest, wasi_http, source, loaded_at, previous_digest |
+//! | `PUT /admin/component` | swap in the body's component, or the one `{"reference": "oci://…"}` names (bearer token) |
+//! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
+//!
+//! Mutations are taken from loopback peers only, unless
+//! `--admin-allow-remote`; a listener for probes alone (`--metrics-listen`)
+//! answers only the first three.
+
+mod policy;
+mod swap;
+
+pub use policy::{AdminArgs, AdminPolicy};
+
+use crate::body::{ResponseBody, json_response};
+use crate::serve::endpoint::Endpoint;
+use crate::versions::slot::Version;
+use bytes::Bytes;
+use http::Method;
+use hyper::body::Incoming;
+use policy::authorize;
+use serde_json::json;
+use std::sync::Arc;
+use swap::put_component;
+
+/// The largest `{"reference": …}` body the admin API reads.
+const MAX_REFERENCE_BODY_BYTES: usize = 64 << 10;
+
+/// Answers one admin request. Every request to the component API, and
+/// every refused one, leaves one audit line (target `keybust::audit`):
+/// peer, action, digest, outcome.
+pub async fn handle(
+    endpoint: &Arc<Endpoint>,
+    policy: &AdminPolicy,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
+    let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<crate::serve::server::Peer>()
+        .map(|peer| peer.0);
+    let action = format!("{} {path}", request.method());
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let (response, digest) = if policy.probes_only && !probe {
+        (json_response(404, r#"{"error":"Not found"}"#), None)
+    } else {
+        answer(endpoint, policy, peer, request).await
+    };
+    if !probe || !response.status().is_success() {
+        let outcome = response.status().as_u16();
+        tracing::info!(
+            target: "keybust::audit",
+            peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+            action,
+            digest = digest.as_deref().unwrap_or(""),
+            outcome,
+        );
+    }
+    response
+}
+
+/// The answer, and the digest a swap or rollback concerned.
+async fn answer(
+    endpoint: &Arc<Endpoint>,
+    policy: &AdminPolicy,
+    peer: Option<std::net::SocketAddr>,
+    request: hyper::Request<Incoming>,
+) -> (hyper::Response<ResponseBody>, Option<String>) {
+    let path = request.uri().path().to_owned();
+    let mutation = matches!(
+        (request.method(), path.as_str()),
+        (&Method::PUT, "/admin/component") | (&Method::POST, "/admin/component/rollback")
+    );
+    if mutation && let Err(refusal) = authorize(policy, peer, &request) {
+        // The upload is not read; drained, so the refusal reaches a client
+        // still sending it.
+        crate::body::discard(request.into_body());
+        return (refusal.response(), None);
+    }
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => (json_response(200, r#"{"status":"ok"}"#), None),
+        (&Method::GET, "/readyz") => (readiness(endpoint), None),
+        (&Method::GET, "/metrics") => {
+            let capabilities = endpoint.capabilities();
+            capabilities
+                .metrics
+                .jwks_age(capabilities.sessions.keys_age());
+            let mut response = json_response(200, capabilities.metrics.encode());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            (response, None)
+        }
+        (&Method::GET, "/admin/component") => (component_json(endpoint, 200, None), None),
+        (&Method::PUT, "/admin/component") => put_component(endpoint, policy, request).await,
+        (&Method::POST, "/admin/component/rollback") => match endpoint.slot().rollback().await {
+            Ok(back) => (
+                component_json(endpoint, 200, None),
+                Some(back.digest().to_owned()),
+            ),
+            Err(err) => (error(409, &err.to_string()), None),
+        },
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/admin/component" | "/admin/component/rollback",
+        ) => (error(405, "method not allowed"), None),
+        _ => (json_response(404, r#"{"error":"Not found"}"#), None),
+    }
+}
+
+fn error(status: u16, message: &str) -> hyper::Response<ResponseBody> {
+    json_response(status, json!({ "error": message }).to_string())
+}
+
+fn readiness(endpoint: &Endpoint) -> hyper::Response<ResponseBody> {
+    let reasons = endpoint.unready_reasons();
+    if reasons.is_empty() {
+        json_response(200, r#"{"status":"ready"}"#)
+    } else {
+        json_response(
+            503,
+            json!({ "status": "not ready", "reasons": reasons }).to_string(),
+        )
+    }
+}
+
+fn describe(version: &Version) -> serde_json::Value {
+    json!({
+        "digest": version.digest(),
+        "wasi_http": version.plugin.wasi_http().as_str(),
+        "source": version.source,
+        "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
+    })
+}
+
+fn component_json(
+    endpoint: &Endpoint,
+    status: u16,
+    extra: Option<serde_json::Value>,
+) -> hyper::Response<ResponseBody> {
+    let slot = endpoint.slot();
+    let mut body = describe(&slot.current());
+    body["previous_digest"] = match slot.previous() {
+        Some(previous) => json!(previous.digest()),
+        None => serde_json::Value::Null,
+    };
+    if let (Some(extra), Some(map)) = (extra, body.as_object_mut()) {
+        map.extend(extra.as_object().cloned().unwrap_or_default());
+    }
+    json_response(status, Bytes::from(body.to_string()))
+}

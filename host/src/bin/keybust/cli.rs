@@ -1,0 +1,177 @@
+//! The command line: `keybust serve`, `keybust dev` and `keybust component
+//! push|check|sign`, every setting with its environment twin. What the
+//! settings mean lives with the library part each configures; this file
+//! only gathers them into commands.
+
+use crate::component::ComponentCommand;
+use crate::logging::LogFormat;
+use clap::{Parser, Subcommand};
+use keybust::admin::AdminArgs;
+use keybust::capabilities::SettingsArgs;
+use keybust::config::parse_duration;
+use keybust::limits::LimitArgs;
+use keybust::rollout::registry::RegistryArgs;
+use keybust::runtime::artifacts;
+use keybust::serve::endpoint::EndpointConfig;
+use keybust::serve::tls::TlsArgs;
+use keybust::telemetry::export::TelemetryArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The version, the commit, the wasmtime it runs on, and the component it
+/// embeds, as `keybust --version` prints them.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("KEYBUST_GIT_SHA"),
+    ", wasmtime ",
+    env!("KEYBUST_WASMTIME_VERSION"),
+    ", embedded component sha256:",
+    env!("KEYBUST_GUEST_DIGEST"),
+    ")"
+);
+
+/// Serve the invalidate-user-api-key-cache endpoint from a WASI component.
+#[derive(Parser)]
+#[command(name = "keybust", version = VERSION, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "KEYBUST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Threads that serve requests. With one, a single thread runs
+    /// everything, without hand-offs between threads; with more, a
+    /// work-stealing pool. Default: the CPUs this process may run on.
+    #[arg(long, env = "KEYBUST_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the endpoint; every setting below also reads its environment twin.
+    Serve(Box<ServeArgs>),
+    /// Run the whole flow locally: embedded cache, stand-ins for Convex and the
+    /// token issuer, and a ready-to-paste curl that gets a 200.
+    Dev(Box<DevArgs>),
+    /// Publish a component to a registry, or check one before a rollout.
+    #[command(subcommand)]
+    Component(ComponentCommand),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address for the public listener.
+    #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+
+    /// Component to serve: a file (watched, and re-read on SIGHUP), or
+    /// oci://REGISTRY/REPOSITORY:TAG or @sha256:DIGEST, pulled at start
+    /// [default: the component built from guest/, embedded in this binary].
+    #[arg(long, env = "KEYBUST_COMPONENT")]
+    pub component: Option<String>,
+
+    /// With an oci:// tag, how often to check where the tag points (each
+    /// check waits this give or take a fifth); when it moves, the new
+    /// version is pulled, checked and swapped in [default: off].
+    #[arg(long, env = "KEYBUST_FOLLOW_INTERVAL", value_parser = parse_follow_interval)]
+    pub follow_interval: Option<Duration>,
+
+    #[command(flatten, next_help_heading = "Registry")]
+    pub registry: RegistryArgs,
+
+    #[command(flatten, next_help_heading = "Admin plane")]
+    pub admin: AdminArgs,
+
+    #[command(flatten, next_help_heading = "TLS")]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Address for the public listener.
+    #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(clap::Args)]
+pub struct CommonArgs {
+    /// Directory for precompiled components, keyed by digest
+    /// [default: the user's cache directory, e.g. ~/.cache/keybust].
+    #[arg(long, env = "KEYBUST_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Largest size of the precompiled component cache, in bytes; the
+    /// least recently used entries go first.
+    #[arg(long, env = "KEYBUST_CACHE_MAX_BYTES", default_value_t = artifacts::DEFAULT_MAX_BYTES)]
+    pub cache_max_bytes: u64,
+
+    /// Directory for keybust's state, outside the cache directory: the key
+    /// that authenticates precompiled components
+    /// [default: the user's state directory, e.g. ~/.local/state/keybust].
+    #[arg(long, env = "KEYBUST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// After SIGTERM or ctrl-c, how long the listener keeps accepting while
+    /// /readyz already answers 503: the time a load balancer needs to stop
+    /// sending traffic. Then it closes, and new connections are refused.
+    #[arg(long, env = "KEYBUST_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Time in-flight requests get to finish after the listener closes (e.g. 30s).
+    #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten, next_help_heading = "Limits")]
+    pub limits: LimitArgs,
+
+    #[command(flatten, next_help_heading = "Tracing (OpenTelemetry)")]
+    pub telemetry: TelemetryArgs,
+
+    /// Whether accepted versions are recorded in the state directory.
+    #[arg(skip = true)]
+    pub keep_history: bool,
+}
+
+impl CommonArgs {
+    pub fn endpoint_config(&self) -> anyhow::Result<EndpointConfig> {
+        let mut limits = self.limits.limits()?;
+        limits.fit_to_fd_limit();
+        let state_dir = self.state_dir.clone().or_else(default_state_dir);
+        Ok(EndpointConfig {
+            cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
+            artifact_key: state_dir.as_ref().map(|dir| dir.join("artifact.key")),
+            history_dir: state_dir
+                .filter(|_| self.keep_history)
+                .map(|dir| dir.join("components")),
+            // Set by the caller that knows whether signatures are required.
+            signed_only: false,
+            cache_max_bytes: self.cache_max_bytes,
+            limits,
+        })
+    }
+}
+
+/// `$XDG_STATE_HOME/keybust`, else the local data directory's `keybust`.
+fn default_state_dir() -> Option<PathBuf> {
+    artifacts::default_key_path().and_then(|key| key.parent().map(ToOwned::to_owned))
+}
+
+/// A follow interval within the library's bounds
+/// ([`keybust::rollout::follow::check_interval`]).
+fn parse_follow_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value).map_err(|err| err.to_string())?;
+    keybust::rollout::follow::check_interval(interval).map_err(|err| err.to_string())
+}

@@ -1,0 +1,136 @@
+//! The wasm artifact layout in an OCI registry, as `wkg oci push` and
+//! `wash push` write it and as keybust pulls and pushes it: an OCI image
+//! manifest with one `application/wasm` layer holding the component, and a
+//! small JSON config (`application/vnd.wasm.config.v0+json`) that names the
+//! layer and the component's imports and exports, so a registry browser or
+//! a policy engine can tell what it holds without compiling it.
+//!
+//! The config's names are read from the component's own import and export
+//! sections with wasmparser, which wasmtime already links: no WIT decoding
+//! is needed for a list of names.
+
+use oci_client::client::{Config, ImageLayer};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use std::time::SystemTime;
+
+/// The config's media type: what tells a wasm artifact from a container
+/// image.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+
+/// The one layer's media type: the component's bytes, as they are.
+pub const LAYER_MEDIA_TYPE: &str = "application/wasm";
+
+/// Bytes that cannot be published as a component.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// They are not a WebAssembly binary at all.
+    #[error("not WebAssembly: {0}")]
+    Parse(#[source] wasmparser::BinaryReaderError),
+    /// They are a core module, not a component.
+    #[error("a core WebAssembly module, not a component")]
+    Module,
+}
+
+/// A component's manifest, config and layer, ready to push.
+pub struct Artifact {
+    /// The image manifest (its media type set, as registries expect).
+    pub manifest: OciImageManifest,
+    /// The wasm config.
+    pub config: Config,
+    /// The component's bytes.
+    pub layers: Vec<ImageLayer>,
+}
+
+/// The artifact for `bytes`, a component, created now.
+pub fn artifact(bytes: Vec<u8>) -> Result<Artifact, LayoutError> {
+    let names = Names::of(&bytes)?;
+    let digest = format!("sha256:{}", crate::digest::hex_digest(&bytes));
+    let config = serde_json::json!({
+        "created": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [digest],
+        "component": {
+            "exports": names.exports,
+            "imports": names.imports,
+            "target": null,
+        },
+    });
+    let config = Config::new(
+        config.to_string().into_bytes(),
+        CONFIG_MEDIA_TYPE.to_owned(),
+        None,
+    );
+    let layers = vec![ImageLayer::new(bytes, LAYER_MEDIA_TYPE.to_owned(), None)];
+    let mut manifest = OciImageManifest::build(&layers, &config, None);
+    manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
+    Ok(Artifact {
+        manifest,
+        config,
+        layers,
+    })
+}
+
+/// What a component imports and exports, by name (`wasi:http/types@0.2.12`,
+/// `keybust:gateway/convex@0.1.0`), in the order its sections give them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Names {
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+impl Names {
+    /// The outer component's names; those of components and modules nested
+    /// in it are its own business.
+    fn of(bytes: &[u8]) -> Result<Self, LayoutError> {
+        use wasmparser::{Encoding, Parser, Payload};
+        let mut names = Names::default();
+        // 0 while in the outer component; one more inside each nested
+        // module or component, until its `End`.
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            match payload.map_err(LayoutError::Parse)? {
+                Payload::Version { encoding, .. }
+                    if depth == 0 && encoding != Encoding::Component =>
+                {
+                    return Err(LayoutError::Module);
+                }
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::ComponentImportSection(section) if depth == 0 => {
+                    for import in section {
+                        let import = import.map_err(LayoutError::Parse)?;
+                        names.imports.push(import.name.name.to_owned());
+                    }
+                }
+                Payload::ComponentExportSection(section) if depth == 0 => {
+                    for export in section {
+                        let export = export.map_err(LayoutError::Parse)?;
+                        names.exports.push(export.name.name.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_or_garbage_is_not_a_component() {
+        assert!(matches!(
+            Names::of(b"\0asm\x01\0\0\0"),
+            Err(LayoutError::Module)
+        ));
+        assert!(matches!(Names::of(b"nope"), Err(LayoutError::Parse(_))));
+    }
+
+    #[test]
+    fn an_empty_component_names_nothing() {
+        assert_eq!(Names::of(b"\0asm\x0d\0\x01\0").unwrap(), Names::default());
+    }
+}
