@@ -190,7 +190,7 @@ async fn json_logs_are_one_object_per_line() {
     Answer::of(stack.invalidate(hashes::OWNED).await)
         .await
         .assert_json(200, r#"{"ok":true}"#);
-    stack.keybust.assert_logged("keybust::serve::access").await;
+    stack.keybust.assert_logged("keybust::access").await;
     for line in stack.keybust.logs().lines() {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
@@ -247,7 +247,7 @@ async fn drains_on_sigterm(options: Options) {
     // Access lines wait in a buffer; every one is written before exit.
     stack
         .keybust
-        .wait_for_lines(&["keybust::serve::access", "status=200"], 16)
+        .wait_for_lines(&["keybust::access", "status=200"], 16)
         .await;
 }
 

@@ -79,7 +79,7 @@ async fn a_client_that_hangs_up_keeps_its_slot_until_its_guest_finishes() {
     // Access lines leave in batches, a little after the metric counts them.
     stack
         .keybust
-        .wait_for_lines(&["keybust::serve::access", "client closed"], 12)
+        .wait_for_lines(&["keybust::access", "client closed"], 12)
         .await;
 }
 

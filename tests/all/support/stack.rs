@@ -137,7 +137,7 @@ impl Server {
         if let Server::InProcess(server) = self {
             let logs = server.logs().text();
             assert!(
-                logs.contains("keybust::serve::access"),
+                logs.contains("keybust::access"),
                 "the log capture saw no request (is the test on a current-thread runtime?):\n{logs}"
             );
         }

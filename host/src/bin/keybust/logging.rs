@@ -173,6 +173,6 @@ mod tests {
         assert!(caps.would_enable("oci_client::client", &Level::INFO));
         assert!(!caps.would_enable("opentelemetry_sdk::trace", &Level::INFO));
         assert!(!caps.would_enable("opentelemetry-otlp", &Level::DEBUG));
-        assert!(caps.would_enable("keybust::serve::access", &Level::DEBUG));
+        assert!(caps.would_enable("keybust::access", &Level::DEBUG));
     }
 }
