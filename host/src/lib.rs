@@ -6,8 +6,11 @@
 //! Each layer is a folder and uses only what is listed below it; no
 //! module imports one that imports it back.
 //!
+//! * [`service`]: the whole server as one value, built from settings and
+//!   run until a shutdown signal: what `keybust serve` and `keybust dev`
+//!   call, and what the tests start.
 //! * [`admin`]: the admin listener (health, readiness, metrics, the
-//!   component API), on top of the rest.
+//!   component API).
 //! * [`serve`]: listeners, TLS, the endpoint a request is routed to, and
 //!   the access record it leaves.
 //! * [`rollout`], beside it: how new versions arrive: OCI registries and
@@ -133,8 +136,9 @@ pub mod runtime;
 pub mod serve;
 pub mod versions;
 
-// The admin listener, on top of them all.
+// The admin listener, and the whole server as one value, on top of them all.
 pub mod admin;
+pub mod service;
 
 // `keybust dev`: the whole flow on one machine.
 #[cfg(feature = "dev")]

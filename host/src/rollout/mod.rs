@@ -13,3 +13,4 @@ pub mod follow;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod reload;
+pub mod source;

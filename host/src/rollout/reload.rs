@@ -1,5 +1,6 @@
 //! Reloading the `--component` file: when it changes on disk (see
-//! [`crate::watch`] for how changes are noticed), and on SIGHUP. A reload
+//! [`crate::watch`] for how changes are noticed), and on SIGHUP (the
+//! service's one handler calls [`reload_and_log`]). A reload
 //! whose bytes equal the serving version does nothing.
 
 use crate::versions::slot::ComponentSlot;
@@ -46,7 +47,10 @@ pub async fn reload(slot: &ComponentSlot, path: &Path) -> Result<bool, ReloadErr
         })
 }
 
-async fn reload_and_log(slot: &ComponentSlot, path: &Path, why: &str) {
+/// [`reload`], with what became of it in the log: the serving version
+/// keeps serving when the file does not load. `why` names the trigger
+/// (`"SIGHUP"`, `"file changed"`).
+pub async fn reload_and_log(slot: &ComponentSlot, path: &Path, why: &str) {
     match reload(slot, path).await {
         Ok(true) => {}
         Ok(false) => tracing::debug!(why, "component file unchanged"),
@@ -68,17 +72,4 @@ pub fn watch(
         let path = path.clone();
         async move { reload_and_log(&slot, &path, "file changed").await }
     })
-}
-
-/// Reloads `path` on every SIGHUP.
-#[cfg(unix)]
-pub fn reload_on_sighup(slot: Arc<ComponentSlot>, path: PathBuf) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            reload_and_log(&slot, &path, "SIGHUP").await;
-        }
-    });
-    Ok(())
 }

@@ -1,15 +1,16 @@
-//! keybust's library served in the test's own runtime, as `keybust serve`
-//! serves its public listener (host/src/bin/keybust/main.rs, `run`): for the contract's
-//! rules, where a process would prove nothing more and only cost a start.
+//! keybust's library served in the test's own runtime: the same
+//! [`keybust::service::Service`] `keybust serve` runs, with its public
+//! listener only. For the contract's rules, where a process would prove
+//! nothing more and only cost a start.
 
 use super::logs::Logs;
-use keybust::capabilities::{Capabilities, Settings};
-use keybust::serve::endpoint::{Endpoint, EndpointConfig};
+use keybust::capabilities::Settings;
+use keybust::rollout::source::ComponentSource;
+use keybust::serve::endpoint::EndpointConfig;
+use keybust::service::{Listeners, Service, ServiceConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// The endpoint on a loopback port, stopped on drop. What it logs on the
@@ -29,39 +30,39 @@ impl InProcess {
             env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
         })
         .expect("valid settings");
-        let capabilities = Arc::new(Capabilities::from_settings(&settings).expect("capabilities"));
-        let config = EndpointConfig {
-            cache_dir: Some(artifact_dir().join("cache")),
-            artifact_key: Some(artifact_dir().join("state").join("artifact.key")),
-            ..EndpointConfig::default()
+        let config = ServiceConfig {
+            listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            admin: None,
+            component: ComponentSource::Bytes {
+                bytes: component.to_vec(),
+                label: "embedded".into(),
+            },
+            follow_interval: None,
+            registry: None,
+            tls: None,
+            settings,
+            endpoint: EndpointConfig {
+                cache_dir: Some(artifact_dir().join("cache")),
+                artifact_key: Some(artifact_dir().join("state").join("artifact.key")),
+                ..EndpointConfig::default()
+            },
+            shutdown_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(1),
+            listeners: Listeners::default(),
         };
-        let endpoint = {
+        let service = {
             // Loads take turns: in a fresh target directory the first one
             // compiles and stores the component, and the others load it
             // (milliseconds) instead of compiling it again side by side.
             static LOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
             let _turn = LOADS.lock().await;
-            Endpoint::load(capabilities, component.to_vec(), "embedded".into(), &config)
-                .await
-                .expect("the component loads")
+            Service::build(config).await.expect("the service starts")
         };
-        let endpoint = Arc::new(endpoint);
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handler = move |request| {
-            let endpoint = endpoint.clone();
-            async move { endpoint.route(request).await }
-        };
+        let addr = service.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(keybust::serve::server::serve(
-            listener,
-            handler,
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(1),
-            config.limits,
-        ));
+        tokio::spawn(service.run(async move {
+            let _ = stopped.await;
+        }));
         InProcess {
             addr,
             logs,

@@ -1,12 +1,13 @@
 //! Serves the component in the file named by the first argument with
-//! keybust's library, on a loopback port, and checks two answers over real
+//! keybust's library (its `Service`, as `keybust serve` runs it), on a
+//! loopback port, and checks two answers over real
 //! HTTP: a CORS preflight (204) and a POST without a token (401).
 
+use keybust::capabilities::Settings;
 use keybust::capabilities::cache::{CacheBackendSettings, CacheSettings};
-use keybust::capabilities::{Capabilities, Settings};
-use keybust::serve::endpoint::{ENDPOINT_PATH, Endpoint, EndpointConfig};
-use keybust::limits::Limits;
-use std::sync::Arc;
+use keybust::rollout::source::ComponentSource;
+use keybust::serve::endpoint::{ENDPOINT_PATH, EndpointConfig};
+use keybust::service::{Listeners, Service, ServiceConfig};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,21 +24,21 @@ async fn main() -> anyhow::Result<()> {
         },
         ..Settings::default()
     };
-    let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
-    let endpoint =
-        Arc::new(Endpoint::load(capabilities, bytes, path, &EndpointConfig::default()).await?);
-    let listener = keybust::serve::server::bind("127.0.0.1:0".parse()?).await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(keybust::serve::server::serve(
-        listener,
-        move |request| {
-            let endpoint = endpoint.clone();
-            async move { endpoint.route(request).await }
-        },
-        std::future::pending(),
-        Duration::from_secs(1),
-        Limits::default(),
-    ));
+    let service = Service::build(ServiceConfig {
+        listen: "127.0.0.1:0".parse()?,
+        admin: None,
+        component: ComponentSource::Bytes { bytes, label: path },
+        follow_interval: None,
+        tls: None,
+        settings,
+        endpoint: EndpointConfig::default(),
+        shutdown_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(1),
+        listeners: Listeners::default(),
+    })
+    .await?;
+    let addr = service.local_addr()?;
+    tokio::spawn(service.run(std::future::pending()));
     let preflight = status(
         addr,
         &format!(

@@ -22,7 +22,7 @@ mod signatures;
 
 pub use self::credentials::{Credentials, CredentialsError};
 pub use self::error::RegistryError;
-pub use self::reference::{ComponentSource, InvalidReference, OCI_SCHEME, OciReference};
+pub use self::reference::{InvalidReference, OCI_SCHEME, OciReference};
 pub use self::settings::RegistryArgs;
 pub use self::signatures::{SignatureError, VerifyKey};
 

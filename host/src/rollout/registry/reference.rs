@@ -2,6 +2,7 @@
 //! in an OCI registry (`oci://REGISTRY/REPOSITORY:TAG` or
 //! `oci://REGISTRY/REPOSITORY@sha256:DIGEST`).
 
+use crate::rollout::source::ComponentSource;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -18,17 +19,6 @@ pub struct InvalidReference {
     pub reason: String,
 }
 
-/// Where a component comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComponentSource {
-    /// The component built from `guest/`, embedded in the binary.
-    Embedded,
-    /// A file, watched and re-read on SIGHUP.
-    File(PathBuf),
-    /// A component in an OCI registry.
-    Oci(OciReference),
-}
-
 impl ComponentSource {
     /// Reads a `--component` value: `oci://…` is a registry reference,
     /// anything else a file path; none is the embedded build.
@@ -39,16 +29,6 @@ impl ComponentSource {
                 OciReference::parse(value).map(ComponentSource::Oci)
             }
             Some(value) => Ok(ComponentSource::File(PathBuf::from(value))),
-        }
-    }
-
-    /// The label a version from this source carries (its `source` in the
-    /// admin API and the logs), and the value its history is kept under.
-    pub fn label(&self) -> String {
-        match self {
-            ComponentSource::Embedded => "embedded".to_owned(),
-            ComponentSource::File(path) => path.display().to_string(),
-            ComponentSource::Oci(reference) => reference.to_string(),
         }
     }
 }

@@ -169,21 +169,10 @@ impl Certificates {
         })
     }
 
-    /// Reloads on every SIGHUP.
-    #[cfg(unix)]
-    pub fn reload_on_sighup(self: &Arc<Self>) -> std::io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = signal(SignalKind::hangup())?;
-        let certificates = self.clone();
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                certificates.reload_and_log("SIGHUP").await;
-            }
-        });
-        Ok(())
-    }
-
-    async fn reload_and_log(self: &Arc<Self>, why: &'static str) {
+    /// Re-reads the files and says in the log what became of it: new
+    /// handshakes keep the current pair when the files do not load. `why`
+    /// names the trigger (`"SIGHUP"`, `"files changed"`).
+    pub async fn reload_and_log(self: &Arc<Self>, why: &'static str) {
         // File reads off the async threads: a slow mount must not stall serving.
         let certificates = self.clone();
         match tokio::task::spawn_blocking(move || certificates.reload()).await {
