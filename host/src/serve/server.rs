@@ -4,7 +4,7 @@
 //! decided by the handler given to [`serve`]:
 //! [`crate::serve::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
 //! HTTP/2 stream is a request like any other: admitted, bounded and timed
-//! the same way. [`serve_with`] does the same over TLS when given an
+//! the same way. [`serve`] does the same over TLS when given an
 //! acceptor: ALPN offers `h2`, and the handshake is bounded by the header
 //! timeout.
 
@@ -34,28 +34,15 @@ pub struct Peer(pub SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct Scheme(pub &'static str);
 
-/// Serves `listener` until `shutdown` resolves, then waits for open
-/// connections to finish their in-flight requests.
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
-    handler: F,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    limits: Limits,
-) where
-    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
-{
-    serve_with(listener, None, handler, shutdown, grace, limits).await;
-}
-
 /// A connection's bytes, plaintext or TLS, behind one type so that both are
 /// served by the same code.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// [`serve`], or with `tls` every connection a TLS connection accepted by it.
-pub async fn serve_with<F, Fut>(
+/// Serves `listener` until `shutdown` resolves, then waits for open
+/// connections to finish their in-flight requests; with `tls`, every
+/// connection is a TLS connection accepted by it.
+pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<Acceptor>,
     handler: F,

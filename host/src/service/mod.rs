@@ -187,7 +187,7 @@ impl Service {
         for (plane, policy) in self.planes {
             let endpoint = self.endpoint.clone();
             let policy = Arc::new(policy);
-            tokio::spawn(server::serve_with(
+            tokio::spawn(server::serve(
                 plane.listener,
                 plane.tls,
                 move |request| {
@@ -218,7 +218,7 @@ impl Service {
             let endpoint = endpoint.clone();
             async move { endpoint.route(request).await }
         };
-        server::serve_with(
+        server::serve(
             self.public.listener,
             self.public.tls,
             handler,
