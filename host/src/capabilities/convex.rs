@@ -57,7 +57,7 @@ impl Default for ConvexSettings {
 /// The Convex settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConvexArgs {
-    /// Convex deployment's site URL, e.g. https://example.convex.site; unset: 503.
+    /// Convex deployment's site URL, e.g. <https://example.convex.site>; unset: 503.
     #[arg(long, env = "CONVEX_SITE_URL")]
     pub convex_site_url: Option<String>,
 

@@ -90,7 +90,7 @@ pub struct OriginArgs {
     #[arg(long, env = "NODE_ENV")]
     pub node_env: Option<String>,
 
-    /// Access-Control-Allow-Origin for requests without an Origin [default: https://worldmonitor.app].
+    /// Access-Control-Allow-Origin for requests without an Origin [default: <https://worldmonitor.app>].
     #[arg(long, env = "KEYBUST_DEFAULT_ORIGIN")]
     pub default_origin: Option<String>,
 }

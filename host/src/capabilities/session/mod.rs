@@ -1,7 +1,7 @@
 //! The `session` capability: Clerk session tokens, verified against the
 //! issuer's JWKS (contract, "Session tokens").
 //!
-//! The token's signature is checked against the issuer's keys ([`keys`]
+//! The token's signature is checked against the issuer's keys (`keys.rs`
 //! explains how they are fetched and refreshed); its claims against the
 //! contract's rules, by their exact JSON types.
 
@@ -46,7 +46,7 @@ impl Default for ClerkSettings {
 /// The session-token settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClerkArgs {
-    /// Token issuer, e.g. https://clerk.example.com; keys come from
+    /// Token issuer, e.g. <https://clerk.example.com>; keys come from
     /// {issuer}/.well-known/jwks.json. Unset: every token is refused (401).
     #[arg(long, env = "CLERK_JWT_ISSUER_DOMAIN")]
     pub clerk_jwt_issuer_domain: Option<String>,

@@ -4,7 +4,7 @@
 //! An entry is `<component digest>-<engine hash>.cwasm` plus a `.mac` file
 //! holding its HMAC. Loading an entry checks, before wasmtime sees a byte,
 //! that the directory and the entry are this user's alone and that the MAC
-//! verifies under the [`ArtifactKey`] ([`trust`] says why); wasmtime then
+//! verifies under the [`ArtifactKey`] (`trust.rs` says why); wasmtime then
 //! checks that the code was made by a compatible engine. An entry failing
 //! any check is rebuilt. The cache keeps to a size bound by removing the
 //! entries used least recently.

@@ -31,7 +31,7 @@ const KEY_BYTES: usize = 32;
 impl ArtifactKey {
     /// Reads the key in `path`, or creates it (owner-only, `0600`) with
     /// fresh random bytes. The file and its directory must pass
-    /// [`check_owned`]: a key others can write is no key.
+    /// `check_owned`: a key others can write is no key.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             create_private_dir(dir)?;
