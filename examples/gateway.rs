@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use keybust::capabilities::Capabilities;
 use keybust::limits::MAX_COMPONENT_BYTES;
 use keybust::serve::endpoint::{ENDPOINT_PATH, Endpoint};
+use keybust::versions::slot::Provenance;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ async fn swap(endpoint: &Endpoint, request: Request<Incoming>) -> Response<Body>
     };
     match endpoint
         .slot()
-        .replace(bytes, "gateway upload".into())
+        .replace(bytes, Provenance::unchecked("gateway upload"))
         .await
     {
         Ok(swapped) => text(StatusCode::OK, swapped.version.digest().to_owned()),

@@ -18,7 +18,7 @@ use keybust::limits::Limits;
 use keybust::runtime::engine;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use keybust::serve::endpoint::ENDPOINT_PATH;
-use keybust::versions::slot::ComponentSlot;
+use keybust::versions::slot::{ComponentSlot, Provenance};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         capabilities.clone(),
         limits.clone(),
         EMBEDDED_COMPONENT.to_vec(),
-        "embedded".into(),
+        Provenance::unchecked("embedded"),
     )
     .await?;
     let plugin = slot.current().plugin.clone();
@@ -101,7 +101,8 @@ async fn main() -> anyhow::Result<()> {
         .filter(|path| !path.is_empty())
     {
         let bytes = std::fs::read(path)?;
-        let other = keybust::runtime::Plugin::load(&others_linker, &bytes, limits.clone())?;
+        let (other, _) =
+            keybust::runtime::Plugin::load(&others_linker, None, &bytes, limits.clone())?;
         let samples = instantiations(&other, &capabilities, &limits).await?;
         others.push((path.to_owned(), bytes.len(), samples));
     }

@@ -13,7 +13,7 @@ use keybust::limits::Limits;
 use keybust::runtime::artifacts::ArtifactCache;
 use keybust::runtime::engine;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
-use keybust::versions::slot::ComponentSlot;
+use keybust::versions::slot::{ComponentSlot, Provenance};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,14 +54,18 @@ async fn main() -> anyhow::Result<()> {
         capabilities,
         Arc::new(limits),
         EMBEDDED_COMPONENT.to_vec(),
-        "embedded".into(),
+        Provenance::unchecked("embedded"),
     )
     .await?;
 
     let mut cold = Vec::new();
     for round in 0..COLD_ROUNDS {
         let bytes = variant::variant(EMBEDDED_COMPONENT, &format!("cold-{round}"));
-        cold.push(slot.replace(bytes, "bench".into()).await?.took);
+        cold.push(
+            slot.replace(bytes, Provenance::unchecked("bench"))
+                .await?
+                .took,
+        );
     }
     let warm = [
         variant::variant(EMBEDDED_COMPONENT, "cold-0"),
@@ -70,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let mut cached = Vec::new();
     for round in 0..CACHED_ROUNDS {
         let swapped = slot
-            .replace(warm[round % 2].clone(), "bench".into())
+            .replace(warm[round % 2].clone(), Provenance::unchecked("bench"))
             .await?;
         cached.push(swapped.took);
     }

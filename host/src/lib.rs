@@ -70,7 +70,7 @@
 //!     # drop(response);
 //! }
 //! // Swap in a new build later, without a restart:
-//! // endpoint.slot().replace(bytes, "my-deploy".into()).await?;
+//! // endpoint.slot().replace(bytes, keybust::versions::slot::Provenance::unchecked("my-deploy")).await?;
 //! # Ok(())
 //! # }
 //! ```

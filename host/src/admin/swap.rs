@@ -8,6 +8,7 @@ use crate::limits::MAX_COMPONENT_BYTES;
 #[cfg(feature = "registry")]
 use crate::rollout::registry::OciReference;
 use crate::serve::endpoint::Endpoint;
+use crate::versions::slot::Provenance;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -73,7 +74,7 @@ pub(super) async fn put_component(
     let swapped = tokio::spawn(async move {
         slot_owner
             .slot()
-            .replace_signed(bytes, source, signed)
+            .replace(bytes, Provenance::checked(source, signed))
             .await
     })
     .await

@@ -14,7 +14,7 @@
 //! `cosign sign`) is two steps, and a poll may fall between them. The serving version keeps serving throughout.
 
 use super::registry::{OciReference, Registry};
-use crate::versions::slot::ComponentSlot;
+use crate::versions::slot::{ComponentSlot, Provenance};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,10 +135,12 @@ impl Follower {
         };
         self.seen = Some(digest.clone());
         match slot
-            .replace_signed(
+            .replace(
                 pulled.bytes,
-                self.reference.to_string(),
-                self.registry.requires_signatures(),
+                Provenance::checked(
+                    self.reference.to_string(),
+                    self.registry.requires_signatures(),
+                ),
             )
             .await
         {

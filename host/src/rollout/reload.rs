@@ -3,7 +3,7 @@
 //! service's one handler calls [`reload_and_log`]). A reload
 //! whose bytes equal the serving version does nothing.
 
-use crate::versions::slot::ComponentSlot;
+use crate::versions::slot::{ComponentSlot, Provenance};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ pub async fn reload(slot: &ComponentSlot, path: &Path) -> Result<bool, ReloadErr
             path: shown.clone(),
             source,
         })?;
-    slot.replace(bytes, shown.clone())
+    slot.replace(bytes, Provenance::unchecked(shown.clone()))
         .await
         .map(|swapped| !swapped.already_serving())
         .map_err(|source| ReloadError::Load {

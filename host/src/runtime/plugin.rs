@@ -1,6 +1,6 @@
 //! A component compiled and pre-instantiated once ([`Plugin`]), and which
 //! serving path its requests take: a fresh instance each
-//! ([`serve_request`](super::fresh::serve_request)) or kept ones
+//! ([`serve_request`]) or kept ones
 //! (`--instance-reuse`, and every wasi:http 0.3 component).
 
 use super::artifacts::{ArtifactCache, Origin};
@@ -89,18 +89,11 @@ enum Serving {
 }
 
 impl Plugin {
-    /// Compiles `bytes` and checks them against our world.
+    /// Compiles `bytes` and checks them against our world, taking the
+    /// compiled code from `artifacts` when it holds a verified entry for
+    /// these bytes, and storing it there otherwise; the [`Origin`] says
+    /// which. Without `artifacts`, it always compiles.
     pub fn load(
-        linker: &Linker<RequestState>,
-        bytes: &[u8],
-        limits: Arc<Limits>,
-    ) -> Result<Self, LoadError> {
-        Self::load_cached(linker, None, bytes, limits).map(|(plugin, _)| plugin)
-    }
-
-    /// Like [`Plugin::load`], taking the compiled code from `artifacts` when
-    /// it holds a verified entry for these bytes, and storing it otherwise.
-    pub fn load_cached(
         linker: &Linker<RequestState>,
         artifacts: Option<&ArtifactCache>,
         bytes: &[u8],

@@ -42,6 +42,39 @@ impl Version {
     }
 }
 
+/// What is known about a version's bytes besides the bytes themselves:
+/// where they came from, and whether their signature was checked on the
+/// way in. It travels with the bytes into the slot, the history and the
+/// admin API, so no call needs a twin that differs by one flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// Its label: `embedded`, a file path, `admin`, an `oci://` reference.
+    pub source: String,
+    /// Whether they were pulled with their cosign signature checked
+    /// (`--verify-key`): when signatures are required, only such versions
+    /// (and the embedded one) are restored from the history.
+    pub signed: bool,
+}
+
+impl Provenance {
+    /// Bytes nobody checked a signature of: a file, an upload, the
+    /// embedded build.
+    pub fn unchecked(source: impl Into<String>) -> Self {
+        Provenance {
+            source: source.into(),
+            signed: false,
+        }
+    }
+
+    /// Bytes as `signed` says: pulled with their signature checked, or not.
+    pub fn checked(source: impl Into<String>, signed: bool) -> Self {
+        Provenance {
+            source: source.into(),
+            signed,
+        }
+    }
+}
+
 /// What a successful swap did.
 pub struct Swapped {
     /// The version serving now.
@@ -150,30 +183,7 @@ impl ComponentSlot {
         capabilities: Arc<Capabilities>,
         limits: Arc<Limits>,
         bytes: Vec<u8>,
-        source: String,
-    ) -> Result<Self, LoadError> {
-        Self::new_signed(
-            linker,
-            artifacts,
-            capabilities,
-            limits,
-            bytes,
-            source,
-            false,
-        )
-        .await
-    }
-
-    /// Like [`ComponentSlot::new`], noting whether the first version was
-    /// pulled with its signature checked.
-    pub async fn new_signed(
-        linker: Linker<RequestState>,
-        artifacts: Option<ArtifactCache>,
-        capabilities: Arc<Capabilities>,
-        limits: Arc<Limits>,
-        bytes: Vec<u8>,
-        source: String,
-        signed: bool,
+        provenance: Provenance,
     ) -> Result<Self, LoadError> {
         let linker = Arc::new(linker);
         let (version, _, _) = prepare(
@@ -182,8 +192,7 @@ impl ComponentSlot {
             &capabilities,
             &limits,
             bytes,
-            source,
-            signed,
+            provenance,
         )
         .await?;
         capabilities.metrics.serving(version.digest());
@@ -204,8 +213,7 @@ impl ComponentSlot {
     pub async fn set_previous(
         &self,
         bytes: Vec<u8>,
-        source: String,
-        signed: bool,
+        provenance: Provenance,
     ) -> Result<(), LoadError> {
         let _one_at_a_time = self.swapping.lock().await;
         let (version, _, _) = prepare(
@@ -214,8 +222,7 @@ impl ComponentSlot {
             &self.capabilities,
             &self.limits,
             bytes,
-            source,
-            signed,
+            provenance,
         )
         .await?;
         *self.lock_previous() = Some(Arc::new(version));
@@ -275,17 +282,10 @@ impl ComponentSlot {
     /// Bytes whose digest is the serving one change nothing: the check is
     /// made under the swap lock, so two sources swapping the same bytes at
     /// once cannot make the serving version its own rollback target.
-    pub async fn replace(&self, bytes: Vec<u8>, source: String) -> Result<Swapped, LoadError> {
-        self.replace_signed(bytes, source, false).await
-    }
-
-    /// Like [`ComponentSlot::replace`], noting whether the bytes were
-    /// pulled with their signature checked.
-    pub async fn replace_signed(
+    pub async fn replace(
         &self,
         bytes: Vec<u8>,
-        source: String,
-        signed: bool,
+        provenance: Provenance,
     ) -> Result<Swapped, LoadError> {
         let _one_at_a_time = self.swapping.lock().await;
         let started = Instant::now();
@@ -293,7 +293,7 @@ impl ComponentSlot {
         if hex_digest(&bytes) == current.digest() {
             tracing::debug!(
                 digest = current.digest(),
-                source,
+                source = provenance.source,
                 "component already serving; nothing swapped"
             );
             return Ok(Swapped {
@@ -308,8 +308,7 @@ impl ComponentSlot {
             &self.capabilities,
             &self.limits,
             bytes,
-            source,
-            signed,
+            provenance,
         )
         .await;
         let (version, origin, bytes) = match prepared {
@@ -370,8 +369,7 @@ async fn prepare(
     capabilities: &Arc<Capabilities>,
     limits: &Arc<Limits>,
     bytes: Vec<u8>,
-    source: String,
-    signed: bool,
+    provenance: Provenance,
 ) -> Result<(Version, Origin, Vec<u8>), LoadError> {
     let limits = limits.clone();
     let compile_linker = linker.clone();
@@ -379,7 +377,7 @@ async fn prepare(
     // Compiling takes hundreds of milliseconds of CPU: keep it off the
     // threads that serve requests. The bytes come back for the history.
     let (loaded, bytes) = tokio::task::spawn_blocking(move || {
-        let loaded = Plugin::load_cached(&compile_linker, artifacts.as_ref(), &bytes, limits);
+        let loaded = Plugin::load(&compile_linker, artifacts.as_ref(), &bytes, limits);
         (loaded, bytes)
     })
     .await
@@ -391,9 +389,9 @@ async fn prepare(
     Ok((
         Version {
             plugin,
-            source,
+            source: provenance.source,
             loaded_at: SystemTime::now(),
-            signed,
+            signed: provenance.signed,
         },
         origin,
         bytes,

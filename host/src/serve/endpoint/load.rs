@@ -10,7 +10,7 @@ use crate::runtime::LoadError;
 use crate::runtime::artifacts::{ArtifactCache, ArtifactKey};
 use crate::runtime::engine::{self, EngineError};
 use crate::versions::history::History;
-use crate::versions::slot::ComponentSlot;
+use crate::versions::slot::{ComponentSlot, Provenance};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -193,15 +193,14 @@ impl Endpoint {
                 })
                 .ok()
         });
-        let new_slot = |bytes: Vec<u8>, source: String, signed: bool| {
-            ComponentSlot::new_signed(
+        let new_slot = |bytes: Vec<u8>, provenance: Provenance| {
+            ComponentSlot::new(
                 linker.clone(),
                 artifacts.clone(),
                 capabilities.clone(),
                 limits.clone(),
                 bytes,
-                source,
-                signed,
+                provenance,
             )
         };
         let configured_digest = bytes.as_deref().map(hex_digest);
@@ -213,15 +212,17 @@ impl Endpoint {
             let current = start.current.bytes.clone();
             match new_slot(
                 start.current.bytes,
-                start.current.source,
-                start.current.signed,
+                Provenance::checked(start.current.source, start.current.signed),
             )
             .await
             {
                 Ok(slot) => {
                     if let Some(previous) = start.previous
                         && let Err(err) = slot
-                            .set_previous(previous.bytes, previous.source, previous.signed)
+                            .set_previous(
+                                previous.bytes,
+                                Provenance::checked(previous.source, previous.signed),
+                            )
                             .await
                     {
                         tracing::warn!(error = %err, "the recorded rollback target no longer loads; there is none");
@@ -240,7 +241,7 @@ impl Endpoint {
                 let bytes = bytes.ok_or_else(|| EndpointError::Unavailable {
                     source_name: source.clone(),
                 })?;
-                let slot = new_slot(bytes.clone(), source.clone(), signed)
+                let slot = new_slot(bytes.clone(), Provenance::checked(source.clone(), signed))
                     .await
                     .map_err(|error| EndpointError::Load {
                         source_name: source.clone(),
