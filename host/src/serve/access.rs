@@ -105,7 +105,7 @@ impl Drop for AccessRecord {
         // pipelines can compare it; a client that hung up has none.
         match answered {
             Some((status, took)) => {
-                self.metrics.request(&status.to_string(), took);
+                self.metrics.request(status, took);
                 tracing::info!(
                     target: ACCESS_TARGET,
                     method = %self.method,
