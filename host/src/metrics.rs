@@ -1,4 +1,7 @@
 //! What keybust counts, exposed as Prometheus text on the admin listener.
+//!
+//! One registry and the methods that count into it: long because every
+//! metric has its help text and its typed labels here, beside each other.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;

@@ -92,6 +92,10 @@ pub enum ServiceError {
     /// The settings contradict each other or cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The follow interval is outside the bounds a follower takes.
+    #[cfg(feature = "registry")]
+    #[error(transparent)]
+    Follow(#[from] crate::rollout::follow::IntervalError),
     /// The capabilities could not be set up.
     #[error("invalid configuration: {0}")]
     Capabilities(#[from] crate::capabilities::SetupError),

@@ -50,7 +50,11 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
     let followed = match (&component, follow_interval) {
         (_, None) => None,
         (ComponentSource::Oci(reference), Some(interval)) if reference.tag().is_some() => {
-            Some((reference.clone(), interval))
+            // Checked before anything is pulled: a bad interval fails fast.
+            Some((
+                reference.clone(),
+                crate::rollout::follow::check_interval(interval)?,
+            ))
         }
         (_, Some(_)) => return Err(not_a_tag()),
     };
@@ -85,8 +89,7 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
             reference,
             interval,
             manifest,
-        )
-        .map_err(|err| ServiceError::Invalid(err.to_string()))?;
+        )?;
     }
     for problem in endpoint.capabilities().configuration_problems() {
         tracing::warn!("{problem}: the endpoint is not ready until it is");

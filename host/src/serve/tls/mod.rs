@@ -9,6 +9,10 @@
 //! (a half-written file, a key that does not match) keeps everything as it
 //! was and says why in the log.
 //!
+//! Loading, checking and swapping the pair are one concept and stay in
+//! this file (about a fifth of it is tests); which listeners speak TLS and
+//! from which files is `settings.rs`.
+//!
 //! Handshakes use rustls on the aws-lc-rs provider, TLS 1.2 and 1.3, and
 //! offer `h2` before `http/1.1`; plaintext listeners keep speaking both
 //! HTTP/1.1 and h2c (see [`crate::serve::server`]).
