@@ -25,6 +25,7 @@ mod reliability;
 mod reuse;
 mod session;
 mod settings;
+mod signatures;
 mod swap;
 mod systemd;
 mod tls;

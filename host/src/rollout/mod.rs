@@ -5,8 +5,8 @@
 //! decides whether they serve.
 //!
 //! Registries (and so following) are the `registry` feature: the OCI
-//! client and sigstore's signature checks are the heaviest part of the
-//! build, and an embedder that hands keybust its bytes needs neither.
+//! client is the heaviest part of the build after wasmtime, and an
+//! embedder that hands keybust its bytes needs none of it.
 
 #[cfg(feature = "registry")]
 pub mod follow;

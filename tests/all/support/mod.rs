@@ -7,6 +7,7 @@
 pub mod answer;
 pub mod certs;
 pub mod convex;
+pub mod fleet;
 pub mod http;
 pub mod in_process;
 pub mod issuer;

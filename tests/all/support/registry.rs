@@ -89,15 +89,8 @@ impl OciRegistry {
     /// Publishes `bytes` at `repository:tag` as a wasm artifact (one
     /// `application/wasm` layer, a wasm config) without checking them.
     pub async fn push_unchecked(&self, repository: &str, tag: &str, bytes: Vec<u8>) {
-        let reference = oci_client::Reference::with_tag(
-            format!("127.0.0.1:{}", self.port),
-            repository.to_owned(),
-            tag.to_owned(),
-        );
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..ClientConfig::default()
-        });
+        let reference = self.reference_to(repository, tag);
+        let client = Self::client();
         let digest = format!("sha256:{}", keybust::digest::hex_digest(&bytes));
         let layers = vec![ImageLayer::new(bytes, "application/wasm".to_owned(), None)];
         let config = Config::new(
@@ -124,6 +117,84 @@ impl OciRegistry {
             )
             .await
             .unwrap();
+    }
+}
+
+impl OciRegistry {
+    fn reference_to(&self, repository: &str, tag: &str) -> oci_client::Reference {
+        oci_client::Reference::with_tag(
+            format!("127.0.0.1:{}", self.port),
+            repository.to_owned(),
+            tag.to_owned(),
+        )
+    }
+
+    fn client() -> oci_client::Client {
+        oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        })
+    }
+
+    /// Writes signatures over `digest` in `repository` as cosign's legacy
+    /// layout has them, from its published description and not with
+    /// keybust's code: the image tagged `sha256-<hex>.sig`, one
+    /// `application/vnd.dev.cosign.simplesigning.v1+json` layer per
+    /// `(payload, base64 signature)`, the signature in the layer's
+    /// `dev.cosignproject.cosign/signature` annotation.
+    pub async fn push_cosign_signatures(
+        &self,
+        repository: &str,
+        digest: &str,
+        signatures: &[(Vec<u8>, String)],
+    ) {
+        let layers: Vec<ImageLayer> = signatures
+            .iter()
+            .map(|(payload, signature)| {
+                ImageLayer::new(
+                    payload.clone(),
+                    "application/vnd.dev.cosign.simplesigning.v1+json".to_owned(),
+                    Some(
+                        [(
+                            "dev.cosignproject.cosign/signature".to_owned(),
+                            signature.clone(),
+                        )]
+                        .into(),
+                    ),
+                )
+            })
+            .collect();
+        let config = Config::new(
+            br#"{"architecture":"","config":{},"created":"0001-01-01T00:00:00Z","os":"","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec(),
+            "application/vnd.oci.image.config.v1+json".to_owned(),
+            None,
+        );
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        Self::client()
+            .push(
+                &self.reference_to(repository, &tag),
+                &layers,
+                config,
+                &RegistryAuth::Anonymous,
+                Some(manifest),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// How many signature layers the `.sig` image over `digest` holds.
+    pub async fn signature_count(&self, repository: &str, digest: &str) -> usize {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        let (manifest, _) = Self::client()
+            .pull_image_manifest(
+                &self.reference_to(repository, &tag),
+                &RegistryAuth::Anonymous,
+            )
+            .await
+            .unwrap();
+        manifest.layers.len()
     }
 }
 

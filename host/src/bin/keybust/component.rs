@@ -8,7 +8,7 @@ use keybust::config::Secret;
 use keybust::digest;
 use keybust::limits::MAX_COMPONENT_BYTES;
 use keybust::limits::{LimitArgs, Limits};
-use keybust::rollout::registry::{OciReference, RegistryArgs};
+use keybust::rollout::registry::{OciReference, RegistryArgs, SigningKey};
 use keybust::rollout::source::ComponentSource;
 use keybust::runtime::engine;
 use keybust::runtime::{Plugin, WasiHttp};
@@ -121,9 +121,8 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
             let reference = OciReference::parse(&args.reference)?;
             let registry = args.registry.registry()?.with_login_for(&reference);
             let password = args.sign_key_password.map(Secret::new);
-            let digest = registry
-                .sign(&reference, &args.sign_key, password.as_ref())
-                .await?;
+            let key = SigningKey::load(&args.sign_key, password.as_ref())?;
+            let digest = registry.sign(&reference, &key).await?;
             println!("signed {reference}\nmanifest {digest}");
             Ok(ExitCode::SUCCESS)
         }
@@ -133,14 +132,20 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{reference}: push to a tag (oci://REGISTRY/REPOSITORY:TAG)");
             }
             let bytes = read(&args.file)?;
+            // The key is read before anything is uploaded: a wrong path or
+            // password must not leave an unsigned version at the tag.
+            let password = args.sign_key_password.map(Secret::new);
+            let sign_key = args
+                .sign_key
+                .as_deref()
+                .map(|key| SigningKey::load(key, password.as_ref()))
+                .transpose()?;
             if let Err(reason) = check(bytes.clone(), args.limits.limits()?).await {
                 eprintln!("refused: {reason}");
                 return Ok(ExitCode::FAILURE);
             }
             let registry = args.registry.registry()?.with_login_for(&reference);
-            let password = args.sign_key_password.map(Secret::new);
-            let sign_key = args.sign_key.as_deref().map(|key| (key, password.as_ref()));
-            let pushed = registry.push(&reference, bytes, sign_key).await?;
+            let pushed = registry.push(&reference, bytes, sign_key.as_ref()).await?;
             println!(
                 "pushed {reference}{}\nmanifest {}\ncomponent sha256:{}\npin it as oci://{}/{}@{}",
                 if sign_key.is_some() { " (signed)" } else { "" },

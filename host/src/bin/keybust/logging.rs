@@ -16,9 +16,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Without `RUST_LOG`: keybust's info lines; sigstore's own chatter about
-/// each signature check (keybust logs the outcome) only when it is an error.
-const DEFAULT_FILTER: &str = "info,sigstore=error";
+/// Without `RUST_LOG`: info lines.
+const DEFAULT_FILTER: &str = "info";
 
 /// Never below these, whatever RUST_LOG says: at debug, oci-client logs a
 /// registry's token answer, and the OpenTelemetry exporter a collector's

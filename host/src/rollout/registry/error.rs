@@ -94,17 +94,8 @@ impl RegistryError {
     /// repository. Some registries say the same of a repository the
     /// credentials may not see, so the operator is told both.
     pub fn is_not_found(&self) -> bool {
-        use oci_client::errors::{OciDistributionError as Oci, OciErrorCode as Code};
         match self {
-            RegistryError::Registry { source, .. } => match source {
-                Oci::RegistryError { envelope, .. } => envelope
-                    .errors
-                    .iter()
-                    .any(|error| matches!(error.code, Code::ManifestUnknown | Code::NameUnknown)),
-                Oci::ImageManifestNotFoundError(_) => true,
-                Oci::ServerError { code: 404, .. } => true,
-                _ => false,
-            },
+            RegistryError::Registry { source, .. } => names_nothing(source),
             _ => false,
         }
     }
@@ -116,7 +107,7 @@ impl RegistryError {
         match self {
             RegistryError::TimedOut { .. } | RegistryError::Credentials(_) => true,
             RegistryError::Signature {
-                source: SignatureError::Registry(_),
+                source: SignatureError::Registry { .. },
                 ..
             } => true,
             // What the registry holds is malformed: asking again gets the same.
@@ -135,5 +126,20 @@ impl RegistryError {
             RegistryError::Registry { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// Whether the registry answered that it holds no such tag, digest or
+/// repository.
+pub(super) fn names_nothing(error: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::{OciDistributionError as Oci, OciErrorCode as Code};
+    match error {
+        Oci::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|error| matches!(error.code, Code::ManifestUnknown | Code::NameUnknown)),
+        Oci::ImageManifestNotFoundError(_) => true,
+        Oci::ServerError { code: 404, .. } => true,
+        _ => false,
     }
 }

@@ -12,6 +12,7 @@
 //! when a cosign signature by that key names its manifest digest
 //! ([`VerifyKey`]).
 
+mod blob;
 mod credentials;
 mod error;
 pub mod layout;
@@ -24,12 +25,10 @@ pub use self::credentials::{Credentials, CredentialsError};
 pub use self::error::RegistryError;
 pub use self::reference::{InvalidReference, OCI_SCHEME, OciReference};
 pub use self::settings::RegistryArgs;
-pub use self::signatures::{SignatureError, VerifyKey};
+pub use self::signatures::{SignatureError, SigningKey, VerifyKey};
 
-use push::cosign_auth;
-
+use self::blob::BlobError;
 use crate::digest::hex_digest;
-use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
@@ -122,36 +121,6 @@ impl Registry {
             .map_err(RegistryError::Credentials)
     }
 
-    /// Whether an unsigned verdict stands: the signature image is not in
-    /// the registry. When it is there but could not be read, or the
-    /// registry cannot be asked, the check is to be tried again.
-    async fn confirm_unsigned(
-        &self,
-        client: &oci_client::Client,
-        auth: &RegistryAuth,
-        reference: &OciReference,
-        digest: &str,
-    ) -> SignatureError {
-        let signature_tag = oci_client::Reference::with_tag(
-            reference.oci().registry().to_owned(),
-            reference.oci().repository().to_owned(),
-            format!("{}.sig", digest.replace(':', "-")),
-        );
-        match client.fetch_manifest_digest(&signature_tag, auth).await {
-            Err(oci_client::errors::OciDistributionError::RegistryError { envelope, .. })
-                if envelope.errors.iter().any(|error| {
-                    error.code == oci_client::errors::OciErrorCode::ManifestUnknown
-                }) =>
-            {
-                SignatureError::NotSigned {
-                    digest: digest.to_owned(),
-                }
-            }
-            Ok(_) => SignatureError::Registry("the signature image could not be read".into()),
-            Err(err) => SignatureError::Registry(format!("cannot look for a signature: {err}")),
-        }
-    }
-
     /// Runs `exchange` within the registry timeout.
     async fn bounded<T>(
         &self,
@@ -230,25 +199,12 @@ impl Registry {
                 });
             }
             if let Some(key) = &self.verify_key {
-                let verified = key
-                    .verify(
-                        sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
-                        cosign_auth(&auth),
-                        reference.registry(),
-                        reference.oci().repository(),
-                        &manifest_digest,
-                    )
-                    .await;
-                let verified = match verified {
-                    Err(SignatureError::NoneRead { digest }) => Err(self
-                        .confirm_unsigned(&client, &auth, reference, &digest)
-                        .await),
-                    other => other,
-                };
-                verified.map_err(|source| RegistryError::Signature {
-                    reference: reference.to_string(),
-                    source,
-                })?;
+                signatures::verify(&client, &auth, reference.oci(), &manifest_digest, key)
+                    .await
+                    .map_err(|source| RegistryError::Signature {
+                        reference: reference.to_string(),
+                        source,
+                    })?;
             }
             let manifest: OciImageManifest = serde_json::from_slice(&raw)
                 .map_err(|err| not_a_component(format!("not an image manifest: {err}")))?;
@@ -272,52 +228,20 @@ impl Registry {
                     layout::LAYER_MEDIA_TYPE
                 )));
             }
-            if u64::try_from(layer.size).map_or(true, |size| size > MAX_COMPONENT_BYTES) {
-                return Err(RegistryError::TooLarge {
-                    reference: reference.to_string(),
-                });
-            }
-            let mut stream = client
-                .pull_blob_stream(&by, layer)
+            let bytes = blob::read(&client, &by, layer, MAX_COMPONENT_BYTES)
                 .await
-                .map_err(registry_error)?
-                .stream;
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|err| {
-                    // oci-client checks the digest at the stream's end.
-                    match err
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
-                    {
-                        Some(oci_client::errors::DigestError::VerificationError {
-                            expected,
-                            actual,
-                        }) => RegistryError::DigestMismatch {
-                            reference: reference.to_string(),
-                            what: "component",
-                            expected: expected.clone(),
-                            actual: actual.clone(),
-                        },
-                        _ => registry_error(err.into()),
-                    }
-                })?;
-                if (bytes.len() + chunk.len()) as u64 > MAX_COMPONENT_BYTES {
-                    return Err(RegistryError::TooLarge {
+                .map_err(|err| match err {
+                    BlobError::Registry(source) => registry_error(source),
+                    BlobError::TooLarge => RegistryError::TooLarge {
                         reference: reference.to_string(),
-                    });
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            let actual = format!("sha256:{}", hex_digest(&bytes));
-            if actual != layer.digest {
-                return Err(RegistryError::DigestMismatch {
-                    reference: reference.to_string(),
-                    what: "component",
-                    expected: layer.digest.clone(),
-                    actual,
-                });
-            }
+                    },
+                    BlobError::Mismatch { expected, actual } => RegistryError::DigestMismatch {
+                        reference: reference.to_string(),
+                        what: "component",
+                        expected,
+                        actual,
+                    },
+                })?;
             Ok(Pulled {
                 bytes,
                 manifest_digest,

@@ -1,27 +1,24 @@
 //! Publishing: a component pushed in the wasm artifact layout, and cosign
 //! signatures pushed beside what a tag names.
 
-use super::{OciReference, signatures};
+use super::{OciReference, SigningKey, signatures};
 use super::{Pushed, Registry, RegistryError, layout};
-use crate::config::Secret;
 use crate::digest::hex_digest;
 use oci_client::secrets::RegistryAuth;
 
 impl Registry {
     /// Signs the manifest `reference` names now (its tag resolved once)
-    /// with `key` and its password, and pushes the signature beside it:
-    /// for a version published unsigned. Returns the digest signed.
+    /// with `key`, and pushes the signature beside it: for a version
+    /// published unsigned. Returns the digest signed.
     pub async fn sign(
         &self,
         reference: &OciReference,
-        key: &std::path::Path,
-        password: Option<&Secret>,
+        key: &SigningKey,
     ) -> Result<String, RegistryError> {
         let digest = self.resolve(reference).await?;
         self.bounded(reference, async {
             let auth = self.auth(reference).await?;
-            self.sign_digest(reference, &auth, &digest, key, password)
-                .await
+            self.sign_digest(reference, &auth, &digest, key).await
         })
         .await?;
         Ok(digest)
@@ -34,33 +31,24 @@ impl Registry {
         reference: &OciReference,
         auth: &RegistryAuth,
         digest: &str,
-        key: &std::path::Path,
-        password: Option<&Secret>,
+        key: &SigningKey,
     ) -> Result<(), RegistryError> {
-        signatures::sign(
-            sigstore::registry::ClientProtocol::HttpsExcept(self.plain_http(reference)),
-            cosign_auth(auth),
-            reference.registry(),
-            reference.oci().repository(),
-            digest,
-            key,
-            password,
-        )
-        .await
-        .map_err(|source| RegistryError::Signature {
-            reference: reference.to_string(),
-            source,
-        })
+        signatures::sign(&self.client(reference), auth, reference.oci(), digest, key)
+            .await
+            .map_err(|source| RegistryError::Signature {
+                reference: reference.to_string(),
+                source,
+            })
     }
 
     /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
-    /// artifact layout, and signs its manifest digest with `sign_key`
-    /// (and its password) when given.
+    /// artifact layout, and signs its manifest digest with `sign_key` when
+    /// given.
     pub async fn push(
         &self,
         reference: &OciReference,
         bytes: Vec<u8>,
-        sign_key: Option<(&std::path::Path, Option<&Secret>)>,
+        sign_key: Option<&SigningKey>,
     ) -> Result<Pushed, RegistryError> {
         let component_digest = hex_digest(&bytes);
         let artifact = layout::artifact(bytes).map_err(RegistryError::Unpublishable)?;
@@ -93,8 +81,8 @@ impl Registry {
                         source,
                     })?,
             };
-            if let Some((key, password)) = sign_key {
-                self.sign_digest(reference, &auth, &manifest_digest, key, password)
+            if let Some(key) = sign_key {
+                self.sign_digest(reference, &auth, &manifest_digest, key)
                     .await?;
             }
             Ok(Pushed {
@@ -103,16 +91,5 @@ impl Registry {
             })
         })
         .await
-    }
-}
-
-/// The same credentials in the type sigstore's registry client takes.
-pub(super) fn cosign_auth(auth: &RegistryAuth) -> sigstore::registry::Auth {
-    match auth {
-        RegistryAuth::Anonymous => sigstore::registry::Auth::Anonymous,
-        RegistryAuth::Basic(user, password) => {
-            sigstore::registry::Auth::Basic(user.clone(), password.clone())
-        }
-        RegistryAuth::Bearer(token) => sigstore::registry::Auth::Bearer(token.clone()),
     }
 }

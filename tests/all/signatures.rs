@@ -1,0 +1,258 @@
+//! Cosign signatures under `--verify-key`: what keybust signs, what cosign
+//! writes (made here from its published layout), and what is refused.
+
+use crate::support::fleet::{
+    ADMIN_TOKEN, cosign_payload, cosign_sign, key_pair, manifest_digest, push, push_signed,
+    put_reference, serve, serve_with, serving, variant,
+};
+use crate::support::process::refused_start;
+use crate::support::registry::OciRegistry;
+use crate::support::{Answer, hashes};
+use keybust::digest::hex_digest;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
+use std::time::{Duration, Instant};
+
+/// With `--verify-key`, a component serves only with a cosign signature by
+/// that key over its manifest digest: unsigned ones and ones signed by
+/// another key are refused, logged and counted; uploads of bytes, which
+/// cannot be verified, are refused; a correctly signed one serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_verify_key_only_signed_components_serve() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let (theirs, _) = key_pair(files.path(), "theirs");
+    let signed = variant("signed");
+    let unsigned = variant("unsigned");
+    let stranger = variant("signed-by-another-key");
+    let signed_tag = registry.reference("keybust/endpoint:signed");
+    let unsigned_tag = registry.reference("keybust/endpoint:unsigned");
+    let stranger_tag = registry.reference("keybust/endpoint:stranger");
+    push_signed(files.path(), &signed, &signed_tag, &ours);
+    push(files.path(), &unsigned, &unsigned_tag);
+    push_signed(files.path(), &stranger, &stranger_tag, &theirs);
+
+    let stack = serve_with(&["--verify-key", our_public.to_str().unwrap()]).await;
+    for (what, tag) in [("unsigned", &unsigned_tag), ("another key", &stranger_tag)] {
+        let answer = put_reference(&stack, tag).await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.body);
+        assert!(
+            answer.body.contains("no valid signature"),
+            "{what}: {}",
+            answer.body
+        );
+        assert_eq!(
+            serving(&stack).await["digest"],
+            hex_digest(EMBEDDED_COMPONENT),
+            "{what}"
+        );
+    }
+    let upload = Answer::of(
+        stack
+            .http
+            .put(stack.keybust.admin_url("/admin/component"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(signed.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(upload.status, 422, "{}", upload.body);
+    stack
+        .wait_for_metric("keybust_component_swaps_total{result=\"failed\"} 3")
+        .await;
+    assert!(stack.keybust.logs().contains("admin pull refused"));
+
+    let answer = put_reference(&stack, &signed_tag).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&signed));
+    Answer::of(stack.invalidate(hashes::OWNED).await)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+
+    // An unsigned component does not start a fresh instance either.
+    let stderr = refused_start(&[
+        "--component",
+        &unsigned_tag,
+        "--verify-key",
+        our_public.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("no valid signature"), "{stderr}");
+}
+
+/// Under `--verify-key`, publishing and signing are two steps. A follower
+/// that polls between them finds the new version without a signature; once
+/// `keybust component sign` signs it, the follower takes it, without the
+/// tag moving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_takes_a_version_signed_after_it_was_published() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let tag = registry.reference("keybust/endpoint:live");
+    push_signed(files.path(), EMBEDDED_COMPONENT, &tag, &ours);
+    let stack = serve(
+        &tag,
+        &[
+            "--follow-interval",
+            "1s",
+            "--verify-key",
+            our_public.to_str().unwrap(),
+        ],
+    )
+    .await;
+
+    let next = variant("signed-after-publishing");
+    let pushed = manifest_digest(&push(files.path(), &next, &tag));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack
+        .keybust
+        .logs()
+        .lines()
+        .any(|line| line.contains("followed tag") && line.contains("signature"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no poll found the unsigned version:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+
+    // Signed with this build's keybust, whichever binary serves.
+    let signed = std::process::Command::new(env!("CARGO_BIN_EXE_keybust"))
+        .args(["component", "sign", &tag, "--sign-key"])
+        .arg(&ours)
+        .env_clear()
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&signed.stdout).contains(&format!("manifest {pushed}")),
+        "{}",
+        String::from_utf8_lossy(&signed.stdout)
+    );
+    let signed_at = Instant::now();
+    while serving(&stack).await["digest"] != hex_digest(&next) {
+        assert!(
+            signed_at.elapsed() < Duration::from_secs(10),
+            "the signed version was not taken:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack
+        .keybust
+        .assert_logged("followed the tag to a new version")
+        .await;
+}
+
+/// Signatures written from cosign's published layout, not by keybust: one
+/// by the verify key over the digest serves. One by the same key whose
+/// payload names another digest (a signature copied from another version)
+/// is a refusal, not "no signature yet", and so is one by another key.
+/// `keybust component sign` keeps other keys' signatures in the image and
+/// replaces its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_in_cosigns_layout_are_read_and_kept() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let (theirs, _) = key_pair(files.path(), "theirs");
+    let repository = format!("127.0.0.1:{}/keybust/endpoint", registry.port);
+    let mut digests = Vec::new();
+    for name in ["cosign-signed", "copied-signature", "cosign-other-key"] {
+        let tag = registry.reference(&format!("keybust/endpoint:{name}"));
+        let digest = manifest_digest(&push(files.path(), &variant(name), &tag));
+        digests.push((tag, digest));
+    }
+    let [
+        (good_tag, good),
+        (copied_tag, copied),
+        (stranger_tag, stranger),
+    ] = digests.try_into().unwrap();
+    let good_payload = cosign_payload(&repository, &good);
+    registry
+        .push_cosign_signatures(
+            "keybust/endpoint",
+            &good,
+            &[(good_payload.clone(), cosign_sign(&ours, &good_payload))],
+        )
+        .await;
+    registry
+        .push_cosign_signatures(
+            "keybust/endpoint",
+            &copied,
+            &[(good_payload.clone(), cosign_sign(&ours, &good_payload))],
+        )
+        .await;
+    let stranger_payload = cosign_payload(&repository, &stranger);
+    registry
+        .push_cosign_signatures(
+            "keybust/endpoint",
+            &stranger,
+            &[(
+                stranger_payload.clone(),
+                cosign_sign(&theirs, &stranger_payload),
+            )],
+        )
+        .await;
+
+    let stack = serve_with(&["--verify-key", our_public.to_str().unwrap()]).await;
+    for (what, tag) in [
+        ("another digest", &copied_tag),
+        ("another key", &stranger_tag),
+    ] {
+        let answer = put_reference(&stack, tag).await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.body);
+        assert!(
+            answer.body.contains("no valid signature"),
+            "{what}: {}",
+            answer.body
+        );
+        assert!(
+            !answer.body.contains("it has no signature"),
+            "{what}: {}",
+            answer.body
+        );
+    }
+    let answer = put_reference(&stack, &good_tag).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(&variant("cosign-signed"))
+    );
+
+    // Another key's signature is added beside ours; signing again with ours
+    // replaces ours.
+    for key in [&theirs, &ours] {
+        let signed = crate::support::fleet::keybust_component(&[
+            "sign",
+            &good_tag,
+            "--sign-key",
+            key.to_str().unwrap(),
+        ]);
+        assert!(
+            signed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+    }
+    assert_eq!(registry.signature_count("keybust/endpoint", &good).await, 2);
+}
