@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     println!("CONVEX_SERVER_SHARED_SECRET={secret}");
     println!(
         "CLERK_JWT_ISSUER_DOMAIN={}",
-        env.settings.clerk.issuer.clone().unwrap_or_default()
+        env.settings.session.issuer.clone().unwrap_or_default()
     );
     println!("BENCH_TOKEN={}", env.token);
     println!("BENCH_KEY_HASH={}", env.key_hash);

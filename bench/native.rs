@@ -40,7 +40,7 @@ impl policy::Capabilities for NativeCaps<'_> {
 
     fn validate_session(&self, token: &str) -> Result<String, policy::SessionError> {
         self.runtime
-            .block_on(self.caps.sessions.validate(token))
+            .block_on(self.caps.session.validate(token))
             .map_err(Into::into)
     }
 

@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let mut lifecycle = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
         let started = Instant::now();
-        plugin.probe(capabilities.clone()).await?;
+        plugin.probe().await?;
         if round >= WARMUP {
             lifecycle.push(started.elapsed());
         }
@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..WARMUP + ROUNDS {
         let started = Instant::now();
         let response = plugin
-            .handle(capabilities.clone(), preflight(), ())
+            .handle(preflight(), ())
             .await
             .map_err(|failure| anyhow::anyhow!("preflight failed: {failure:?}"))?;
         let status = response.status();
@@ -101,8 +101,13 @@ async fn main() -> anyhow::Result<()> {
         .filter(|path| !path.is_empty())
     {
         let bytes = std::fs::read(path)?;
-        let (other, _) =
-            keybust::runtime::Plugin::load(&others_linker, None, &bytes, limits.clone())?;
+        let (other, _) = keybust::runtime::Plugin::load(
+            &others_linker,
+            None,
+            &bytes,
+            capabilities.clone(),
+            limits.clone(),
+        )?;
         let samples = instantiations(&other, &capabilities, &limits).await?;
         others.push((path.to_owned(), bytes.len(), samples));
     }

@@ -8,7 +8,7 @@
 use crate::capabilities::Settings;
 use crate::capabilities::cache::{CacheBackendSettings, CacheSettings};
 use crate::capabilities::convex::ConvexSettings;
-use crate::capabilities::session::ClerkSettings;
+use crate::capabilities::session::SessionSettings;
 use crate::config::Secret;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
@@ -90,9 +90,9 @@ pub async fn start() -> anyhow::Result<DevEnvironment> {
 
     let settings = Settings {
         convex: ConvexSettings::new(format!("http://{convex_addr}"), Secret::new(secret)),
-        clerk: ClerkSettings {
+        session: SessionSettings {
             issuer: Some(issuer),
-            ..ClerkSettings::default()
+            ..SessionSettings::default()
         },
         cache: CacheSettings {
             backend: CacheBackendSettings::Embedded,

@@ -128,7 +128,7 @@ async fn example_gateway_mounts_keybust_beside_its_own_routes() {
 async fn hand_built_settings_serve_the_full_path() {
     use keybust::capabilities::cache::{CacheBackendSettings, CacheSettings};
     use keybust::capabilities::convex::ConvexSettings;
-    use keybust::capabilities::session::ClerkSettings;
+    use keybust::capabilities::session::SessionSettings;
     use keybust::config::Secret;
     let convex = FakeConvex::start().await;
     let issuer = Issuer::start().await;
@@ -138,9 +138,9 @@ async fn hand_built_settings_serve_the_full_path() {
             shared_secret: Some(Secret::new(support::SECRET)),
             ..ConvexSettings::default()
         },
-        clerk: ClerkSettings {
+        session: SessionSettings {
             issuer: Some(issuer.url()),
-            ..ClerkSettings::default()
+            ..SessionSettings::default()
         },
         cache: CacheSettings {
             backend: CacheBackendSettings::Embedded,
@@ -177,7 +177,7 @@ async fn serve_own_linker(component: &[u8], limits: Limits, issuer: Option<&Issu
             backend: CacheBackendSettings::Embedded,
             ..CacheSettings::default()
         },
-        clerk: keybust::capabilities::session::ClerkSettings {
+        session: keybust::capabilities::session::SessionSettings {
             issuer: issuer.map(Issuer::url),
             ..Default::default()
         },

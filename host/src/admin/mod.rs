@@ -87,11 +87,9 @@ async fn answer(
         (&Method::GET, "/healthz") => (json_response(200, r#"{"status":"ok"}"#), None),
         (&Method::GET, "/readyz") => (readiness(endpoint), None),
         (&Method::GET, "/metrics") => {
-            let capabilities = endpoint.capabilities();
-            capabilities
-                .metrics
-                .jwks_age(capabilities.sessions.keys_age());
-            let mut response = json_response(200, capabilities.metrics.encode());
+            let metrics = endpoint.metrics();
+            metrics.jwks_age(endpoint.capabilities().session.keys_age());
+            let mut response = json_response(200, metrics.encode());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(

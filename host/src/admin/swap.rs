@@ -45,13 +45,13 @@ pub(super) async fn put_component(
             Ok(pulled) => pulled,
             Err(refusal) => {
                 if refusal.status() == 422 {
-                    endpoint.capabilities().metrics.swap(false, None);
+                    endpoint.metrics().swap_failed();
                 }
                 return (refusal, None);
             }
         }
     } else if policy.requires_signatures() {
-        endpoint.capabilities().metrics.swap(false, None);
+        endpoint.metrics().swap_failed();
         let digest = crate::digest::hex_digest(&body);
         tracing::error!(
             digest,

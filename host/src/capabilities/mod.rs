@@ -1,11 +1,12 @@
 //! The host side of the `keybust:gateway` imports, and how to add them to a
 //! wasmtime [`Linker`].
 //!
-//! One module per WIT interface, each with its settings and backends:
-//! [`convex`], [`session`], [`cache`] and [`origins`]. [`Capabilities`]
-//! bundles them. It is built once per process and shared by every request;
-//! the guest reaches it only through the four imported interfaces, so no
-//! secret crosses into the guest.
+//! One module per WIT interface, each with its settings, its backends and,
+//! in its `host.rs`, the guest's side of it (the WIT `Host` impl, its span
+//! and what it counts): [`convex`], [`session`], [`cache`] and
+//! [`origins`]. [`Capabilities`] bundles them. It is built once per process
+//! and shared by every request; the guest reaches it only through the four
+//! imported interfaces, so no secret crosses into the guest.
 
 pub mod cache;
 pub mod convex;
@@ -17,13 +18,12 @@ mod settings;
 pub use self::settings::{Settings, SettingsArgs};
 
 use self::cache::{Cache, CacheError};
-use self::convex::{ConvexClient, ConvexError};
+use self::convex::ConvexClient;
 use self::origins::{InvalidOriginPattern, OriginPolicy};
-use self::session::{SessionError, SessionVerifier};
+use self::session::SessionVerifier;
 use crate::config::ConfigError;
 use crate::deadlines::Deadlines;
-use crate::metrics::{Metrics, Outcome};
-use crate::telemetry::TRACE_TARGET;
+use crate::metrics::{Capability, Metrics, Outcome};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -38,10 +38,6 @@ pub mod bindings {
         imports: { default: async },
     });
 }
-
-use bindings::keybust::gateway::{
-    cache as wit_cache, convex as wit_convex, origins as wit_origins, session as wit_session,
-};
 
 /// Why the capabilities could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +67,12 @@ pub struct Capabilities {
     /// The gateway's key cache.
     pub cache: Cache,
     /// Clerk session verification.
-    pub sessions: SessionVerifier,
+    pub session: SessionVerifier,
     /// The CORS allow-list.
     pub origins: OriginPolicy,
-    /// Where calls, latencies and outcomes are counted.
-    pub metrics: Arc<Metrics>,
+    /// Where calls, latencies and backend-caused 503s are counted: the
+    /// assembler's registry ([`Capabilities::with_metrics`]).
+    metrics: Arc<Metrics>,
 }
 
 impl Capabilities {
@@ -92,10 +89,25 @@ impl Capabilities {
         Ok(Capabilities {
             convex: ConvexClient::new(&settings.convex, deadlines, http.clone())?,
             cache: Cache::from_settings(&settings.cache, deadlines, http.clone())?,
-            sessions: SessionVerifier::new(&settings.clerk, deadlines, http),
+            session: SessionVerifier::new(&settings.session, deadlines, http),
             origins: OriginPolicy::new(&settings.origins)?,
             metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// Counts the capabilities' calls into `metrics`, the registry the
+    /// rest of the server counts into, so that one scrape shows both.
+    /// Without it they count into a registry of their own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The registry these capabilities count into: an [`Endpoint`](crate::serve::endpoint::Endpoint)
+    /// built on them counts there too, and an embedder serving them with
+    /// its own linker exposes it.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Replaces the cache, for embedders with a backend of their own
@@ -112,7 +124,7 @@ impl Capabilities {
         if !self.convex.is_configured() {
             problems.push("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET is not set".to_owned());
         }
-        if !self.sessions.is_configured() {
+        if !self.session.is_configured() {
             problems.push("CLERK_JWT_ISSUER_DOMAIN is not set".to_owned());
         }
         if !self.cache.is_configured() {
@@ -129,7 +141,7 @@ impl Capabilities {
     /// the issuer's keys not fetched yet, the cache backend down.
     pub fn unready_reasons(&self) -> Vec<String> {
         let mut reasons = self.configuration_problems();
-        if self.sessions.is_configured() && self.sessions.keys_age().is_none() {
+        if self.session.is_configured() && self.session.keys_age().is_none() {
             reasons.push("the token issuer's keys (JWKS) have not been fetched yet".to_owned());
         }
         if let Some(problem) = self.cache.health().problem() {
@@ -144,7 +156,7 @@ impl Capabilities {
     /// `deadlines.cache_check_interval`. Needs a tokio runtime.
     pub fn start_background_checks(&self, deadlines: &Deadlines) {
         self.cache.watch_health(deadlines.cache_check_interval);
-        self.sessions.prefetch_keys();
+        self.session.prefetch_keys();
     }
 }
 
@@ -191,7 +203,7 @@ impl CapabilityCall<'_> {
     /// Outside a tokio runtime the call runs in place.
     async fn in_task<F>(
         &mut self,
-        capability: &'static str,
+        capability: Capability,
         work: impl FnOnce(Arc<Capabilities>) -> F,
     ) -> Option<F::Output>
     where
@@ -208,10 +220,11 @@ impl CapabilityCall<'_> {
         match (&mut task.0).await {
             Ok(output) => Some(output),
             Err(err) => {
+                let name = capability.as_str();
                 if err.is_panic() {
-                    tracing::error!(capability, error = %err, "a capability call panicked in the host");
+                    tracing::error!(capability = name, error = %err, "a capability call panicked in the host");
                 } else {
-                    tracing::debug!(capability, error = %err, "a capability call was cancelled");
+                    tracing::debug!(capability = name, error = %err, "a capability call was cancelled");
                 }
                 self.capabilities
                     .metrics
@@ -243,198 +256,4 @@ pub fn add_to_linker<T: CapabilitiesView + 'static>(
         capabilities: state.capabilities(),
         span: state.call_span(),
     })
-}
-
-impl wit_convex::Host for CapabilityCall<'_> {
-    async fn post(
-        &mut self,
-        path: String,
-        body: Vec<u8>,
-    ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
-        match self
-            .in_task("convex", |capabilities| async move {
-                capabilities.convex_post(path, body).await
-            })
-            .await
-        {
-            Some(result) => result,
-            None => {
-                // A 503 from the component, as any backend failure.
-                self.capabilities.metrics.unavailable("backend");
-                Err(wit_convex::ConvexError::Transport)
-            }
-        }
-    }
-}
-
-impl wit_cache::Host for CapabilityCall<'_> {
-    async fn delete(&mut self, key: String) -> Result<(), wit_cache::CacheError> {
-        match self
-            .in_task("cache", |capabilities| async move {
-                capabilities.cache_delete(key).await
-            })
-            .await
-        {
-            Some(result) => result,
-            None => {
-                // A 503 from the component, as any backend failure.
-                self.capabilities.metrics.unavailable("backend");
-                Err(wit_cache::CacheError::Unavailable)
-            }
-        }
-    }
-}
-
-impl wit_session::Host for CapabilityCall<'_> {
-    async fn validate(&mut self, token: String) -> Result<String, wit_session::SessionError> {
-        self.in_task("session", |capabilities| async move {
-            capabilities.session_validate(token).await
-        })
-        .await
-        .unwrap_or(Err(wit_session::SessionError::Unverifiable))
-    }
-}
-
-impl wit_origins::Host for CapabilityCall<'_> {
-    async fn is_allowed(&mut self, origin: String) -> bool {
-        let _inside = self.span.as_ref().map(|span| span.enter());
-        self.capabilities.origins_is_allowed(&origin)
-    }
-
-    async fn default_origin(&mut self) -> String {
-        let _inside = self.span.as_ref().map(|span| span.enter());
-        self.capabilities.origins_default_origin()
-    }
-}
-
-/// The imports' host side, each traced and counted.
-impl Capabilities {
-    async fn convex_post(
-        &self,
-        path: String,
-        body: Vec<u8>,
-    ) -> Result<wit_convex::ConvexResponse, wit_convex::ConvexError> {
-        let started = Instant::now();
-        let span = tracing::info_span!(
-            target: TRACE_TARGET,
-            "convex.post",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            http.request.method = "POST",
-            http.response.status_code = tracing::field::Empty,
-        );
-        let result = self.convex.post(&path, body).instrument(span.clone()).await;
-        match &result {
-            Ok(response) => {
-                span.record("http.response.status_code", response.status);
-                if !(200..300).contains(&response.status) {
-                    span.record("otel.status_code", "error");
-                }
-            }
-            Err(_) => {
-                span.record("otel.status_code", "error");
-            }
-        }
-        let outcome = match &result {
-            Ok(response) if (200..300).contains(&response.status) => Outcome::Ok,
-            Err(ConvexError::ForbiddenPath) => Outcome::Forbidden,
-            _ => Outcome::Error,
-        };
-        self.metrics
-            .capability("convex", outcome, started.elapsed());
-        // Each of these is a 503 from the component.
-        match &result {
-            Err(ConvexError::NotConfigured) => self.metrics.unavailable("not_configured"),
-            Err(ConvexError::ForbiddenPath) => self.metrics.unavailable("forbidden"),
-            Err(_) => self.metrics.unavailable("backend"),
-            Ok(response) if !(200..300).contains(&response.status) => {
-                self.metrics.unavailable("backend")
-            }
-            Ok(_) => {}
-        }
-        result.map(Into::into).map_err(Into::into)
-    }
-
-    async fn cache_delete(&self, key: String) -> Result<(), wit_cache::CacheError> {
-        let started = Instant::now();
-        let span = tracing::info_span!(
-            target: TRACE_TARGET,
-            "cache.delete",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            cache.backend = self.cache.backend_name(),
-        );
-        let result = self.cache.delete(&key).instrument(span.clone()).await;
-        if result.is_err() {
-            span.record("otel.status_code", "error");
-        }
-        let outcome = match &result {
-            Ok(()) => Outcome::Ok,
-            Err(CacheError::Forbidden) => Outcome::Forbidden,
-            Err(_) => Outcome::Error,
-        };
-        self.metrics.capability("cache", outcome, started.elapsed());
-        match outcome {
-            Outcome::Forbidden => self.metrics.unavailable("forbidden"),
-            Outcome::Error => self.metrics.unavailable("backend"),
-            Outcome::Ok => {}
-        }
-        result.map_err(Into::into)
-    }
-
-    async fn session_validate(&self, token: String) -> Result<String, wit_session::SessionError> {
-        let started = Instant::now();
-        let span = tracing::info_span!(
-            target: TRACE_TARGET,
-            "session.validate",
-            otel.status_code = tracing::field::Empty,
-            session.outcome = tracing::field::Empty,
-            jwks.refetched = tracing::field::Empty,
-        );
-        let mut fetched = false;
-        let result = self
-            .sessions
-            .validate_noting_fetch(&token, &mut fetched)
-            .instrument(span.clone())
-            .await;
-        span.record("jwks.refetched", fetched);
-        span.record(
-            "session.outcome",
-            match &result {
-                Ok(_) => "valid",
-                Err(SessionError::Invalid) => "invalid",
-                Err(SessionError::Unverifiable) => "unverifiable",
-            },
-        );
-        if result == Err(SessionError::Unverifiable) {
-            span.record("otel.status_code", "error");
-        }
-        // An invalid token is the capability working; only "cannot verify" is a fault.
-        let outcome = if result == Err(SessionError::Unverifiable) {
-            Outcome::Error
-        } else {
-            Outcome::Ok
-        };
-        self.metrics
-            .capability("session", outcome, started.elapsed());
-        result.map_err(Into::into)
-    }
-
-    fn origins_is_allowed(&self, origin: &str) -> bool {
-        let started = Instant::now();
-        let _span = tracing::info_span!(target: TRACE_TARGET, "origins.is_allowed").entered();
-        let allowed = self.origins.is_allowed(origin);
-        self.metrics
-            .capability("origins", Outcome::Ok, started.elapsed());
-        allowed
-    }
-
-    fn origins_default_origin(&self) -> String {
-        let started = Instant::now();
-        let _span = tracing::info_span!(target: TRACE_TARGET, "origins.default_origin").entered();
-        let origin = self.origins.default_origin().to_owned();
-        self.metrics
-            .capability("origins", Outcome::Ok, started.elapsed());
-        origin
-    }
 }

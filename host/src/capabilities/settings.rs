@@ -4,7 +4,7 @@
 use super::cache::{CacheArgs, CacheSettings};
 use super::convex::{ConvexArgs, ConvexSettings};
 use super::origins::{OriginArgs, OriginSettings};
-use super::session::{ClerkArgs, ClerkSettings};
+use super::session::{SessionArgs, SessionSettings};
 use crate::config::{ConfigError, PlainHttp, parse_env, parse_lookup};
 use crate::deadlines::{DeadlineArgs, Deadlines};
 
@@ -16,7 +16,7 @@ pub struct Settings {
     /// The owner lookup.
     pub convex: ConvexSettings,
     /// Session tokens.
-    pub clerk: ClerkSettings,
+    pub session: SessionSettings,
     /// The cache.
     pub cache: CacheSettings,
     /// CORS.
@@ -32,7 +32,7 @@ pub struct SettingsArgs {
     #[command(flatten, next_help_heading = "Convex owner lookup")]
     convex: ConvexArgs,
     #[command(flatten, next_help_heading = "Session tokens")]
-    clerk: ClerkArgs,
+    session: SessionArgs,
     #[command(flatten, next_help_heading = "Cache")]
     cache: CacheArgs,
     #[command(flatten, next_help_heading = "CORS")]
@@ -57,7 +57,7 @@ impl SettingsArgs {
         };
         Ok(Settings {
             convex: self.convex.settings(plain)?,
-            clerk: self.clerk.settings(plain)?,
+            session: self.session.settings(plain)?,
             cache: self.cache.settings(plain)?,
             origins: self.origins.settings()?,
             deadlines: self.deadlines.deadlines(),
@@ -97,7 +97,7 @@ mod tests {
         let read = settings(&[]).unwrap();
         let default = Settings::default();
         assert_eq!(read.deadlines, default.deadlines);
-        assert_eq!(read.clerk.audiences, default.clerk.audiences);
+        assert_eq!(read.session.audiences, default.session.audiences);
         assert_eq!(read.origins.patterns, default.origins.patterns);
         assert_eq!(read.origins.default_origin, default.origins.default_origin);
         assert_eq!(read.cache.prefix, default.cache.prefix);
@@ -112,7 +112,7 @@ mod tests {
             ("NODE_ENV", "production"),
         ])
         .unwrap();
-        assert_eq!(s.clerk.audiences, ["convex", "a", "b", "pk_1"]);
+        assert_eq!(s.session.audiences, ["convex", "a", "b", "pk_1"]);
         assert_eq!(s.origins.patterns.len(), DEFAULT_ORIGIN_PATTERNS.len());
         let s = settings(&[]).unwrap();
         assert_eq!(

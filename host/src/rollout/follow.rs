@@ -91,7 +91,7 @@ pub fn follow(
                 return;
             };
             let result = follower.poll(&slot).await;
-            slot.capabilities().metrics.follow_poll(result.label());
+            slot.metrics().follow_poll(result.label());
         }
     });
     Ok(())
@@ -129,7 +129,7 @@ impl Follower {
             Err(err) => {
                 self.seen = Some(digest);
                 tracing::error!(reference = %self.reference, error = %err, "the followed tag's new version is refused; the current one keeps serving");
-                slot.capabilities().metrics.swap(false, None);
+                slot.metrics().swap_failed();
                 return PollResult::Refused;
             }
         };

@@ -66,12 +66,15 @@ impl WasiHttp {
     }
 }
 
-/// A compiled, pre-instantiated endpoint component.
+/// A compiled, pre-instantiated endpoint component, with the capabilities
+/// and bounds its instances get: a version is built for one server, so
+/// its requests need bring nothing but themselves.
 #[derive(Clone)]
 pub struct Plugin {
     pre: Arc<ProxyPre<RequestState>>,
     engine: wasmtime::Engine,
     digest: String,
+    capabilities: Arc<Capabilities>,
     limits: Arc<Limits>,
     serving: Serving,
 }
@@ -92,11 +95,14 @@ impl Plugin {
     /// Compiles `bytes` and checks them against our world, taking the
     /// compiled code from `artifacts` when it holds a verified entry for
     /// these bytes, and storing it there otherwise; the [`Origin`] says
-    /// which. Without `artifacts`, it always compiles.
+    /// which. Without `artifacts`, it always compiles. Its instances get
+    /// `capabilities` and run under `limits`; kept instances
+    /// (`--instance-reuse`) are pooled from here on, none started yet.
     pub fn load(
         linker: &Linker<RequestState>,
         artifacts: Option<&ArtifactCache>,
         bytes: &[u8],
+        capabilities: Arc<Capabilities>,
         limits: Arc<Limits>,
     ) -> Result<(Self, Origin), LoadError> {
         let engine = linker.engine();
@@ -132,6 +138,7 @@ impl Plugin {
             _ => Serving::Handler(Arc::new(Reuse::new(
                 pre.clone(),
                 engine.clone(),
+                capabilities.clone(),
                 limits.clone(),
             ))),
         };
@@ -140,6 +147,7 @@ impl Plugin {
                 pre,
                 engine: engine.clone(),
                 digest,
+                capabilities,
                 limits,
                 serving,
             },
@@ -149,8 +157,8 @@ impl Plugin {
 
     /// Instantiates the component once without calling it: the last check
     /// before it may serve (start functions run, memories fit the limits).
-    pub async fn probe(&self, capabilities: Arc<Capabilities>) -> Result<(), LoadError> {
-        let mut store = new_store(&self.engine, capabilities, &self.limits);
+    pub async fn probe(&self) -> Result<(), LoadError> {
+        let mut store = new_store(&self.engine, self.capabilities.clone(), &self.limits);
         self.pre
             .instantiate_async(&mut store)
             .await
@@ -206,7 +214,6 @@ impl Plugin {
     /// [`GuestFailure::BodyTimeout`] (408). The instance is dropped either way.
     pub async fn handle<B>(
         &self,
-        capabilities: Arc<Capabilities>,
         request: hyper::Request<B>,
         hold: impl Send + 'static,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
@@ -214,7 +221,7 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let result = self.run(capabilities, request, hold).await;
+        let result = self.run(request, hold).await;
         match &result {
             Ok(_) => {}
             Err(GuestFailure::BodyTimeout) => {
@@ -232,7 +239,6 @@ impl Plugin {
 
     async fn run<B>(
         &self,
-        capabilities: Arc<Capabilities>,
         request: hyper::Request<B>,
         hold: impl Send + 'static,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
@@ -241,9 +247,9 @@ impl Plugin {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         match &self.serving {
-            Serving::Handler(reuse) => reuse.serve(&capabilities, request, hold).await,
+            Serving::Handler(reuse) => reuse.serve(request, hold).await,
             Serving::Fresh(pre) => {
-                let store = new_store(&self.engine, capabilities, &self.limits);
+                let store = new_store(&self.engine, self.capabilities.clone(), &self.limits);
                 serve_request(pre.clone(), store, request, &self.limits, hold).await
             }
         }

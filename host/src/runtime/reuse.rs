@@ -47,8 +47,8 @@ use crate::limits::Limits;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -62,11 +62,9 @@ use wasmtime_wasi_http::handler::{
 
 /// The reused instances of one version of the component.
 pub(crate) struct Reuse {
-    pre: Arc<ProxyPre<RequestState>>,
-    engine: wasmtime::Engine,
     limits: Arc<Limits>,
-    /// Built on the first request, which brings the capabilities.
-    handler: OnceLock<ProxyHandler<Workers>>,
+    /// wasi:http's queue and workers; no worker runs until a request comes.
+    handler: ProxyHandler<Workers>,
     retirement: Arc<Retirement>,
 }
 
@@ -74,14 +72,20 @@ impl Reuse {
     pub(crate) fn new(
         pre: Arc<ProxyPre<RequestState>>,
         engine: wasmtime::Engine,
+        capabilities: Arc<Capabilities>,
         limits: Arc<Limits>,
     ) -> Self {
+        let retirement = Arc::new(Retirement::default());
         Reuse {
-            pre,
-            engine,
+            handler: ProxyHandler::new(Workers {
+                engine,
+                pre,
+                capabilities,
+                limits: limits.clone(),
+                retirement: retirement.clone(),
+            }),
             limits,
-            handler: OnceLock::new(),
-            retirement: Arc::new(Retirement::default()),
+            retirement,
         }
     }
 
@@ -92,24 +96,11 @@ impl Reuse {
         self.retirement.retire();
     }
 
-    fn handler(&self, capabilities: &Arc<Capabilities>) -> &ProxyHandler<Workers> {
-        self.handler.get_or_init(|| {
-            ProxyHandler::new(Workers {
-                engine: self.engine.clone(),
-                pre: self.pre.clone(),
-                capabilities: capabilities.clone(),
-                limits: self.limits.clone(),
-                retirement: self.retirement.clone(),
-            })
-        })
-    }
-
     /// Serves one request on a reused instance, with the bounds of
     /// [`serve_request`](super::fresh::serve_request). `hold` is kept until the answer
     /// body has been sent or dropped.
     pub(crate) async fn serve<B>(
         &self,
-        capabilities: &Arc<Capabilities>,
         request: hyper::Request<B>,
         hold: impl Send + 'static,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
@@ -126,11 +117,8 @@ impl Reuse {
         // its guest output unlogged, until the instance's next request.
         let ended = Ended(call.clone());
         let deadline = limits.request_timeout;
-        let handled = tokio::time::timeout(
-            deadline,
-            self.handler(capabilities).handle(call.clone(), request),
-        )
-        .await;
+        let handled =
+            tokio::time::timeout(deadline, self.handler.handle(call.clone(), request)).await;
         let answer = match handled {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) if err.is::<ExpirationError>() => {
@@ -277,7 +265,7 @@ impl HandlerState for Workers {
         )
         .await
         .map_err(|_| wasmtime::format_err!("instantiation did not finish in time"))??;
-        let metrics = &self.capabilities.metrics;
+        let metrics = self.capabilities.metrics();
         metrics.instantiated(started.elapsed());
         // A 0.3 component's instances come through here with N = 1 too;
         // only instances that may serve more than one request are counted.
@@ -351,7 +339,7 @@ impl WorkerState for Worker {
         }
         store.data().guest_log().drain();
         if self.reuse > 1 {
-            self.capabilities.metrics.reused_instance_stopped();
+            self.capabilities.metrics().reused_instance_stopped();
         }
     }
 }

@@ -176,7 +176,7 @@ impl GuestState for RequestState {
     }
 
     fn instantiated(&mut self, took: std::time::Duration) {
-        self.capabilities.metrics.instantiated(took);
+        self.capabilities.metrics().instantiated(took);
     }
 
     fn finished(&mut self) {

@@ -7,6 +7,7 @@
 use super::{Listening, Service, ServiceConfig, ServiceError};
 use crate::admin::AdminPolicy;
 use crate::capabilities::Capabilities;
+use crate::metrics::Metrics;
 use crate::rollout::reload;
 use crate::rollout::source::ComponentSource;
 use crate::serve::endpoint::{Configured, Endpoint};
@@ -63,7 +64,10 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
         return Err(not_a_tag());
     }
 
-    let capabilities = Arc::new(Capabilities::from_settings(&settings)?);
+    // The service's one registry: the capabilities count their calls into
+    // it, and the endpoint built on them its requests, swaps and polls.
+    let metrics = Arc::new(Metrics::new());
+    let capabilities = Arc::new(Capabilities::from_settings(&settings)?.with_metrics(metrics));
     endpoint_config.signed_only = signed_only;
     #[cfg(feature = "registry")]
     let configured = configured(&component, registry.as_ref()).await?;

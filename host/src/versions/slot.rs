@@ -12,6 +12,7 @@
 use crate::capabilities::Capabilities;
 use crate::digest::hex_digest;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::runtime::artifacts::{ArtifactCache, Origin};
 use crate::runtime::plugin::{LoadError, Plugin};
 use crate::runtime::store::RequestState;
@@ -108,6 +109,9 @@ pub struct ComponentSlot {
     linker: Arc<Linker<RequestState>>,
     artifacts: Option<ArtifactCache>,
     capabilities: Arc<Capabilities>,
+    /// Where swaps, rollbacks and the serving digest are counted: the
+    /// registry the capabilities count into.
+    metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     /// What new requests run on. Readers never block: a request loads the
     /// pointer once (a reference count, no lock) and keeps its `Arc` to the
@@ -195,11 +199,13 @@ impl ComponentSlot {
             provenance,
         )
         .await?;
-        capabilities.metrics.serving(version.digest());
+        let metrics = capabilities.metrics().clone();
+        metrics.serving(version.digest());
         Ok(ComponentSlot {
             linker,
             artifacts,
             capabilities,
+            metrics,
             limits,
             current: ArcSwap::from_pointee(version),
             previous: Mutex::new(None),
@@ -272,6 +278,12 @@ impl ComponentSlot {
         &self.capabilities
     }
 
+    /// The registry swaps, follow polls and the requests served are
+    /// counted into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn lock_previous(&self) -> std::sync::MutexGuard<'_, Option<Arc<Version>>> {
         self.previous
             .lock()
@@ -314,7 +326,7 @@ impl ComponentSlot {
         let (version, origin, bytes) = match prepared {
             Ok(prepared) => prepared,
             Err(err) => {
-                self.capabilities.metrics.swap(false, None);
+                self.metrics.swap_failed();
                 return Err(err);
             }
         };
@@ -328,7 +340,7 @@ impl ComponentSlot {
                 .await;
         }
         let took = started.elapsed();
-        self.capabilities.metrics.swap(true, Some(version.digest()));
+        self.metrics.swapped(version.digest());
         tracing::info!(
             digest = version.digest(),
             source = version.source,
@@ -357,7 +369,7 @@ impl ComponentSlot {
         if let Some(history) = &self.history {
             history.record(&back, None, Some(&replaced), false).await;
         }
-        self.capabilities.metrics.swap(true, Some(back.digest()));
+        self.metrics.swapped(back.digest());
         tracing::info!(digest = back.digest(), "rolled back");
         Ok(back)
     }
@@ -372,12 +384,19 @@ async fn prepare(
     provenance: Provenance,
 ) -> Result<(Version, Origin, Vec<u8>), LoadError> {
     let limits = limits.clone();
+    let capabilities = capabilities.clone();
     let compile_linker = linker.clone();
     let artifacts = artifacts.cloned();
     // Compiling takes hundreds of milliseconds of CPU: keep it off the
     // threads that serve requests. The bytes come back for the history.
     let (loaded, bytes) = tokio::task::spawn_blocking(move || {
-        let loaded = Plugin::load(&compile_linker, artifacts.as_ref(), &bytes, limits);
+        let loaded = Plugin::load(
+            &compile_linker,
+            artifacts.as_ref(),
+            &bytes,
+            capabilities,
+            limits,
+        );
         (loaded, bytes)
     })
     .await
@@ -385,7 +404,7 @@ async fn prepare(
         LoadError::Compile(wasmtime::Error::from(err).context("compilation did not finish"))
     })?;
     let (plugin, origin) = loaded?;
-    plugin.probe(capabilities.clone()).await?;
+    plugin.probe().await?;
     Ok((
         Version {
             plugin,

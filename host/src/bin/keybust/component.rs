@@ -182,14 +182,12 @@ async fn check(bytes: Vec<u8>, limits: Limits) -> Result<(String, WasiHttp), Str
     let capabilities =
         Arc::new(Capabilities::from_settings(&Settings::default()).map_err(|err| err.to_string())?);
     let digest = digest::hex_digest(&bytes);
-    let (plugin, _) =
-        tokio::task::spawn_blocking(move || Plugin::load(&linker, None, &bytes, limits))
-            .await
-            .map_err(|err| err.to_string())?
-            .map_err(|err| err.to_string())?;
-    plugin
-        .probe(capabilities)
-        .await
-        .map_err(|err| err.to_string())?;
+    let (plugin, _) = tokio::task::spawn_blocking(move || {
+        Plugin::load(&linker, None, &bytes, capabilities, limits)
+    })
+    .await
+    .map_err(|err| err.to_string())?
+    .map_err(|err| err.to_string())?;
+    plugin.probe().await.map_err(|err| err.to_string())?;
     Ok((digest, plugin.wasi_http()))
 }

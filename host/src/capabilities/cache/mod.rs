@@ -7,6 +7,7 @@
 
 mod embedded;
 mod health;
+mod host;
 mod redis;
 mod redis_cluster;
 mod settings;

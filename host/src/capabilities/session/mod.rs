@@ -5,6 +5,7 @@
 //! explains how they are fetched and refreshed); its claims against the
 //! contract's rules, by their exact JSON types.
 
+mod host;
 mod keys;
 
 use self::keys::IssuerKeys;
@@ -23,7 +24,7 @@ pub const DEFAULT_AUDIENCE: &str = "convex";
 
 /// Who issues session tokens and for whom.
 #[derive(Debug, Clone)]
-pub struct ClerkSettings {
+pub struct SessionSettings {
     /// `CLERK_JWT_ISSUER_DOMAIN`, without a trailing slash; unset: every
     /// token is refused as unverifiable.
     pub issuer: Option<String>,
@@ -33,10 +34,10 @@ pub struct ClerkSettings {
     pub audiences: Vec<String>,
 }
 
-impl Default for ClerkSettings {
+impl Default for SessionSettings {
     /// No issuer; the default audience only.
     fn default() -> Self {
-        ClerkSettings {
+        SessionSettings {
             issuer: None,
             audiences: vec![DEFAULT_AUDIENCE.to_owned()],
         }
@@ -45,7 +46,7 @@ impl Default for ClerkSettings {
 
 /// The session-token settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClerkArgs {
+pub struct SessionArgs {
     /// Token issuer, e.g. <https://clerk.example.com>; keys come from
     /// {issuer}/.well-known/jwks.json. Unset: every token is refused (401).
     #[arg(long, env = "CLERK_JWT_ISSUER_DOMAIN")]
@@ -60,16 +61,16 @@ pub struct ClerkArgs {
     pub clerk_publishable_key: Option<String>,
 }
 
-impl ClerkArgs {
+impl SessionArgs {
     /// The issuer must be an https URL (plain http only to loopback,
     /// unless `plain` allows it: whoever serves the JWKS can forge
     /// sessions); the configured audiences are added to `convex`.
-    pub fn settings(&self, plain: PlainHttp) -> Result<ClerkSettings, ConfigError> {
-        let mut settings = ClerkSettings {
+    pub fn settings(&self, plain: PlainHttp) -> Result<SessionSettings, ConfigError> {
+        let mut settings = SessionSettings {
             issuer: non_empty(self.clerk_jwt_issuer_domain.clone())
                 .map(|url| http_url("CLERK_JWT_ISSUER_DOMAIN", url, plain))
                 .transpose()?,
-            ..ClerkSettings::default()
+            ..SessionSettings::default()
         };
         for list in [&self.clerk_jwt_audience, &self.clerk_publishable_key] {
             settings.audiences.extend(split_list(list.as_deref()));
@@ -110,7 +111,7 @@ struct Claims {
 impl SessionVerifier {
     /// Builds a verifier; no network traffic happens until the first token.
     /// `deadlines` bounds each JWKS fetch and spaces refetches.
-    pub fn new(settings: &ClerkSettings, deadlines: &Deadlines, http: reqwest::Client) -> Self {
+    pub fn new(settings: &SessionSettings, deadlines: &Deadlines, http: reqwest::Client) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = CLOCK_TOLERANCE_SECS;
         validation.validate_exp = true;

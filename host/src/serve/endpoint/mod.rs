@@ -10,6 +10,7 @@ pub use load::{Configured, EndpointConfig, EndpointError};
 
 use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
+use crate::metrics::{GuestFailed, Metrics, Unavailable};
 use crate::runtime::GuestFailure;
 use crate::serve::access::{AccessRecord, REQUEST_ID};
 use crate::versions::slot::{ComponentSlot, Version};
@@ -83,6 +84,12 @@ impl Endpoint {
         self.slot.capabilities()
     }
 
+    /// The registry requests, swaps and capability calls are counted into:
+    /// what `/metrics` shows.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.slot.metrics()
+    }
+
     /// Answers one request: the endpoint's path goes to the component, any
     /// other path gets 404 from the host. Every answer carries `x-request-id`
     /// (the client's, or a new one) and gets one access-log line, written
@@ -95,12 +102,7 @@ impl Endpoint {
         // The request runs to its end on the version current now.
         let version = self.slot.current();
         let route = (request.uri().path() == ENDPOINT_PATH).then_some(ENDPOINT_PATH);
-        let record = AccessRecord::start(
-            &request,
-            route,
-            version.digest(),
-            self.capabilities().metrics.clone(),
-        );
+        let record = AccessRecord::start(&request, route, version.digest(), self.metrics().clone());
         let span = record.span().clone();
         self.answer(&version, request, record)
             .instrument(span)
@@ -159,26 +161,20 @@ impl Endpoint {
         let admitted =
             tokio::time::timeout(queue_timeout, self.admission.clone().acquire_owned()).await;
         let mut response = match admitted {
-            Ok(Ok(permit)) => {
-                match version
-                    .plugin
-                    .handle(self.capabilities().clone(), request, (permit, record))
-                    .await
-                {
-                    Ok(response) => return response,
-                    Err(failure) => {
-                        let metrics = &self.capabilities().metrics;
-                        match failure {
-                            GuestFailure::BodyTimeout => metrics.body_timed_out(),
-                            GuestFailure::Failed(_) => metrics.guest_failed("trap"),
-                            GuestFailure::OutOfTime(_) => metrics.guest_failed("timeout"),
-                        }
-                        failure.response()
+            Ok(Ok(permit)) => match version.plugin.handle(request, (permit, record)).await {
+                Ok(response) => return response,
+                Err(failure) => {
+                    let metrics = self.metrics();
+                    match failure {
+                        GuestFailure::BodyTimeout => metrics.body_timed_out(),
+                        GuestFailure::Failed(_) => metrics.guest_failed(GuestFailed::Trap),
+                        GuestFailure::OutOfTime(_) => metrics.guest_failed(GuestFailed::Timeout),
                     }
+                    failure.response()
                 }
-            }
+            },
             _ => {
-                self.capabilities().metrics.unavailable("shed");
+                self.metrics().unavailable(Unavailable::Shed);
                 let mut busy = json_response(503, r#"{"error":"Service unavailable"}"#);
                 busy.headers_mut().insert(
                     http::header::RETRY_AFTER,

@@ -1,95 +1,31 @@
-//! What keybust counts, exposed as Prometheus text on the admin listener.
+//! What keybust counts, exposed as Prometheus text on the metrics (or
+//! admin) listener.
 //!
-//! One registry and the methods that count into it: long because every
-//! metric has its help text and its typed labels here, beside each other.
+//! One registry, owned by whoever assembles the server (the
+//! [`Service`](crate::service::Service), or an embedder) and shared with
+//! what counts into it: the capabilities, the serving slot, the endpoint,
+//! the follower and the admin API each get it when they are built. Every
+//! metric's help text is here, beside the method that counts into it; the
+//! labels and their values are in `labels`, the process's own resources
+//! in `process`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+mod labels;
+mod process;
+
+pub use self::labels::{CLIENT_CLOSED, Capability, GuestFailed, Outcome, SwapResult, Unavailable};
+
+use self::labels::{
+    BuildLabels, CapabilityLabels, CapabilityOutcomeLabels, CauseLabels, ComponentLabels,
+    KindLabels, PollLabels, RequestStatus, StatusLabels, SwapLabels,
+};
+use self::process::ProcessMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
-    status: RequestStatus,
-}
-
-/// A request's `status` label: the HTTP status, or `client closed` for a
-/// client that hung up first. Counted on every request, so it is a copy
-/// of two bytes, not a string made per request; it becomes text only when
-/// `/metrics` is scraped.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum RequestStatus {
-    Answered(u16),
-    ClientClosed,
-}
-
-impl EncodeLabelValue for RequestStatus {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write;
-        match self {
-            RequestStatus::Answered(code) => write!(encoder, "{code}"),
-            RequestStatus::ClientClosed => encoder.write_str(CLIENT_CLOSED),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CapabilityLabels {
-    capability: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CapabilityOutcomeLabels {
-    capability: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CauseLabels {
-    cause: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-    git_sha: &'static str,
-    wasmtime: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SwapLabels {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ComponentLabels {
-    digest: String,
-}
-
-/// The status of requests whose client hung up before their answer, in
-/// `keybust_requests_total` and the access log.
-pub const CLIENT_CLOSED: &str = "client closed";
-
-/// How a capability call ended, as `keybust_capability_calls_total` counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It did what was asked (an invalid token counts: the check worked).
-    Ok,
-    /// A backend failed, timed out, or is not configured.
-    Error,
-    /// The component asked for something outside the host's allow-lists.
-    Forbidden,
-}
 
 fn latency_histogram() -> Histogram {
     // 50 µs to about 6.5 s.
@@ -110,7 +46,7 @@ pub struct Metrics {
     capability_calls: Family<CapabilityOutcomeLabels, Counter>,
     capability_seconds: Family<CapabilityLabels, Histogram, fn() -> Histogram>,
     swaps: Family<SwapLabels, Counter>,
-    follow_polls: Family<SwapLabels, Counter>,
+    follow_polls: Family<PollLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
     reused_instances: Gauge,
@@ -140,7 +76,7 @@ impl Metrics {
             "Causes of 503 answers: shed (no request slot), backend (a backend failed or timed out), not_configured, forbidden (outside the allow-lists)",
             unavailable.clone(),
         );
-        let follow_polls = Family::<SwapLabels, Counter>::default();
+        let follow_polls = Family::<PollLabels, Counter>::default();
         registry.register(
             "follow_polls",
             "Polls of the followed tag: unchanged, swapped, refused (the new version failed its checks), failed (the registry could not be asked, or the new version has no signature yet)",
@@ -273,21 +209,21 @@ impl Metrics {
         self.in_flight.dec();
     }
 
-    /// Counts a cause of a 503: `shed`, `backend`, `not_configured` or
-    /// `forbidden`.
-    pub fn unavailable(&self, cause: &'static str) {
+    /// Counts a cause of a 503.
+    pub fn unavailable(&self, cause: Unavailable) {
         self.unavailable.get_or_create(&CauseLabels { cause }).inc();
     }
 
-    /// Counts one poll of the followed tag, by how it ended.
+    /// Counts one poll of the followed tag, by how it ended (the
+    /// follower's own result type names it).
     pub fn follow_poll(&self, result: &'static str) {
         self.follow_polls
-            .get_or_create(&SwapLabels { result })
+            .get_or_create(&PollLabels { result })
             .inc();
     }
 
-    /// Counts a guest that trapped (`trap`) or ran out of time (`timeout`).
-    pub fn guest_failed(&self, kind: &'static str) {
+    /// Counts a guest that failed, by how.
+    pub fn guest_failed(&self, kind: GuestFailed) {
         self.guest_failures
             .get_or_create(&KindLabels { kind })
             .inc();
@@ -321,12 +257,7 @@ impl Metrics {
     }
 
     /// Records one capability call and how it ended.
-    pub fn capability(&self, capability: &'static str, outcome: Outcome, took: Duration) {
-        let outcome = match outcome {
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-            Outcome::Forbidden => "forbidden",
-        };
+    pub fn capability(&self, capability: Capability, outcome: Outcome, took: Duration) {
         self.capability_calls
             .get_or_create(&CapabilityOutcomeLabels {
                 capability,
@@ -338,13 +269,24 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts a swap attempt and, when it worked, names the new digest.
-    pub fn swap(&self, ok: bool, digest: Option<&str>) {
-        let result = if ok { "ok" } else { "failed" };
-        self.swaps.get_or_create(&SwapLabels { result }).inc();
-        if let Some(digest) = digest {
-            self.serving(digest);
-        }
+    /// Counts a swap or rollback that put `digest` in service, and names it
+    /// as the one serving.
+    pub fn swapped(&self, digest: &str) {
+        self.swaps
+            .get_or_create(&SwapLabels {
+                result: SwapResult::Ok,
+            })
+            .inc();
+        self.serving(digest);
+    }
+
+    /// Counts a swap or rollback that was refused.
+    pub fn swap_failed(&self) {
+        self.swaps
+            .get_or_create(&SwapLabels {
+                result: SwapResult::Failed,
+            })
+            .inc();
     }
 
     /// Names the digest serving now.
@@ -367,105 +309,27 @@ impl Metrics {
     }
 }
 
-/// The process's own resources, under the names Prometheus clients use
-/// (`process_*`), read from `/proc` at each scrape.
-struct ProcessMetrics {
-    resident_memory: Gauge,
-    open_fds: Gauge,
-    cpu_seconds: Counter<f64, AtomicU64>,
-    /// The CPU time already counted, to add only what is new.
-    cpu_counted: Mutex<f64>,
-}
-
-impl ProcessMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = ProcessMetrics {
-            resident_memory: Gauge::default(),
-            open_fds: Gauge::default(),
-            cpu_seconds: Counter::default(),
-            cpu_counted: Mutex::new(0.0),
-        };
-        registry.register(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes",
-            metrics.resident_memory.clone(),
-        );
-        registry.register(
-            "process_open_fds",
-            "Open file descriptors",
-            metrics.open_fds.clone(),
-        );
-        registry.register(
-            "process_cpu_seconds",
-            "User and system CPU time spent, in seconds",
-            metrics.cpu_seconds.clone(),
-        );
-        metrics
-    }
-
-    /// Reads `/proc/self`; where there is none, the values stay at 0.
-    fn update(&self) {
-        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<i64>().ok())
-        {
-            self.resident_memory.set(pages * page_size());
-        }
-        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            self.open_fds.set(fds.count() as i64);
-        }
-        if let Some(cpu) = cpu_seconds() {
-            let mut counted = self
-                .cpu_counted
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            if cpu > *counted {
-                self.cpu_seconds.inc_by(cpu - *counted);
-                *counted = cpu;
-            }
-        }
-    }
-}
-
-fn page_size() -> i64 {
-    #[cfg(unix)]
-    {
-        rustix::param::page_size() as i64
-    }
-    #[cfg(not(unix))]
-    {
-        4096
-    }
-}
-
-/// User plus system CPU time, from `/proc/self/stat` (fields 14 and 15,
-/// in clock ticks).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces; the fields after it do not.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    #[cfg(unix)]
-    let per_second = rustix::param::clock_ticks_per_second() as f64;
-    #[cfg(not(unix))]
-    let per_second = 100.0;
-    Some(ticks / per_second)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_request_is_counted_under_its_status_or_client_closed() {
+    fn labels_are_scraped_as_the_readme_names_them() {
         let metrics = Metrics::new();
         metrics.request(200, Duration::from_millis(1));
         metrics.request(200, Duration::from_millis(1));
         metrics.request(503, Duration::from_millis(1));
         metrics.client_closed();
+        metrics.unavailable(Unavailable::NotConfigured);
+        metrics.guest_failed(GuestFailed::Trap);
+        metrics.capability(Capability::Session, Outcome::Forbidden, Duration::ZERO);
+        metrics.swap_failed();
         let text = metrics.encode();
         for line in [
+            r#"keybust_unavailable_total{cause="not_configured"} 1"#,
+            r#"keybust_guest_failures_total{kind="trap"} 1"#,
+            r#"keybust_capability_calls_total{capability="session",outcome="forbidden"} 1"#,
+            r#"keybust_component_swaps_total{result="failed"} 1"#,
             r#"keybust_requests_total{status="200"} 2"#,
             r#"keybust_requests_total{status="503"} 1"#,
             r#"keybust_requests_total{status="client closed"} 1"#,

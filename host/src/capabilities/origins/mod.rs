@@ -1,6 +1,8 @@
 //! The `origins` capability: which browser origins may call the endpoint
 //! (contract, "CORS"). The list stays on the host; the guest asks.
 
+mod host;
+
 use crate::config::{ConfigError, non_empty, split_list};
 use regex::RegexSet;
 

@@ -1,6 +1,8 @@
 //! The `convex` capability: POSTs to Convex HTTP actions with the
 //! deployment's shared secret, which only the host holds.
 
+mod host;
+
 use super::bindings::keybust::gateway::convex as wit;
 use super::outbound::{PooledClient, ReadError, pooled_client, read_bounded};
 use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty, split_list};

@@ -1,0 +1,61 @@
+//! `keybust:gateway/cache` as the guest calls it: each delete runs as a
+//! task of its own ([`CapabilityCall::in_task`]), in a client span named
+//! for the backend, and is counted by outcome; a failed or forbidden delete
+//! is a 503 from the component, counted by cause.
+
+use super::CacheError;
+use crate::capabilities::bindings::keybust::gateway::cache as wit;
+use crate::capabilities::{Capabilities, CapabilityCall};
+use crate::metrics::{Capability, Outcome, Unavailable};
+use crate::telemetry::TRACE_TARGET;
+use std::time::Instant;
+use tracing::Instrument;
+
+impl wit::Host for CapabilityCall<'_> {
+    async fn delete(&mut self, key: String) -> Result<(), wit::CacheError> {
+        match self
+            .in_task(Capability::Cache, |capabilities| async move {
+                delete(&capabilities, key).await
+            })
+            .await
+        {
+            Some(result) => result,
+            None => {
+                self.capabilities.metrics.unavailable(Unavailable::Backend);
+                Err(wit::CacheError::Unavailable)
+            }
+        }
+    }
+}
+
+async fn delete(capabilities: &Capabilities, key: String) -> Result<(), wit::CacheError> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "cache.delete",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        cache.backend = capabilities.cache.backend_name(),
+    );
+    let result = capabilities
+        .cache
+        .delete(&key)
+        .instrument(span.clone())
+        .await;
+    if result.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    let outcome = match &result {
+        Ok(()) => Outcome::Ok,
+        Err(CacheError::Forbidden) => Outcome::Forbidden,
+        Err(_) => Outcome::Error,
+    };
+    let metrics = &capabilities.metrics;
+    metrics.capability(Capability::Cache, outcome, started.elapsed());
+    match outcome {
+        Outcome::Forbidden => metrics.unavailable(Unavailable::Forbidden),
+        Outcome::Error => metrics.unavailable(Unavailable::Backend),
+        Outcome::Ok => {}
+    }
+    result.map_err(Into::into)
+}
