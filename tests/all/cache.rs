@@ -3,7 +3,9 @@
 //! an Upstash-style REST front), with keybust served in process; and the
 //! settings' failures at startup, which only the `keybust` binary shows.
 
-use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use crate::support::redis::SilentFirstConnection;
+use crate::support::{self, Backend, Options, Redis, Stack, hashes};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// keybust in process, with the settings `options` adds.
@@ -35,7 +37,7 @@ async fn prefix_deletes_only_the_prefixed_key(backend: Backend, options: Options
     redis.set(&bare, "bare");
     stack.seed(hashes::OWNED);
     assert!(redis.exists(&stack.cache_key(hashes::OWNED)));
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(200, r#"{"ok":true}"#);
     assert!(
         !redis.exists(&stack.cache_key(hashes::OWNED)),
@@ -116,14 +118,15 @@ async fn the_binary_reads_the_cache_settings_from_its_environment() {
 async fn redis_recovers_after_a_restart_without_restarting_keybust() {
     let mut stack = Stack::in_process(Backend::Redis).await;
     stack.seed(hashes::OWNED);
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 
     stack.redis.as_mut().unwrap().stop();
     for _ in 0..3 {
         let started = Instant::now();
-        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        let answer = stack.invalidate(hashes::OWNED).await;
         answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -134,7 +137,7 @@ async fn redis_recovers_after_a_restart_without_restarting_keybust() {
 
     stack.redis.as_mut().unwrap().restart();
     stack.seed(hashes::OWNED);
-    Stack::wait_for_ok(|| async { Answer::of(stack.invalidate(hashes::OWNED).await).await }).await;
+    Stack::wait_for_ok(|| async { stack.invalidate(hashes::OWNED).await }).await;
     assert_eq!(stack.cached(hashes::OWNED), Some(false));
 }
 
@@ -148,11 +151,11 @@ async fn redis_down_at_start_then_up() {
     };
     // keybust starts although Redis is down, and fails closed.
     let stack = in_process(Backend::Embedded, options).await;
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     redis.restart();
     redis.set(&format!("user-api-key:{}", hashes::OWNED), "x");
-    Stack::wait_for_ok(|| async { Answer::of(stack.invalidate(hashes::OWNED).await).await }).await;
+    Stack::wait_for_ok(|| async { stack.invalidate(hashes::OWNED).await }).await;
     assert!(!redis.exists(&format!("user-api-key:{}", hashes::OWNED)));
 }
 
@@ -164,7 +167,7 @@ async fn upstash_wrong_token_is_503() {
     };
     let stack = in_process(Backend::Upstash, options).await;
     stack.seed(hashes::OWNED);
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     assert_eq!(stack.cached(hashes::OWNED), Some(true));
     stack.keybust.assert_logs_clean(&["not-the-token"]);
@@ -251,10 +254,7 @@ async fn redis_killed_under_load_fails_fast_and_recovers() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.lock().await.redis.as_mut().unwrap().restart();
     // Back to 200s without restarting keybust.
-    Stack::wait_for_ok(|| async {
-        Answer::of(stack.lock().await.invalidate(hashes::OWNED).await).await
-    })
-    .await;
+    Stack::wait_for_ok(|| async { stack.lock().await.invalidate(hashes::OWNED).await }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
@@ -291,7 +291,7 @@ async fn an_oversized_upstash_answer_is_refused() {
         ..Options::default()
     };
     let stack = in_process(Backend::Embedded, options).await;
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     stack.keybust.assert_logged("longer than").await;
 }
@@ -309,7 +309,7 @@ async fn the_old_cache_timeout_setting_still_counts_and_warns() {
         .keybust
         .assert_logged("KEYBUST_CACHE_TIMEOUT_MS is deprecated: set KEYBUST_CACHE_TIMEOUT=700ms")
         .await;
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(200, r#"{"ok":true}"#);
 }
 
@@ -352,7 +352,8 @@ async fn a_redis_cluster_loses_the_owners_key_on_the_node_that_holds_it() {
     let before = cluster.keys_by_node();
     assert!(before[owner_node].contains(&owners));
 
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 
@@ -373,4 +374,29 @@ async fn a_redis_cluster_loses_the_owners_key_on_the_node_that_holds_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stack.keybust.assert_logs_clean(&[]);
+}
+
+/// A Redis connection that stops answering without closing is replaced:
+/// the first delete on it times out, and deletes recover within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_gone_silent_is_replaced() {
+    let redis = Redis::start();
+    let front = SilentFirstConnection::start(redis.port).await;
+    let options = Options::with_env(&[
+        ("REDIS_URL", &front.url()),
+        ("KEYBUST_CACHE_TIMEOUT", "300ms"),
+        ("KEYBUST_CACHE_TIMEOUT_MS", "300"),
+    ]);
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let key = format!("user-api-key:{}", hashes::OWNED);
+    // The connection works, then goes silent.
+    let working = stack.invalidate(hashes::OWNED).await;
+    working.assert_json(200, r#"{"ok":true}"#);
+    front.silence();
+    redis.set(&key, "cached");
+    let first = stack.invalidate(hashes::OWNED).await;
+    first.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    Stack::wait_for_ok(|| async { stack.invalidate(hashes::OWNED).await }).await;
+    assert!(!redis.exists(&key));
+    assert!(front.accepted.load(Ordering::SeqCst) >= 2);
 }

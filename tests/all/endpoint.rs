@@ -5,7 +5,7 @@
 //! runs against both builds of the guest: wasi:http 0.2 (the embedded
 //! component) and 0.3.
 
-use crate::support::{self, Answer, Backend, Guest, Options, Stack, hashes};
+use crate::support::{self, Answer, Answered, Backend, Guest, Options, Stack, hashes};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -77,17 +77,13 @@ async fn disallowed_origin_is_403_without_cors(guest: Guest) {
         "https://worldmonitor.app.evil.example",
         "null",
     ] {
-        let answer = Answer::of(
-            stack
-                .request(Method::POST, support::ENDPOINT)
-                .header("origin", origin)
-                .bearer_auth(stack.issuer.token())
-                .body(json!({ "keyHash": hashes::OWNED }).to_string())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let answer = stack
+            .request(Method::POST, support::ENDPOINT)
+            .header("origin", origin)
+            .bearer_auth(stack.issuer.token())
+            .body(json!({ "keyHash": hashes::OWNED }).to_string())
+            .answer()
+            .await;
         answer.assert_json(403, r#"{"error":"Origin not allowed"}"#);
         assert!(
             answer.header("access-control-allow-origin").is_none(),
@@ -96,15 +92,11 @@ async fn disallowed_origin_is_403_without_cors(guest: Guest) {
         assert!(answer.header("vary").is_none());
     }
     // Even a preflight from a disallowed origin is refused.
-    let answer = Answer::of(
-        stack
-            .request(Method::OPTIONS, support::ENDPOINT)
-            .header("origin", "https://evil.example")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = stack
+        .request(Method::OPTIONS, support::ENDPOINT)
+        .header("origin", "https://evil.example")
+        .answer()
+        .await;
     assert_eq!(answer.status, 403);
     assert!(stack.convex.calls().is_empty());
 }
@@ -112,29 +104,21 @@ async fn disallowed_origin_is_403_without_cors(guest: Guest) {
 // Rule E2
 async fn preflight_is_204_with_cors(guest: Guest) {
     let stack = Stack::serving(guest, Backend::Embedded).await;
-    let answer = Answer::of(
-        stack
-            .request(Method::OPTIONS, support::ENDPOINT)
-            .header("origin", ALLOWED)
-            .header("access-control-request-method", "POST")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = stack
+        .request(Method::OPTIONS, support::ENDPOINT)
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .answer()
+        .await;
     assert_eq!(answer.status, 204);
     assert_eq!(answer.body, "");
     answer.assert_cors(ALLOWED);
     // Localhost is allowed outside production.
-    let answer = Answer::of(
-        stack
-            .request(Method::OPTIONS, support::ENDPOINT)
-            .header("origin", "http://localhost:5173")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = stack
+        .request(Method::OPTIONS, support::ENDPOINT)
+        .header("origin", "http://localhost:5173")
+        .answer()
+        .await;
     assert_eq!(answer.status, 204);
     answer.assert_cors("http://localhost:5173");
 }
@@ -143,15 +127,11 @@ async fn preflight_is_204_with_cors(guest: Guest) {
 async fn other_methods_are_405(guest: Guest) {
     let stack = Stack::serving(guest, Backend::Embedded).await;
     for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
-        let answer = Answer::of(
-            stack
-                .request(method.clone(), support::ENDPOINT)
-                .bearer_auth(stack.issuer.token())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let answer = stack
+            .request(method.clone(), support::ENDPOINT)
+            .bearer_auth(stack.issuer.token())
+            .answer()
+            .await;
         answer.assert_json(405, r#"{"error":"Method not allowed"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
     }
@@ -177,7 +157,7 @@ async fn missing_or_malformed_bearer_is_401(guest: Guest) {
         if let Some(value) = &header {
             request = request.header("authorization", value);
         }
-        let answer = Answer::of(request.send().await.unwrap()).await;
+        let answer = request.answer().await;
         answer.assert_json(401, r#"{"error":"UNAUTHENTICATED"}"#);
         answer.assert_cors(ALLOWED);
     }
@@ -187,12 +167,9 @@ async fn missing_or_malformed_bearer_is_401(guest: Guest) {
 // Rule E5 (the token rules themselves are in session.rs)
 async fn invalid_token_is_401(guest: Guest) {
     let stack = Stack::serving(guest, Backend::Embedded).await;
-    let answer = Answer::of(
-        stack
-            .post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string())
-            .await,
-    )
-    .await;
+    let answer = stack
+        .post_with("not.a.jwt", json!({ "keyHash": hashes::OWNED }).to_string())
+        .await;
     answer.assert_json(401, r#"{"error":"UNAUTHENTICATED"}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
     assert!(stack.convex.calls().is_empty());
@@ -205,7 +182,7 @@ async fn body_that_is_not_json_is_422(guest: Guest) {
     // guest refuses it, not traps for want of stack.
     let deep = "[".repeat(60 * 1024);
     for body in ["", "{", "keyHash=abc", "{\"keyHash\":", &deep] {
-        let answer = Answer::of(stack.post(body.to_owned()).await).await;
+        let answer = stack.post(body.to_owned()).await;
         answer.assert_json(422, r#"{"error":"Invalid JSON body"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
     }
@@ -216,7 +193,7 @@ async fn body_that_is_not_json_is_422(guest: Guest) {
         "[".repeat(126),
         "]".repeat(126)
     );
-    let answer = Answer::of(stack.post(nested).await).await;
+    let answer = stack.post(nested).await;
     answer.assert_json(200, r#"{"ok":true}"#);
 }
 
@@ -240,7 +217,7 @@ async fn invalid_key_hash_is_422(guest: Guest) {
         &short,
         &long,
     ] {
-        let answer = Answer::of(stack.post(body.to_owned()).await).await;
+        let answer = stack.post(body.to_owned()).await;
         answer.assert_json(422, r#"{"error":"Invalid keyHash"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
     }
@@ -258,7 +235,7 @@ async fn convex_not_configured_is_503(backend: Backend, guest: Guest) {
         };
         let stack = Stack::with(backend, options).await;
         stack.seed(hashes::OWNED);
-        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        let answer = stack.invalidate(hashes::OWNED).await;
         answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
         assert_ne!(stack.cached(hashes::OWNED), Some(false));
@@ -273,7 +250,7 @@ async fn convex_not_configured_is_503(backend: Backend, guest: Guest) {
 // Rule E9
 async fn owner_lookup_request_has_the_contract_shape(guest: Guest) {
     let stack = Stack::serving(guest, Backend::Embedded).await;
-    let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
+    let answer = stack.invalidate(hashes::UNKNOWN).await;
     assert_eq!(answer.status, 200);
     let calls = stack.convex.calls();
     assert_eq!(calls.len(), 1);
@@ -290,7 +267,7 @@ async fn lookup_failures_fail_closed(backend: Backend, guest: Guest) {
     let stack = Stack::serving(guest, backend).await;
     for hash in [hashes::STATUS_500, hashes::GARBAGE] {
         stack.seed(hash);
-        let answer = Answer::of(stack.invalidate(hash).await).await;
+        let answer = stack.invalidate(hash).await;
         answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
         assert_ne!(stack.cached(hash), Some(false));
@@ -305,7 +282,7 @@ async fn slow_lookup_times_out_at_three_seconds(backend: Backend, guest: Guest) 
     let stack = Stack::serving(guest, backend).await;
     stack.seed(hashes::SLOW);
     let started = Instant::now();
-    let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
+    let answer = stack.invalidate(hashes::SLOW).await;
     let took = started.elapsed();
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     assert!(
@@ -334,7 +311,7 @@ async fn unreachable_or_refusing_convex_fails_closed(guest: Guest) {
         ..Options::default()
     };
     let stack = Stack::with(Backend::Embedded, options).await;
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     // A wrong secret: Convex answers 401, which is a failed lookup.
     let options = Options {
@@ -344,7 +321,7 @@ async fn unreachable_or_refusing_convex_fails_closed(guest: Guest) {
         ..Options::default()
     };
     let stack = Stack::with(Backend::Embedded, options).await;
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     stack.keybust.assert_logs_clean(&["wrong-secret"]);
 }
@@ -353,7 +330,7 @@ async fn unreachable_or_refusing_convex_fails_closed(guest: Guest) {
 async fn unknown_hash_is_ok_and_deletes_nothing(backend: Backend, guest: Guest) {
     let stack = Stack::serving(guest, backend).await;
     stack.seed(hashes::UNKNOWN);
-    let answer = Answer::of(stack.invalidate(hashes::UNKNOWN).await).await;
+    let answer = stack.invalidate(hashes::UNKNOWN).await;
     answer.assert_json(200, r#"{"ok":true}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
     assert_ne!(stack.cached(hashes::UNKNOWN), Some(false));
@@ -364,7 +341,7 @@ async fn anyone_but_the_caller_as_owner_is_403(backend: Backend, guest: Guest) {
     let stack = Stack::serving(guest, backend).await;
     for hash in [hashes::OTHER_OWNER, hashes::EMPTY_OBJECT, hashes::ARRAY] {
         stack.seed(hash);
-        let answer = Answer::of(stack.invalidate(hash).await).await;
+        let answer = stack.invalidate(hash).await;
         answer.assert_json(403, r#"{"error":"FORBIDDEN"}"#);
         answer.assert_cors(DEFAULT_ORIGIN);
         assert_ne!(stack.cached(hash), Some(false), "{hash}");
@@ -377,24 +354,20 @@ async fn owner_match_deletes_the_cache_entry(backend: Backend, guest: Guest) {
     stack.seed(hashes::OWNED);
     stack.seed(hashes::OWNED_2);
     assert_ne!(stack.cached(hashes::OWNED), Some(false));
-    let answer = Answer::of(
-        stack
-            .request(Method::POST, support::ENDPOINT)
-            .header("origin", ALLOWED)
-            .bearer_auth(stack.issuer.token())
-            .body(json!({ "keyHash": hashes::OWNED, "extra": [1, 2] }).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = stack
+        .request(Method::POST, support::ENDPOINT)
+        .header("origin", ALLOWED)
+        .bearer_auth(stack.issuer.token())
+        .body(json!({ "keyHash": hashes::OWNED, "extra": [1, 2] }).to_string())
+        .answer()
+        .await;
     answer.assert_json(200, r#"{"ok":true}"#);
     answer.assert_cors(ALLOWED);
     assert_ne!(stack.cached(hashes::OWNED), Some(true));
     // Only that key.
     assert_ne!(stack.cached(hashes::OWNED_2), Some(false));
     // Deleting again (already gone) still succeeds.
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(200, r#"{"ok":true}"#);
     stack.keybust.assert_logs_clean(&[]);
 }
@@ -413,7 +386,7 @@ async fn cache_failure_is_503(backend: Backend, guest: Guest) {
             .store(true, std::sync::atomic::Ordering::SeqCst),
     }
     let started = Instant::now();
-    let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+    let answer = stack.invalidate(hashes::OWNED).await;
     answer.assert_json(503, r#"{"error":"Service unavailable"}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
     assert!(
@@ -430,31 +403,27 @@ async fn oversized_body_is_413(guest: Guest) {
     let stack = Stack::serving(guest, Backend::Embedded).await;
     let padding = "x".repeat(70 * 1024);
     let body = json!({ "keyHash": hashes::OWNED, "pad": padding }).to_string();
-    let answer = Answer::of(stack.post(body).await).await;
+    let answer = stack.post(body).await;
     answer.assert_json(413, r#"{"error":"Payload too large"}"#);
     answer.assert_cors(DEFAULT_ORIGIN);
     // Without a length to refuse it by, the guest finds out as it reads.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..70).map(|_| Ok(vec![b' '; 1024])).collect();
-    let answer = Answer::of(
-        stack
-            .request(Method::POST, support::ENDPOINT)
-            .bearer_auth(stack.issuer.token())
-            .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks,
-            )))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer = stack
+        .request(Method::POST, support::ENDPOINT)
+        .bearer_auth(stack.issuer.token())
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .answer()
+        .await;
     answer.assert_json(413, r#"{"error":"Payload too large"}"#);
     assert!(stack.convex.calls().is_empty());
     // Just under the bound is read and judged.
     let padding = "x".repeat(60 * 1024);
     let body = json!({ "keyHash": hashes::UNKNOWN, "pad": padding }).to_string();
-    let answer = Answer::of(stack.post(body).await).await;
+    let answer = stack.post(body).await;
     answer.assert_json(200, r#"{"ok":true}"#);
     assert!(stack.convex.calls().len() == 1);
 }
@@ -463,7 +432,7 @@ async fn oversized_body_is_413(guest: Guest) {
 async fn other_paths_are_404_from_the_host(guest: Guest) {
     let stack = Stack::serving(guest, Backend::Embedded).await;
     for path in ["/", "/api/other", "/api/invalidate-user-api-key-cache/x"] {
-        let answer = Answer::of(stack.request(Method::POST, path).send().await.unwrap()).await;
+        let answer = stack.request(Method::POST, path).answer().await;
         answer.assert_json(404, r#"{"error":"Not found"}"#);
     }
 }
@@ -494,7 +463,7 @@ async fn origin_settings_change_what_is_allowed(guest: Guest) {
         if let Some(origin) = origin {
             request = request.header("origin", origin);
         }
-        Answer::of(request.send().await.unwrap()).await
+        request.answer().await
     }
     let options = Options {
         in_process: true,
@@ -562,3 +531,77 @@ each_guest!(
     upstash_errors_are_503,
     origin_settings_change_what_is_allowed,
 );
+
+/// Several `Origin` headers, or one that is not UTF-8, are refused as the
+/// reference refuses them (rule E1), not taken for no `Origin`.
+#[tokio::test]
+async fn duplicate_or_undecodable_origins_get_403() {
+    let stack = Stack::in_process(Backend::Embedded).await;
+    let body = json!({ "keyHash": hashes::OWNED }).to_string();
+    let duplicate = stack
+        .request(Method::POST, support::ENDPOINT)
+        .header("origin", ALLOWED)
+        .header("origin", "https://evil.example")
+        .bearer_auth(stack.issuer.token())
+        .body(body.clone());
+    let undecodable = stack
+        .request(Method::POST, support::ENDPOINT)
+        .header(
+            "origin",
+            reqwest::header::HeaderValue::from_bytes(b"https://worldmonitor.app\xff").unwrap(),
+        )
+        .bearer_auth(stack.issuer.token())
+        .body(body);
+    for request in [duplicate, undecodable] {
+        let answer = request.answer().await;
+        answer.assert_json(403, r#"{"error":"Origin not allowed"}"#);
+        assert!(answer.header("access-control-allow-origin").is_none());
+    }
+    assert!(stack.convex.calls().is_empty());
+}
+
+/// The answers the host gives in the component's place carry the CORS
+/// headers the component would give the same `Origin`, and none for a
+/// refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_answers_carry_the_components_cors_headers() {
+    // The bounds are the binary's settings: the process, not the library.
+    let options = Options::with_env(&[
+        ("KEYBUST_MAX_CONCURRENT_REQUESTS", "1"),
+        ("KEYBUST_QUEUE_TIMEOUT", "50ms"),
+        ("KEYBUST_REQUEST_TIMEOUT", "400ms"),
+    ]);
+    let stack = std::sync::Arc::new(Stack::with(Backend::Embedded, options).await);
+    let slow = {
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            let response = stack
+                .request(Method::POST, support::ENDPOINT)
+                .header("origin", ALLOWED)
+                .bearer_auth(stack.issuer.token())
+                .body(json!({ "keyHash": hashes::OWNED_DELAYED }).to_string())
+                .send()
+                .await
+                .unwrap();
+            Answer::of(response).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let shed = |origin: &'static str| {
+        stack
+            .request(Method::OPTIONS, support::ENDPOINT)
+            .header("origin", origin)
+            .send()
+    };
+    let busy = Answer::of(shed(ALLOWED).await.unwrap()).await;
+    busy.assert_json(503, r#"{"error":"Service unavailable"}"#);
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    busy.assert_cors(ALLOWED);
+    let refused = Answer::of(shed("https://evil.example").await.unwrap()).await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("access-control-allow-origin").is_none());
+    // The owner lookup takes a second: past the request timeout.
+    let timed_out = slow.await.unwrap();
+    timed_out.assert_json(504, r#"{"error":"Gateway timeout"}"#);
+    timed_out.assert_cors(ALLOWED);
+}

@@ -9,7 +9,7 @@ use crate::support::fleet::{
 };
 use crate::support::process::refused_start;
 use crate::support::registry::OciRegistry;
-use crate::support::{self, Answer, hashes};
+use crate::support::{self, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
@@ -54,7 +54,7 @@ async fn a_fleet_follows_a_tag() {
         clients.push(tokio::spawn(async move {
             let stack = &fleet[client % 3];
             while !stop.load(Ordering::Relaxed) {
-                let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+                let answer = stack.invalidate(hashes::OWNED).await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if answer.status != 200 {
                     failures.fetch_add(1, Ordering::Relaxed);
@@ -301,7 +301,8 @@ async fn the_admin_api_pulls_a_reference() {
     let now = serving(&stack).await;
     assert_eq!(now["digest"], hex_digest(&next));
     assert_eq!(now["source"], tag);
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 

@@ -1,13 +1,12 @@
-//! Bad builds, hostile clients and sandbox walls: the host answers, stays
-//! bounded, and keeps serving good requests alongside.
+//! Bad builds and sandbox walls: a guest that traps, loops, allocates,
+//! floods its answer or reaches for what it was not given is stopped, and
+//! the host keeps serving good requests alongside.
 
 use crate::support::programs::{mode, serve_programs, serve_programs_of};
-use crate::support::{self, Answer, Backend, Guest, Options, Stack, hashes};
+use crate::support::{self, Answer, Answered, Backend, Guest, Options, Stack, hashes};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// keybust serving the misbehaving test programs, with short time budgets.
 async fn programs() -> (Arc<Stack>, tempfile::TempDir) {
@@ -161,156 +160,6 @@ async fn a_memory_cap_too_small_for_the_component_stops_startup_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_the_concurrency_limit_gets_503_with_retry_after() {
-    let options = Options {
-        args: vec![
-            "--max-concurrent-requests".into(),
-            "2".into(),
-            "--queue-timeout".into(),
-            "50ms".into(),
-        ],
-        ..Options::default()
-    };
-    let stack = Arc::new(Stack::with(Backend::Embedded, options).await);
-    let mut requests = Vec::new();
-    for _ in 0..6 {
-        let stack = stack.clone();
-        requests.push(tokio::spawn(async move {
-            let response = stack.invalidate(hashes::OWNED_DELAYED).await;
-            let retry = response.headers().get("retry-after").cloned();
-            (Answer::of(response).await, retry)
-        }));
-    }
-    let (mut ok, mut busy) = (0, 0);
-    for request in requests {
-        let (answer, retry) = request.await.unwrap();
-        match answer.status {
-            200 => ok += 1,
-            503 => {
-                busy += 1;
-                assert_eq!(answer.body, r#"{"error":"Service unavailable"}"#);
-                assert_eq!(retry.unwrap(), "1");
-            }
-            other => panic!("unexpected {other}: {}", answer.body),
-        }
-    }
-    assert_eq!((ok, busy), (2, 4));
-}
-
-async fn raw(stack: &Stack) -> TcpStream {
-    let stream = TcpStream::connect(stack.keybust.addr()).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-async fn read_all(stream: &mut TcpStream, limit: Duration) -> String {
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunked_body_past_the_bound_is_413_without_reading_it_all() {
-    let stack = Stack::start(Backend::Embedded).await;
-    let mut stream = raw(&stack).await;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ntransfer-encoding: chunked\r\n\r\n",
-        support::ENDPOINT,
-        stack.issuer.token()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
-    // 72 KiB, more than the 64 KiB bound; the client never finishes the body.
-    for _ in 0..9 {
-        if stream.write_all(chunk.as_bytes()).await.is_err() {
-            break;
-        }
-    }
-    let response = read_all(&mut stream, Duration::from_secs(5)).await;
-    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
-    assert!(
-        response.contains(r#"{"error":"Payload too large"}"#),
-        "{response}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_headers_are_cut_off() {
-    let options = Options {
-        args: vec!["--header-timeout".into(), "300ms".into()],
-        ..Options::default()
-    };
-    let stack = Stack::with(Backend::Embedded, options).await;
-    let mut stream = raw(&stack).await;
-    stream
-        .write_all(b"POST /api/invalidate-user-api-key-cache HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let response = read_all(&mut stream, Duration::from_secs(5)).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "held for {:?}",
-        started.elapsed()
-    );
-    assert!(
-        response.is_empty() || response.starts_with("HTTP/1.1 408"),
-        "{response}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_headers_are_refused() {
-    let stack = Stack::start(Backend::Embedded).await;
-    let response = stack
-        .request(reqwest::Method::POST, support::ENDPOINT)
-        .header("x-padding", "p".repeat(40 << 10))
-        .send()
-        .await;
-    match response {
-        Ok(response) => assert_eq!(response.status(), 431),
-        // hyper may also just close the connection.
-        Err(err) => assert!(
-            err.is_request() || err.is_connect() || err.is_body(),
-            "{err}"
-        ),
-    }
-    // Still serving.
-    Answer::of(stack.invalidate(hashes::OWNED).await)
-        .await
-        .assert_json(200, r#"{"ok":true}"#);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_limit_wait_for_a_free_one() {
-    let options = Options {
-        args: vec!["--max-connections".into(), "2".into()],
-        ..Options::default()
-    };
-    let stack = Stack::with(Backend::Embedded, options).await;
-    let first = raw(&stack).await;
-    let second = raw(&stack).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let waiting = stack
-        .http
-        .post(stack.keybust.url(support::ENDPOINT))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(waiting.is_err(), "a third connection was served at once");
-    drop(first);
-    let served = stack
-        .http
-        .post(stack.keybust.url(support::ENDPOINT))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(served.status(), 401);
-    drop(second);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_timeout_cuts_a_guest_waiting_on_a_host_call() {
     // Dropping a guest call in the middle of a host call must not panic
     // (RUSTSEC-2026-0022) nor stop the host serving.
@@ -320,7 +169,7 @@ async fn the_request_timeout_cuts_a_guest_waiting_on_a_host_call() {
     };
     let stack = Stack::with(Backend::Embedded, options).await;
     let started = Instant::now();
-    let answer = Answer::of(stack.invalidate(hashes::SLOW).await).await;
+    let answer = stack.invalidate(hashes::SLOW).await;
     answer.assert_json(504, r#"{"error":"Gateway timeout"}"#);
     let took = started.elapsed();
     assert!(
@@ -338,7 +187,8 @@ async fn the_request_timeout_cuts_a_guest_waiting_on_a_host_call() {
         !metrics.contains(r#"keybust_capability_calls_total{capability="convex""#),
         "{metrics}"
     );
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
     assert!(
@@ -479,7 +329,7 @@ async fn held_at_once(stack: &Arc<Stack>, depth: u32, count: usize) {
     );
     let requests = (0..count).map(|_| {
         let request = stack.request(reqwest::Method::POST, &url);
-        tokio::spawn(async move { Answer::of(request.send().await.unwrap()).await })
+        tokio::spawn(async move { request.answer().await })
     });
     for answer in futures_util::future::join_all(requests).await {
         let answer = answer.unwrap();

@@ -12,16 +12,19 @@
 
 mod support;
 
+mod access_log;
 mod cache;
+mod clients;
 mod deploy;
 mod dev;
+mod drain;
 mod endpoint;
 mod example;
 mod fleet;
 mod hardening;
-mod operate;
+mod least_privilege;
+mod metrics;
 mod readiness;
-mod reliability;
 mod reuse;
 mod session;
 mod settings;

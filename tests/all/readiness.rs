@@ -95,7 +95,7 @@ async fn sigterm_turns_readiness_closes_the_listener_and_drains() {
     for _ in 0..8 {
         let stack = stack.clone();
         in_flight.push(tokio::spawn(async move {
-            Answer::of(stack.invalidate(hashes::OWNED_DELAYED).await).await
+            stack.invalidate(hashes::OWNED_DELAYED).await
         }));
     }
     while stack.convex.calls().len() < 8 {
@@ -183,8 +183,7 @@ async fn admin_requests_leave_audit_lines() {
     let digest = keybust::digest::hex_digest(&bytes);
     let put = |token: &'static str| {
         stack
-            .http
-            .put(stack.keybust.admin_url("/admin/component"))
+            .admin(reqwest::Method::PUT, "/admin/component")
             .bearer_auth(token)
             .body(bytes.clone())
             .send()
@@ -225,8 +224,7 @@ async fn the_admin_token_can_come_from_a_file() {
     let stack = Stack::with(Backend::Embedded, options).await;
     let rollback = |token: &'static str| {
         stack
-            .http
-            .post(stack.keybust.admin_url("/admin/component/rollback"))
+            .admin(reqwest::Method::POST, "/admin/component/rollback")
             .bearer_auth(token)
             .send()
     };
@@ -234,4 +232,61 @@ async fn the_admin_token_can_come_from_a_file() {
     assert_eq!(rollback(ADMIN_TOKEN).await.unwrap().status(), 409);
     assert_eq!(rollback("wrong").await.unwrap().status(), 403);
     assert!(!stack.keybust.logs().contains("on the command line"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let stack = Stack::start(Backend::Embedded).await;
+    let health = reqwest::get(stack.keybust.admin_url("/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // Ready once the issuer's keys, fetched at start, are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = Answer::of(
+            reqwest::get(stack.keybust.admin_url("/readyz"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", ready.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let options = Options {
+        without: vec!["CONVEX_SERVER_SHARED_SECRET", "CLERK_JWT_ISSUER_DOMAIN"],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let ready = Answer::of(
+        reqwest::get(stack.keybust.admin_url("/readyz"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready
+            .body
+            .contains("CONVEX_SITE_URL or CONVEX_SERVER_SHARED_SECRET is not set"),
+        "{}",
+        ready.body
+    );
+    assert!(
+        ready.body.contains("CLERK_JWT_ISSUER_DOMAIN is not set"),
+        "{}",
+        ready.body
+    );
+    // Still alive.
+    assert_eq!(
+        reqwest::get(stack.keybust.admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

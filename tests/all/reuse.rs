@@ -4,7 +4,7 @@
 
 use crate::support::answer::assert_endpoint_answers;
 use crate::support::programs::{mode, serve_programs_of};
-use crate::support::{self, Answer, Backend, ENDPOINT, Guest, Options, Stack, hashes};
+use crate::support::{self, Answer, Answered, Backend, ENDPOINT, Guest, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use serde_json::Value;
 use std::sync::Arc;
@@ -184,17 +184,13 @@ async fn the_guest_log_is_drained_per_request_and_bounded() {
 }
 
 async fn admin(stack: &Stack, method: reqwest::Method, path: &str, body: Vec<u8>) -> Answer {
-    Answer::of(
-        stack
-            .http
-            .request(method, stack.keybust.admin_url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .body(body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    stack
+        .http
+        .request(method, stack.keybust.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(body)
+        .answer()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,16 +273,19 @@ async fn endpoint_on_reused_instances(guest: Guest) {
         .await;
     }
     stack.seed(hashes::OWNED);
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
     assert_eq!(stack.cached(hashes::OWNED), Some(false));
     // A request past --request-timeout (a slow backend) gets 504, and the
     // next one is served.
-    Answer::of(stack.invalidate(hashes::SLOW).await)
+    stack
+        .invalidate(hashes::SLOW)
         .await
         .assert_json(504, r#"{"error":"Gateway timeout"}"#);
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
     let metrics = stack.metrics().await;

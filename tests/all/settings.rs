@@ -1,6 +1,7 @@
 //! The settings the README documents are the ones `keybust serve --help`
 //! lists, flag for flag and environment twin for twin, both ways.
 
+use crate::support::help::{is_env, is_flag, listed};
 use std::collections::BTreeSet;
 
 /// The flags (`--x`) and environment names (`NAME`) in backticks in the
@@ -25,59 +26,6 @@ fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
             } else if is_env(token) {
                 envs.insert(token.to_owned());
             }
-        }
-    }
-    (flags, envs)
-}
-
-fn is_flag(token: &str) -> bool {
-    token.strip_prefix("--").is_some_and(|name| {
-        !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    })
-}
-
-pub(crate) fn is_env(token: &str) -> bool {
-    token.len() > 2
-        && token.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// What `keybust serve --help` prints, with no setting in the environment.
-pub(crate) fn serve_help() -> String {
-    let output = std::process::Command::new(crate::support::process::binary())
-        .args(["serve", "--help"])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// The flags and environment twins `keybust serve --help` lists.
-pub(crate) fn listed() -> (BTreeSet<String>, BTreeSet<String>) {
-    let help = serve_help();
-    let mut flags = BTreeSet::new();
-    let mut envs = BTreeSet::new();
-    for line in help.lines() {
-        let line = line.trim_start();
-        if let Some(flag) = line
-            .split([' ', '=', ','])
-            .next()
-            .filter(|f| is_flag(f) && *f != "--help" && *f != "--version")
-        {
-            flags.insert(flag.to_owned());
-        }
-        for part in line.split("[env: ").skip(1) {
-            let name: String = part
-                .chars()
-                .take_while(|c| *c != '=' && *c != ']')
-                .collect();
-            envs.insert(name);
         }
     }
     (flags, envs)

@@ -7,7 +7,7 @@ use crate::support::fleet::{
 };
 use crate::support::process::refused_start;
 use crate::support::registry::OciRegistry;
-use crate::support::{Answer, hashes};
+use crate::support::{Answered, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use std::time::{Duration, Instant};
@@ -49,17 +49,12 @@ async fn with_a_verify_key_only_signed_components_serve() {
             "{what}"
         );
     }
-    let upload = Answer::of(
-        stack
-            .http
-            .put(stack.keybust.admin_url("/admin/component"))
-            .bearer_auth(ADMIN_TOKEN)
-            .body(signed.clone())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let upload = stack
+        .admin(reqwest::Method::PUT, "/admin/component")
+        .bearer_auth(ADMIN_TOKEN)
+        .body(signed.clone())
+        .answer()
+        .await;
     assert_eq!(upload.status, 422, "{}", upload.body);
     stack
         .wait_for_metric("keybust_component_swaps_total{result=\"failed\"} 3")
@@ -69,7 +64,8 @@ async fn with_a_verify_key_only_signed_components_serve() {
     let answer = put_reference(&stack, &signed_tag).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(serving(&stack).await["digest"], hex_digest(&signed));
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 

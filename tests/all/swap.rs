@@ -1,7 +1,7 @@
 //! Swapping the component in place: the admin API, the watched file and
 //! SIGHUP, under load, with bad components refused.
 
-use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use crate::support::{self, Answer, Answered, Backend, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
@@ -35,27 +35,21 @@ async fn component(stack: &Stack) -> Value {
 
 async fn put(stack: &Stack, token: Option<&str>, bytes: Vec<u8>) -> Answer {
     let mut request = stack
-        .http
-        .put(stack.keybust.admin_url("/admin/component"))
+        .admin(reqwest::Method::PUT, "/admin/component")
         .body(bytes);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    Answer::of(request.send().await.unwrap()).await
+    request.answer().await
 }
 
 /// `POST /admin/component/rollback` with the admin token.
 async fn rollback(stack: &Stack) -> Answer {
-    Answer::of(
-        stack
-            .http
-            .post(stack.keybust.admin_url("/admin/component/rollback"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    stack
+        .admin(reqwest::Method::POST, "/admin/component/rollback")
+        .bearer_auth(ADMIN_TOKEN)
+        .answer()
+        .await
 }
 
 async fn wait_for_digest(stack: &Stack, digest: &str) {
@@ -100,7 +94,8 @@ async fn component_api_describes_swaps_and_rolls_back() {
     assert_eq!(swapped["previous_digest"], hex_digest(EMBEDDED_COMPONENT));
     assert_eq!(component(&stack).await["digest"], hex_digest(&next));
     // It serves.
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 
@@ -109,7 +104,8 @@ async fn component_api_describes_swaps_and_rolls_back() {
     let now = component(&stack).await;
     assert_eq!(now["digest"], hex_digest(EMBEDDED_COMPONENT));
     assert_eq!(now["previous_digest"], hex_digest(&next));
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 }
@@ -143,7 +139,8 @@ async fn bad_components_are_refused_and_the_old_one_keeps_serving() {
         assert_eq!(answer.status, 422, "{what}: {}", answer.body);
         assert!(answer.body.contains(reason), "{what}: {}", answer.body);
         assert_eq!(component(&stack).await["digest"], digest, "{what}");
-        Answer::of(stack.invalidate(hashes::OWNED).await)
+        stack
+            .invalidate(hashes::OWNED)
             .await
             .assert_json(200, r#"{"ok":true}"#);
     }
@@ -158,8 +155,7 @@ async fn admin_mutations_need_the_token() {
         403
     );
     let rollback = stack
-        .http
-        .post(stack.keybust.admin_url("/admin/component/rollback"))
+        .admin(reqwest::Method::POST, "/admin/component/rollback")
         .send()
         .await
         .unwrap();
@@ -202,7 +198,8 @@ async fn a_bad_file_is_logged_and_the_old_one_keeps_serving() {
     // SIGHUP re-reads the same bad file and refuses it again.
     stack.keybust.signal(libc::SIGHUP);
     stack.keybust.assert_logged("SIGHUP").await;
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 }
@@ -229,7 +226,7 @@ async fn fifty_swaps_under_load_drop_nothing() {
         clients.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+                let answer = stack.invalidate(hashes::OWNED).await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if answer.status != 200 || answer.body != r#"{"ok":true}"# {
                     failures.push(format!("{} {}", answer.status, answer.body));
@@ -384,7 +381,8 @@ async fn a_configmap_update_is_picked_up_by_the_watch() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
 }
@@ -417,7 +415,8 @@ async fn a_swap_survives_a_restart_with_its_rollback_target() {
     assert_eq!(now["digest"], hex_digest(&next));
     assert_eq!(now["source"], "admin");
     assert_eq!(now["previous_digest"], hex_digest(EMBEDDED_COMPONENT));
-    Answer::of(stack.invalidate(hashes::OWNED).await)
+    stack
+        .invalidate(hashes::OWNED)
         .await
         .assert_json(200, r#"{"ok":true}"#);
     assert_eq!(rollback(&stack).await.status, 200);
@@ -517,7 +516,7 @@ async fn the_wasi_http_0_2_and_0_3_builds_swap_into_each_other_under_load() {
         clients.push(tokio::spawn(async move {
             let (mut sent, mut failures) = (0, Vec::new());
             while !stop.load(Ordering::Relaxed) {
-                let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+                let answer = stack.invalidate(hashes::OWNED).await;
                 sent += 1;
                 if answer.status != 200 || answer.body != r#"{"ok":true}"# {
                     failures.push(format!("{} {}", answer.status, answer.body));

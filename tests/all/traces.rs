@@ -5,7 +5,7 @@
 
 use crate::support::otlp::{OtlpReceiver, attribute, descends_from, hex, named};
 use crate::support::{
-    Answer, Backend, ENDPOINT, Options, SECRET, Stack, UPSTASH_TOKEN, hashes, primary_key, sign,
+    Backend, ENDPOINT, Options, SECRET, Stack, UPSTASH_TOKEN, hashes, primary_key, sign,
     stranger_key,
 };
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -198,7 +198,7 @@ async fn on_a_reused_instance_the_backends_calls_stay_in_the_requests_trace() {
     .await;
     let token = stack.issuer.token();
     // An untraced request first, so the traced one lands on a kept instance.
-    assert_eq!(stack.invalidate(hashes::OWNED).await.status(), 200);
+    assert_eq!(stack.invalidate(hashes::OWNED).await.status, 200);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
     let spans = receiver
@@ -243,7 +243,7 @@ async fn a_refetch_of_the_issuers_keys_shows_in_the_trace() {
     // Once the keys fetched at start serve a request, rotate: the next
     // token's key is new to keybust, which fetches the set again within
     // that request, once the refetch cooldown has passed.
-    Stack::wait_for_ok(|| async { Answer::of(stack.invalidate(hashes::OWNED).await).await }).await;
+    Stack::wait_for_ok(|| async { stack.invalidate(hashes::OWNED).await }).await;
     stack.issuer.publish(&[primary_key(), stranger_key()]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let token = sign(&stack.issuer.claims(), stranger_key());

@@ -3,7 +3,7 @@
 //! gets the same answers, and its streams are requests like any other.
 
 use crate::support::answer::assert_endpoint_answers;
-use crate::support::{Answer, Backend, ENDPOINT, FakeConvex, Options, Stack, hashes};
+use crate::support::{Backend, ENDPOINT, FakeConvex, Options, Stack, hashes};
 use reqwest::Version;
 use serde_json::json;
 
@@ -54,7 +54,14 @@ async fn http2_with_prior_knowledge_gets_the_same_answers() {
         .unwrap();
     assert_eq!(after.status(), 200);
     // HTTP/1.1 on the same listener is unchanged.
-    let http1 = stack.invalidate(hashes::OWNED).await;
+    let http1 = stack
+        .request(reqwest::Method::POST, ENDPOINT)
+        .bearer_auth(stack.issuer.token())
+        .header("content-type", "application/json")
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(http1.version(), Version::HTTP_11);
     assert_eq!(http1.status(), 200);
 }
@@ -84,7 +91,7 @@ async fn convex_calls_go_through_the_proxy_the_environment_names() {
             ..Options::default()
         };
         let stack = Stack::with(Backend::Embedded, options).await;
-        let answer = Answer::of(stack.invalidate(hashes::OWNED).await).await;
+        let answer = stack.invalidate(hashes::OWNED).await;
         assert_eq!(
             answer.status, status,
             "NO_PROXY={no_proxy}: {}",

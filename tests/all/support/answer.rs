@@ -1,4 +1,18 @@
-//! A response taken apart for assertions.
+//! A response taken apart for assertions, and [`Answered::answer`], which
+//! sends a request and takes its response apart.
+
+/// Sends a request and reads its whole answer.
+pub trait Answered {
+    /// The answer to this request; a request that cannot be sent fails
+    /// the test.
+    async fn answer(self) -> Answer;
+}
+
+impl Answered for reqwest::RequestBuilder {
+    async fn answer(self) -> Answer {
+        Answer::of(self.send().await.unwrap()).await
+    }
+}
 
 /// Status, headers and body of a response, for assertions.
 pub struct Answer {
@@ -8,6 +22,7 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Takes `response` apart, reading its whole body.
     pub async fn of(response: reqwest::Response) -> Self {
         Answer {
             status: response.status().as_u16(),

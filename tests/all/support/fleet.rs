@@ -3,7 +3,7 @@
 //! keybust serving with an admin token whose `/admin/component` swaps by
 //! reference.
 
-use super::{Answer, Backend, Options, Stack};
+use super::{Answer, Answered, Backend, Options, Stack};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
@@ -54,18 +54,13 @@ pub fn manifest_digest(pushed: &str) -> String {
 
 /// `PUT /admin/component` of `{"reference": reference}`.
 pub async fn put_reference(stack: &Stack, reference: &str) -> Answer {
-    Answer::of(
-        stack
-            .http
-            .put(stack.keybust.admin_url("/admin/component"))
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(serde_json::json!({ "reference": reference }).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    stack
+        .admin(reqwest::Method::PUT, "/admin/component")
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "reference": reference }).to_string())
+        .answer()
+        .await
 }
 
 pub async fn serving(stack: &Stack) -> Value {

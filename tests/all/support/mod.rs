@@ -7,7 +7,9 @@
 pub mod answer;
 pub mod certs;
 pub mod convex;
+pub mod deploy_files;
 pub mod fleet;
+pub mod help;
 pub mod http;
 pub mod in_process;
 pub mod issuer;
@@ -20,7 +22,7 @@ pub mod redis;
 pub mod registry;
 pub mod stack;
 
-pub use answer::Answer;
+pub use answer::{Answer, Answered};
 pub use convex::{FakeConvex, hashes};
 pub use issuer::{Issuer, now, primary_key, sign, stranger_key};
 pub use process::Keybust;

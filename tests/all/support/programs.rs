@@ -115,13 +115,7 @@ pub fn endpoint_p3() -> &'static [u8] {
 
 /// A POST to the endpoint asking the test programs for `?mode=`.
 pub async fn mode(stack: &super::Stack, mode: &str) -> super::Answer {
+    use super::Answered as _;
     let url = format!("{}?mode={mode}", super::ENDPOINT);
-    super::Answer::of(
-        stack
-            .request(reqwest::Method::POST, &url)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    stack.request(reqwest::Method::POST, &url).answer().await
 }

@@ -1,7 +1,7 @@
 //! A whole deployment: keybust (the process, or the library in the test's
 //! runtime) with every backend it talks to.
 
-use super::answer::Answer;
+use super::answer::{Answer, Answered};
 use super::convex::{FakeConvex, hashes};
 use super::in_process::InProcess;
 use super::issuer::Issuer;
@@ -40,6 +40,16 @@ pub struct Options {
     /// Which build of the guest to serve (a process gets it as a file
     /// through `--component`).
     pub guest: Guest,
+}
+
+impl Options {
+    /// The defaults with these environment variables set as well.
+    pub fn with_env(pairs: &[(&'static str, &str)]) -> Self {
+        Options {
+            env: pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            ..Options::default()
+        }
+    }
 }
 
 /// The keybust a stack serves from.
@@ -339,33 +349,35 @@ impl Stack {
         self.http.request(method, self.keybust.url(path))
     }
 
-    /// A POST to the endpoint with a valid token and `body`.
-    pub async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    /// A POST to the endpoint with a valid token and `body`, answered.
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> Answer {
         self.post_with(&self.issuer.token(), body).await
     }
 
-    pub async fn post_with(
-        &self,
-        token: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::Response {
+    /// A POST to the endpoint with `token` and `body`, answered.
+    pub async fn post_with(&self, token: &str, body: impl Into<reqwest::Body>) -> Answer {
         self.request(reqwest::Method::POST, ENDPOINT)
             .bearer_auth(token)
             .header("content-type", "application/json")
             .body(body)
-            .send()
+            .answer()
             .await
-            .unwrap()
     }
 
-    /// A POST for `hash` with a valid token.
-    pub async fn invalidate(&self, hash: &str) -> reqwest::Response {
+    /// A POST for `hash` with a valid token, answered.
+    pub async fn invalidate(&self, hash: &str) -> Answer {
         self.post(json!({ "keyHash": hash }).to_string()).await
+    }
+
+    /// A request to the admin listener's `path`, for the test to finish
+    /// (a token, a body) and send with [`Answered::answer`].
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.keybust.admin_url(path))
     }
 
     /// A POST for an owned hash with `token`; the status says whether the token passed.
     pub async fn status_with_token(&self, token: &str) -> u16 {
         let body = json!({ "keyHash": hashes::OWNED }).to_string();
-        self.post_with(token, body).await.status().as_u16()
+        self.post_with(token, body).await.status
     }
 }

@@ -1,0 +1,161 @@
+//! The metrics a scrape reads: they parse as Prometheus text, count what
+//! was sent by status, cause and capability, and name the running build.
+
+use crate::support::{self, Answer, Backend, Options, Stack, hashes};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap()
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref buckets) => {
+                buckets.last().map(|b| b.count).unwrap_or(f64::NAN)
+            }
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_what_was_sent() {
+    let stack = Stack::start(Backend::Redis).await;
+    let mut sent = std::collections::HashMap::<u16, f64>::new();
+    for i in 0..40 {
+        let answer = match i % 4 {
+            0 => stack.invalidate(hashes::OWNED).await,
+            1 => stack.post_with("bad", "{}").await,
+            2 => stack.post("nope").await,
+            _ => stack.invalidate(hashes::OTHER_OWNER).await,
+        };
+        *sent.entry(answer.status).or_default() += 1.0;
+    }
+    let text = Answer::of(
+        reqwest::get(stack.keybust.admin_url("/metrics"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(text.status, 200);
+    let scrape = parse(&text.body);
+    for (status, count) in &sent {
+        let status = status.to_string();
+        assert_eq!(
+            sample(&scrape, "keybust_requests_total", &[("status", &status)]),
+            Some(*count),
+            "status {status}\n{}",
+            text.body
+        );
+    }
+    let total: f64 = sent.values().sum();
+    assert_eq!(
+        sample(&scrape, "keybust_request_duration_seconds_count", &[]),
+        Some(total)
+    );
+    assert!(sample(&scrape, "keybust_instantiate_duration_seconds_count", &[]).unwrap() >= total);
+    assert_eq!(
+        sample(
+            &scrape,
+            "keybust_capability_calls_total",
+            &[("capability", "cache"), ("outcome", "ok")]
+        ),
+        Some(10.0)
+    );
+    let sessions = sample(
+        &scrape,
+        "keybust_capability_calls_total",
+        &[("capability", "session"), ("outcome", "ok")],
+    );
+    assert!(sessions >= Some(30.0), "{sessions:?}\n{}", text.body);
+    let digest = keybust::digest::hex_digest(keybust::runtime::plugin::EMBEDDED_COMPONENT);
+    assert_eq!(
+        sample(&scrape, "keybust_component_info", &[("digest", &digest)]),
+        Some(1.0)
+    );
+}
+
+/// What an operator graphs: requests in flight, the causes of 503s, the
+/// age of the issuer's keys, the build, and the process's resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_metrics_are_exposed() {
+    let options = Options {
+        env: vec![
+            ("KEYBUST_MAX_CONCURRENT_REQUESTS", "1".into()),
+            ("KEYBUST_QUEUE_TIMEOUT", "50ms".into()),
+        ],
+        ..Options::default()
+    };
+    let stack = Arc::new(Stack::with(Backend::Embedded, options).await);
+    let slow = {
+        let stack = stack.clone();
+        tokio::spawn(async move { stack.invalidate(hashes::OWNED_DELAYED).await })
+    };
+    while stack.convex.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = stack.metrics().await;
+    assert!(
+        during.lines().any(|l| l == "keybust_requests_in_flight 1"),
+        "{during}"
+    );
+    let shed = stack
+        .request(reqwest::Method::OPTIONS, support::ENDPOINT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    slow.await.unwrap().assert_json(200, r#"{"ok":true}"#);
+    let failed = stack.invalidate(hashes::STATUS_500).await;
+    assert_eq!(failed.status, 503);
+    let after = stack.metrics().await;
+    for line in [
+        "keybust_requests_in_flight 0",
+        r#"keybust_unavailable_total{cause="shed"} 1"#,
+        r#"keybust_unavailable_total{cause="backend"} 1"#,
+    ] {
+        assert!(after.lines().any(|l| l == line), "no `{line}` in:\n{after}");
+    }
+    let value = |name: &str| -> f64 {
+        after
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{after}"))
+    };
+    assert!(value("keybust_jwks_age_seconds") >= 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 3.0);
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    let build = after
+        .lines()
+        .find(|l| l.starts_with("keybust_build_info"))
+        .unwrap();
+    assert!(
+        build.contains("git_sha=") && build.contains("wasmtime=\"48."),
+        "{build}"
+    );
+}
+
+/// `keybust --version` names the commit, the wasmtime it runs on, and the
+/// component it embeds.
+#[test]
+fn version_names_the_build() {
+    let output = std::process::Command::new(support::process::binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout).unwrap();
+    let digest = keybust::digest::hex_digest(keybust::runtime::plugin::EMBEDDED_COMPONENT);
+    assert!(version.contains(&format!("sha256:{digest}")), "{version}");
+    assert!(version.contains("wasmtime 48."), "{version}");
+    assert!(version.contains("(git "), "{version}");
+}
