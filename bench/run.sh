@@ -23,7 +23,8 @@
 #
 # Usage: bench/run.sh [--smoke]
 #   --smoke   a few seconds, few connections: proves the harness and the status
-#             codes, measures nothing (part of scripts/test.sh); skips
+#             codes, measures nothing (part of scripts/test.sh, on the test
+#             command's build); skips
 #             wasmtime serve, so it needs no wasmtime-cli build
 # Knobs: BENCH_DURATION (5s per run), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
 #        BENCH_CURVE ("16 64 256 1024": the full path once more at each of
@@ -63,7 +64,15 @@ else
   cargo build --release --locked -q -p keybust-bench-hello --target wasm32-wasip2
 fi
 
-cargo build --release --locked -q -p keybust-host --bin keybust --example bench-backends --example bench-native
+if [ "$smoke" = 1 ]; then
+  # Exactly the test command's build (the whole workspace's features, so
+  # the same compiled units): nothing compiles again when scripts/test.sh
+  # calls this after its tests.
+  cargo test --release --workspace --locked -q --no-run
+else
+  cargo build --release --locked -q -p keybust-host --bin keybust --example bench-backends --example bench-native
+fi
+bin=target/release
 # The guest's wasi:http 0.3 build, in a directory of its own (the 0.2 build
 # embedded in keybust has the same file name).
 cargo build --release --locked -q -p keybust-guest --features p3 --target wasm32-wasip2 --target-dir target/guest-p3
@@ -96,7 +105,7 @@ taskset -c "$load_cpu" redis-server --bind 127.0.0.1 --port "$redis_port" --save
 pids+=($!)
 wait_for "$work/redis.log" "Ready to accept connections"
 
-taskset -c "$load_cpu" target/release/examples/bench-backends >"$work/backends.env" 2>"$work/backends.err" &
+taskset -c "$load_cpu" "$bin/examples/bench-backends" >"$work/backends.env" 2>"$work/backends.err" &
 pids+=($!)
 wait_for "$work/backends.env" "READY=1"
 set -a
@@ -169,11 +178,11 @@ ms() { awk -v us="$(median "$1")" 'BEGIN { printf "%.2fms", us / 1000 }'; }
 ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'; }
 rps() { printf '%.0f' "$(median "$1")"; }
 
-start keybust target/release/keybust serve
-start reuse target/release/keybust serve --instance-reuse "$reuse"
-start p3 target/release/keybust serve --component "$p3_component"
-start p3-reuse target/release/keybust serve --component "$p3_component" --instance-reuse "$reuse"
-start native target/release/examples/bench-native
+start keybust "$bin/keybust" serve
+start reuse "$bin/keybust" serve --instance-reuse "$reuse"
+start p3 "$bin/keybust" serve --component "$p3_component"
+start p3-reuse "$bin/keybust" serve --component "$p3_component" --instance-reuse "$reuse"
+start native "$bin/examples/bench-native"
 for name in keybust reuse p3 p3-reuse native; do
   wait_for "$work/$name.out" "^listening on"
   URL[$name]="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"

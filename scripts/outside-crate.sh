@@ -5,9 +5,11 @@
 # embedded component (the nested guest build, which must land in the outer
 # target directory). Each build serves a component given as bytes, and after
 # each the copy must be exactly as it was: nothing written into the
-# dependency's tree. It builds in the workspace's target directory, with
-# the workspace's release profile, so the dependencies the workspace build
-# compiled with the same features are reused rather than compiled again.
+# dependency's tree. It builds in the workspace's target directory, in the
+# release profile the test command builds in, and tests/outside/Cargo.toml gives
+# the shared dependencies the workspace's features, so that what the
+# workspace build compiled is reused. If a crates.io crate compiles again,
+# the script fails and names it: the alignment there needs that crate.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
@@ -35,8 +37,17 @@ tree() { (cd "$work/keybust" && find . -printf '%y %p %s %T@\n' | LC_ALL=C sort)
 tree > "$work/before"
 
 build_and_serve() {
-  CARGO_TARGET_DIR="$target" cargo build --release --quiet --offline \
-    --manifest-path "$work/outside/Cargo.toml" "$@"
+  CARGO_TARGET_DIR="$target" cargo build --release --offline \
+    --manifest-path "$work/outside/Cargo.toml" "$@" 2>"$work/build.log" \
+    || { cat "$work/build.log" >&2; exit 1; }
+  # "Compiling name vX.Y.Z" with no path after it: a crates.io crate.
+  again="$(grep -E '^ *Compiling [^ ]+ v[^ ]+$' "$work/build.log" | awk '{print $2" "$3}' || true)"
+  if [ -n "$again" ]; then
+    echo "outside-crate.sh: these crates.io crates compiled again for keybust-host $* as a dependency;" >&2
+    echo "give each the workspace's features in tests/outside/Cargo.toml:" >&2
+    echo "$again" >&2
+    exit 1
+  fi
   "$target/release/keybust-outside" "$component"
   tree > "$work/after"
   if ! diff -u "$work/before" "$work/after"; then

@@ -34,7 +34,9 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// Open client connections; further ones wait in the listen backlog.
     pub max_connections: usize,
-    /// How long a client may take to send its request head.
+    /// How long a client may take to send its request head, and how long
+    /// a connection may stay open with no request in flight (before its
+    /// first request: TLS handshake included).
     pub header_read_timeout: Duration,
     /// The largest request head accepted, in bytes.
     pub max_header_bytes: usize,
@@ -61,6 +63,14 @@ pub struct Limits {
 /// connections, component files, the artifact cache.
 pub const RESERVED_FDS: u64 = 256;
 
+/// Connections the admin listener, and the metrics listener, each keep
+/// open at once: a few operators, scrapers and probes. Each has a cap of
+/// its own, so that the public listener at its cap leaves the kubelet's
+/// probe a connection, and a small one, so that silent connections there
+/// cost few descriptors. Both are counted in the descriptor budget beside
+/// `max_connections` ([`Limits::fit_to_fd_limit`]).
+pub const PLANE_MAX_CONNECTIONS: usize = 64;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -84,8 +94,8 @@ impl Default for Limits {
 
 impl Limits {
     /// Raises this process's soft limit on open files to its hard limit,
-    /// and keeps `max_connections` [`RESERVED_FDS`] below it, with a
-    /// warning: a connection cap above the file limit makes the process
+    /// and keeps `max_connections` below it by [`RESERVED_FDS`] and the two
+    /// admin planes' caps ([`PLANE_MAX_CONNECTIONS`]), with a warning: a connection cap above the file limit makes the process
     /// run out of descriptors first, and then every outbound connect to a
     /// backend fails (503) while the listener keeps accepting.
     pub fn fit_to_fd_limit(&mut self) {
@@ -96,7 +106,8 @@ impl Limits {
                 return;
             }
         };
-        let room = soft.saturating_sub(RESERVED_FDS).max(1);
+        let reserved = RESERVED_FDS + 2 * PLANE_MAX_CONNECTIONS as u64;
+        let room = soft.saturating_sub(reserved).max(1);
         if self.max_connections as u64 > room {
             tracing::warn!(
                 max_connections = self.max_connections,
@@ -105,6 +116,16 @@ impl Limits {
                 "--max-connections is above what the open-file limit allows; clamped"
             );
             self.max_connections = room as usize;
+        }
+    }
+
+    /// The bounds an admin plane's listener serves with: the public
+    /// listener's timeouts and head bounds, under its own small cap.
+    pub fn for_plane(&self) -> Limits {
+        Limits {
+            max_connections: PLANE_MAX_CONNECTIONS,
+            max_connections_per_ip: None,
+            ..self.clone()
         }
     }
 
@@ -141,7 +162,7 @@ pub struct LimitArgs {
     #[arg(long, env = "KEYBUST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
 
-    /// How long a client may take to send its request head (against slowloris).
+    /// How long a connection may go without a request in flight: to send its first request head (TLS handshake included), and between requests; HTTP/2 then gets a GOAWAY.
     #[arg(long, env = "KEYBUST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 

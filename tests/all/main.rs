@@ -24,6 +24,7 @@ mod fleet;
 mod hardening;
 mod least_privilege;
 mod metrics;
+mod quiet_connections;
 mod readiness;
 mod reuse;
 mod session;

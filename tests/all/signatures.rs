@@ -2,9 +2,10 @@
 //! writes (made here from its published layout), and what is refused.
 
 use crate::support::fleet::{
-    ADMIN_TOKEN, cosign_payload, cosign_sign, key_pair, manifest_digest, push, push_signed,
-    put_reference, serve, serve_with, serving, variant,
+    ADMIN_TOKEN, cosign_payload, cosign_sign, key_pair, keybust_component, manifest_digest, push,
+    push_signed, put_reference, serve, serve_with, serving, variant,
 };
+use crate::support::hostile_registry::HostileRegistry;
 use crate::support::process::refused_start;
 use crate::support::registry::OciRegistry;
 use crate::support::{Answered, hashes};
@@ -155,6 +156,90 @@ async fn a_follower_takes_a_version_signed_after_it_was_published() {
         .keybust
         .assert_logged("followed the tag to a new version")
         .await;
+}
+
+/// A registry that names another manifest's digest, in the `Location` of
+/// a push or the `Docker-Content-Digest` of a tag, does not get that
+/// manifest signed: `push` and `sign` sign the digest of the manifest
+/// bytes keybust wrote or fetched, and print that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_naming_another_digest_does_not_get_it_signed() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, _) = key_pair(files.path(), "ours");
+    // The registry owner's own component, unsigned: the decoy.
+    let decoy = manifest_digest(&push(
+        files.path(),
+        &variant("the registry's own"),
+        &registry.reference("keybust/endpoint:decoy"),
+    ));
+    let hostile = HostileRegistry::start(&registry, &decoy).await;
+
+    let pushed = push_signed(
+        files.path(),
+        &variant("ours"),
+        &hostile.reference("keybust/endpoint:stable"),
+        &ours,
+    );
+    let stored = registry.manifest_digest("keybust/endpoint", "stable").await;
+    assert_eq!(manifest_digest(&pushed), stored, "{pushed}");
+    assert!(registry.is_signed("keybust/endpoint", &stored).await);
+    assert!(!registry.is_signed("keybust/endpoint", &decoy).await);
+
+    // Signing by tag, through the same registry, signs what the tag's
+    // manifest bytes hash to.
+    let later = manifest_digest(&push(
+        files.path(),
+        &variant("published unsigned"),
+        &registry.reference("keybust/endpoint:later"),
+    ));
+    let signed = keybust_component(&[
+        "sign",
+        &hostile.reference("keybust/endpoint:later"),
+        "--sign-key",
+        ours.to_str().unwrap(),
+    ]);
+    let printed = String::from_utf8_lossy(&signed.stdout);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(printed.contains(&format!("manifest {later}")), "{printed}");
+    assert!(registry.is_signed("keybust/endpoint", &later).await);
+    assert!(!registry.is_signed("keybust/endpoint", &decoy).await);
+}
+
+/// `sign` signs only a component: a tag naming anything else in the
+/// registry is refused, and nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_refuses_what_is_not_a_component() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, _) = key_pair(files.path(), "ours");
+    registry
+        .push_cosign_signatures("keybust/endpoint", "sha256-0000", &[])
+        .await;
+    let tag = format!("{}.sig", "sha256-0000".replace(':', "-"));
+    let not_a_component = registry.manifest_digest("keybust/endpoint", &tag).await;
+    let signed = keybust_component(&[
+        "sign",
+        &registry.reference(&format!("keybust/endpoint:{tag}")),
+        "--sign-key",
+        ours.to_str().unwrap(),
+    ]);
+    assert!(!signed.status.success());
+    let said = String::from_utf8_lossy(&signed.stderr);
+    assert!(said.contains("not a wasm component artifact"), "{said}");
+    assert!(
+        !registry
+            .is_signed("keybust/endpoint", &not_a_component)
+            .await
+    );
 }
 
 /// Signatures written from cosign's published layout, not by keybust: one

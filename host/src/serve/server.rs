@@ -1,28 +1,25 @@
-//! Serving HTTP on hyper: accepting, HTTP/1.1 and HTTP/2 (h2c with prior
-//! knowledge, told apart by the connection's first bytes), keep-alive,
-//! header bounds and timeouts, and a graceful stop. What a request gets is
-//! decided by the handler given to [`serve`]:
-//! [`crate::serve::endpoint::Endpoint::route`] or [`crate::admin::handle`]. Every
-//! HTTP/2 stream is a request like any other: admitted, bounded and timed
-//! the same way. [`serve`] does the same over TLS when given an
-//! acceptor: ALPN offers `h2`, and the handshake is bounded by the header
-//! timeout.
+//! Serving HTTP on hyper: accepting under the listener's connection cap,
+//! HTTP/1.1 and HTTP/2 (over TLS as ALPN chose; in plaintext h2c with
+//! prior knowledge, told apart by the connection's first bytes),
+//! keep-alive, header bounds, and a graceful stop. Each connection, quiet
+//! ones above all, is served by [`crate::serve::connection`]. What a
+//! request gets is decided by the handler given to [`serve`]:
+//! [`crate::serve::endpoint::Endpoint::route`] or [`crate::admin::handle`].
+//! Every HTTP/2 stream is a request like any other: admitted, bounded and
+//! timed the same way.
 
 use crate::body::ResponseBody;
 use crate::limits::Limits;
+use crate::serve::connection::{self, Accepted};
 use crate::serve::tls::Acceptor;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 /// The client's address, on every request [`serve`] hands its handler.
@@ -34,14 +31,10 @@ pub struct Peer(pub SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct Scheme(pub &'static str);
 
-/// A connection's bytes, plaintext or TLS, behind one type so that both are
-/// served by the same code.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests; with `tls`, every
-/// connection is a TLS connection accepted by it.
+/// connection is a TLS connection accepted by it. At most
+/// `limits.max_connections` are open at once.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<Acceptor>,
@@ -53,12 +46,15 @@ pub async fn serve<F, Fut>(
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `closed` resolves once the last
+    // one has ended, which is what the drain waits for.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     // At the connection limit, stop accepting: further clients wait in the
     // kernel's listen backlog instead of costing memory here.
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let per_ip = limits.max_connections_per_ip.map(PerIp::new);
+    let builder = connection_builder(&limits);
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => match permit {
@@ -90,42 +86,17 @@ pub async fn serve<F, Fut>(
             None => None,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let scheme = Scheme(if tls.is_some() { "https" } else { "http" });
-        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(Peer(peer));
-            request.extensions_mut().insert(scheme);
-            let response = handler(request);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let builder = connection_builder(&limits);
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        let handshake_timeout = limits.header_read_timeout;
+        let accepted = Accepted {
+            stream,
+            peer,
+            tls: tls.clone(),
+            builder: builder.clone(),
+            handler: handler.clone(),
+            quiet_bound: limits.header_read_timeout,
+            stop: stopping.clone(),
+        };
         tokio::spawn(async move {
-            let io: Box<dyn Io> = match tls {
-                None => Box::new(stream),
-                // The handshake holds the connection's permit, so it is
-                // bounded like a request head: a client that stalls in it
-                // is dropped after the header timeout.
-                Some(tls) => {
-                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => Box::new(stream),
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
+            connection::serve(accepted).await;
             drop(permit);
             drop(peer_slot);
         });
@@ -133,10 +104,9 @@ pub async fn serve<F, Fut>(
     // Close the listening socket now: a client that connects during the
     // drain is refused at once instead of waiting in the backlog.
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(stopping);
+    let _ = stop.send(true);
+    if tokio::time::timeout(grace, stop.closed()).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown grace elapsed with requests still in flight"
@@ -146,7 +116,8 @@ pub async fn serve<F, Fut>(
 
 /// How each connection is served: HTTP/1.1 with its head bounded in size
 /// and time; HTTP/2 with the same head bound per stream, and at most
-/// `--max-concurrent-streams` streams open at once.
+/// `--max-concurrent-streams` streams open at once. How long a connection
+/// may go without a request is [`crate::serve::connection`]'s bound.
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

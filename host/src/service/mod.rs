@@ -188,6 +188,7 @@ impl Service {
     /// Serves until `shutdown` resolves, then drains (see the module docs).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let grace = self.shutdown_grace;
+        let limits = (**self.endpoint.slot().limits()).clone();
         for (plane, policy) in self.planes {
             let endpoint = self.endpoint.clone();
             let policy = Arc::new(policy);
@@ -201,7 +202,7 @@ impl Service {
                 },
                 std::future::pending(),
                 grace,
-                Limits::default(),
+                limits.for_plane(),
             ));
         }
         let draining = self.endpoint.clone();
@@ -216,7 +217,6 @@ impl Service {
             tokio::time::sleep(delay).await;
             tracing::info!("listener closed: draining in-flight requests");
         };
-        let limits = (**self.endpoint.slot().limits()).clone();
         let endpoint = self.endpoint;
         let handler = move |request| {
             let endpoint = endpoint.clone();

@@ -117,7 +117,7 @@ pub fn key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathB
 }
 
 /// `keybust component push --sign-key KEY` of `bytes`.
-pub fn push_signed(dir: &Path, bytes: &[u8], reference: &str, key: &Path) {
+pub fn push_signed(dir: &Path, bytes: &[u8], reference: &str, key: &Path) -> String {
     let file = dir.join(format!("{}.wasm", &hex_digest(bytes)[..12]));
     std::fs::write(&file, bytes).unwrap();
     let output = keybust_component(&[
@@ -132,7 +132,9 @@ pub fn push_signed(dir: &Path, bytes: &[u8], reference: &str, key: &Path) {
         "signed push failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("(signed)"));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("(signed)"), "{printed}");
+    printed
 }
 
 /// A cosign simple-signing payload over `digest` in `repository`

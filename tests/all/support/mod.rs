@@ -10,6 +10,7 @@ pub mod convex;
 pub mod deploy_files;
 pub mod fleet;
 pub mod help;
+pub mod hostile_registry;
 pub mod http;
 pub mod in_process;
 pub mod issuer;

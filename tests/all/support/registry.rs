@@ -203,4 +203,30 @@ impl Drop for OciRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Whether any signature image over `digest` is in `repository`.
+    pub async fn is_signed(&self, repository: &str, digest: &str) -> bool {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        Self::client()
+            .fetch_manifest_digest(
+                &self.reference_to(repository, &tag),
+                &RegistryAuth::Anonymous,
+            )
+            .await
+            .is_ok()
+    }
+
+    /// The digest of the manifest `repository:tag` names, computed over
+    /// the manifest's bytes.
+    pub async fn manifest_digest(&self, repository: &str, tag: &str) -> String {
+        let (raw, _) = Self::client()
+            .pull_manifest_raw(
+                &self.reference_to(repository, tag),
+                &RegistryAuth::Anonymous,
+                &[OCI_IMAGE_MEDIA_TYPE],
+            )
+            .await
+            .unwrap();
+        format!("sha256:{}", keybust::digest::hex_digest(&raw))
+    }
 }

@@ -10,7 +10,7 @@
 //! is needed for a list of names.
 
 use oci_client::client::{Config, ImageLayer};
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use std::time::SystemTime;
 
 /// The config's media type: what tells a wasm artifact from a container
@@ -29,12 +29,20 @@ pub enum LayoutError {
     /// They are a core module, not a component.
     #[error("a core WebAssembly module, not a component")]
     Module,
+    /// The manifest written for them does not serialize.
+    #[error("the manifest cannot be written: {0}")]
+    Manifest(#[source] serde_json::Error),
 }
 
 /// A component's manifest, config and layer, ready to push.
 pub struct Artifact {
-    /// The image manifest (its media type set, as registries expect).
-    pub manifest: OciImageManifest,
+    /// The image manifest's bytes, as keybust wrote them (its media type
+    /// set, as registries expect). These exact bytes are pushed, and their
+    /// digest is the one signed and reported: never a digest the registry
+    /// names back.
+    pub manifest: Vec<u8>,
+    /// `sha256:<hex>` of [`Artifact::manifest`].
+    pub manifest_digest: String,
     /// The wasm config.
     pub config: Config,
     /// The component's bytes.
@@ -64,11 +72,38 @@ pub fn artifact(bytes: Vec<u8>) -> Result<Artifact, LayoutError> {
     let layers = vec![ImageLayer::new(bytes, LAYER_MEDIA_TYPE.to_owned(), None)];
     let mut manifest = OciImageManifest::build(&layers, &config, None);
     manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
+    let manifest = serde_json::to_vec(&manifest).map_err(LayoutError::Manifest)?;
     Ok(Artifact {
+        manifest_digest: format!("sha256:{}", crate::digest::hex_digest(&manifest)),
         manifest,
         config,
         layers,
     })
+}
+
+/// The one component layer of the image manifest `raw`, or why `raw` is
+/// not a component in the wasm artifact layout.
+pub fn component_layer(raw: &[u8]) -> Result<OciDescriptor, String> {
+    let manifest: OciImageManifest =
+        serde_json::from_slice(raw).map_err(|err| format!("not an image manifest: {err}"))?;
+    if manifest.config.media_type != CONFIG_MEDIA_TYPE {
+        return Err(format!(
+            "its config is {}, not {CONFIG_MEDIA_TYPE}",
+            manifest.config.media_type
+        ));
+    }
+    let mut layers = manifest.layers;
+    if layers.len() != 1 {
+        return Err(format!("{} layers, not one", layers.len()));
+    }
+    let layer = layers.remove(0);
+    if layer.media_type != LAYER_MEDIA_TYPE {
+        return Err(format!(
+            "its layer is {}, not {LAYER_MEDIA_TYPE}",
+            layer.media_type
+        ));
+    }
+    Ok(layer)
 }
 
 /// What a component imports and exports, by name (`wasi:http/types@0.2.12`,

@@ -30,7 +30,7 @@ pub use self::signatures::{SignatureError, SigningKey, VerifyKey};
 use self::blob::BlobError;
 use crate::digest::hex_digest;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use oci_client::secrets::RegistryAuth;
 use std::time::Duration;
 
@@ -206,29 +206,8 @@ impl Registry {
                         source,
                     })?;
             }
-            let manifest: OciImageManifest = serde_json::from_slice(&raw)
-                .map_err(|err| not_a_component(format!("not an image manifest: {err}")))?;
-            if manifest.config.media_type != layout::CONFIG_MEDIA_TYPE {
-                return Err(not_a_component(format!(
-                    "its config is {}, not {}",
-                    manifest.config.media_type,
-                    layout::CONFIG_MEDIA_TYPE
-                )));
-            }
-            let [layer] = manifest.layers.as_slice() else {
-                return Err(not_a_component(format!(
-                    "{} layers, not one",
-                    manifest.layers.len()
-                )));
-            };
-            if layer.media_type != layout::LAYER_MEDIA_TYPE {
-                return Err(not_a_component(format!(
-                    "its layer is {}, not {}",
-                    layer.media_type,
-                    layout::LAYER_MEDIA_TYPE
-                )));
-            }
-            let bytes = blob::read(&client, &by, layer, MAX_COMPONENT_BYTES)
+            let layer = layout::component_layer(&raw).map_err(not_a_component)?;
+            let bytes = blob::read(&client, &by, &layer, MAX_COMPONENT_BYTES)
                 .await
                 .map_err(|err| match err {
                     BlobError::Registry(source) => registry_error(source),

@@ -1,27 +1,64 @@
 //! Publishing: a component pushed in the wasm artifact layout, and cosign
-//! signatures pushed beside what a tag names.
+//! signatures pushed beside it.
+//!
+//! What is signed is always a digest keybust computed over manifest bytes
+//! it holds: the bytes it wrote and uploaded (`push`), or the bytes it
+//! fetched and checked (`sign`). A digest a registry names back, in a
+//! `Location` or a `Docker-Content-Digest` header, is never signed: a
+//! hostile registry would otherwise get the operator's key to sign a
+//! component of its own choosing.
 
-use super::{OciReference, SigningKey, signatures};
+use super::{MAX_MANIFEST_BYTES, OciReference, SigningKey, signatures};
 use super::{Pushed, Registry, RegistryError, layout};
 use crate::digest::hex_digest;
+use http::HeaderValue;
+use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use oci_client::secrets::RegistryAuth;
 
 impl Registry {
-    /// Signs the manifest `reference` names now (its tag resolved once)
-    /// with `key`, and pushes the signature beside it: for a version
-    /// published unsigned. Returns the digest signed.
+    /// Signs the component manifest `reference` names now, with `key`, and
+    /// pushes the signature beside it: for a version published unsigned.
+    /// The manifest is fetched and checked to be a component in the wasm
+    /// artifact layout (and, for a pinned reference, to have the pinned
+    /// digest) before its digest is signed. Returns the digest signed.
     pub async fn sign(
         &self,
         reference: &OciReference,
         key: &SigningKey,
     ) -> Result<String, RegistryError> {
-        let digest = self.resolve(reference).await?;
+        let client = self.client(reference);
         self.bounded(reference, async {
             let auth = self.auth(reference).await?;
-            self.sign_digest(reference, &auth, &digest, key).await
+            let (raw, _) = client
+                .pull_manifest_raw(reference.oci(), &auth, &[OCI_IMAGE_MEDIA_TYPE])
+                .await
+                .map_err(|source| RegistryError::Registry {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+            let not_a_component = |reason: String| RegistryError::NotAComponent {
+                reference: reference.to_string(),
+                reason,
+            };
+            if raw.len() > MAX_MANIFEST_BYTES {
+                return Err(not_a_component("the manifest is too large".into()));
+            }
+            let digest = format!("sha256:{}", hex_digest(&raw));
+            if let Some(pinned) = reference.pinned_digest()
+                && pinned != digest
+            {
+                return Err(RegistryError::DigestMismatch {
+                    reference: reference.to_string(),
+                    what: "manifest",
+                    expected: pinned.to_owned(),
+                    actual: digest,
+                });
+            }
+            layout::component_layer(&raw).map_err(not_a_component)?;
+            self.sign_digest(reference, &auth, &digest, key).await?;
+            Ok(digest)
         })
-        .await?;
-        Ok(digest)
+        .await
     }
 
     /// Signs the manifest `digest` in `reference`'s repository and pushes
@@ -43,7 +80,7 @@ impl Registry {
 
     /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
     /// artifact layout, and signs its manifest digest with `sign_key` when
-    /// given.
+    /// given: the digest of the manifest bytes keybust wrote and uploaded.
     pub async fn push(
         &self,
         reference: &OciReference,
@@ -53,34 +90,48 @@ impl Registry {
         let component_digest = hex_digest(&bytes);
         let artifact = layout::artifact(bytes).map_err(RegistryError::Unpublishable)?;
         let client = self.client(reference);
+        let push_error = |source| RegistryError::Push {
+            reference: reference.to_string(),
+            source,
+        };
         self.bounded(reference, async {
             let auth = self.auth(reference).await?;
-            let pushed = client
-                .push(
+            client
+                .store_auth_if_needed(reference.oci().resolve_registry(), &auth)
+                .await;
+            for layer in &artifact.layers {
+                client
+                    .push_blob(reference.oci(), layer.data.clone(), &layer.sha256_digest())
+                    .await
+                    .map_err(push_error)?;
+            }
+            let config = &artifact.config;
+            client
+                .push_blob(
                     reference.oci(),
-                    &artifact.layers,
-                    artifact.config,
-                    &auth,
-                    Some(artifact.manifest),
+                    config.data.clone(),
+                    &config.sha256_digest(),
                 )
                 .await
-                .map_err(|source| RegistryError::Push {
-                    reference: reference.to_string(),
-                    source,
-                })?;
-            // The digest the registry gave the manifest this push wrote (in
-            // its Location), not what the tag points to a moment later: a
-            // concurrent push must not get this signature.
-            let manifest_digest = match pushed.manifest_url.rsplit_once("/manifests/") {
-                Some((_, digest)) if digest.starts_with("sha256:") => digest.to_owned(),
-                _ => client
-                    .fetch_manifest_digest(reference.oci(), &auth)
-                    .await
-                    .map_err(|source| RegistryError::Registry {
-                        reference: reference.to_string(),
-                        source,
-                    })?,
-            };
+                .map_err(push_error)?;
+            let location = client
+                .push_manifest_raw(
+                    reference.oci(),
+                    artifact.manifest.clone(),
+                    HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE),
+                )
+                .await
+                .map_err(push_error)?;
+            let manifest_digest = artifact.manifest_digest.clone();
+            if !location.ends_with(&manifest_digest) {
+                tracing::warn!(
+                    reference = %reference,
+                    %location,
+                    manifest_digest = %manifest_digest,
+                    "the registry named another manifest than the one pushed; \
+                     the pushed one's digest is what is signed and reported"
+                );
+            }
             if let Some(key) = sign_key {
                 self.sign_digest(reference, &auth, &manifest_digest, key)
                     .await?;
