@@ -2,7 +2,7 @@
 //! [`OciRegistry`] that passes every request through, but names a decoy
 //! manifest digest where a client might take the registry's word for one:
 //! the `Location` of a manifest upload, and the `Docker-Content-Digest` of
-//! a manifest asked for by tag.
+//! a manifest asked for by tag with `HEAD`.
 
 use super::registry::OciRegistry;
 use bytes::Bytes;
@@ -104,7 +104,12 @@ impl Upstream {
                 format!("{location}{}", self.decoy).parse().unwrap(),
             );
         }
-        if by_tag && headers.contains_key("docker-content-digest") {
+        // Only where nothing comes with it to check it against: a GET's
+        // digest header is checked against the body by oci-client.
+        if by_tag
+            && parts.method == http::Method::HEAD
+            && headers.contains_key("docker-content-digest")
+        {
             headers.insert("docker-content-digest", self.decoy.parse().unwrap());
         }
         let mut response = hyper::Response::new(Full::new(body));

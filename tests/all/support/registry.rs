@@ -184,26 +184,6 @@ impl OciRegistry {
             .unwrap();
     }
 
-    /// How many signature layers the `.sig` image over `digest` holds.
-    pub async fn signature_count(&self, repository: &str, digest: &str) -> usize {
-        let tag = format!("{}.sig", digest.replace(':', "-"));
-        let (manifest, _) = Self::client()
-            .pull_image_manifest(
-                &self.reference_to(repository, &tag),
-                &RegistryAuth::Anonymous,
-            )
-            .await
-            .unwrap();
-        manifest.layers.len()
-    }
-}
-
-impl Drop for OciRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
     /// Whether any signature image over `digest` is in `repository`.
     pub async fn is_signed(&self, repository: &str, digest: &str) -> bool {
         let tag = format!("{}.sig", digest.replace(':', "-"));
@@ -228,5 +208,25 @@ impl Drop for OciRegistry {
             .await
             .unwrap();
         format!("sha256:{}", keybust::digest::hex_digest(&raw))
+    }
+
+    /// How many signature layers the `.sig` image over `digest` holds.
+    pub async fn signature_count(&self, repository: &str, digest: &str) -> usize {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        let (manifest, _) = Self::client()
+            .pull_image_manifest(
+                &self.reference_to(repository, &tag),
+                &RegistryAuth::Anonymous,
+            )
+            .await
+            .unwrap();
+        manifest.layers.len()
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
