@@ -65,10 +65,10 @@ else
 fi
 
 if [ "$smoke" = 1 ]; then
-  # Exactly the test command's build (the whole workspace's features, so
-  # the same compiled units): nothing compiles again when scripts/test.sh
-  # calls this after its tests.
-  cargo test --release --workspace --locked -q --no-run
+  # With the test command's features (the whole workspace, dev-dependencies
+  # on), so that what scripts/test.sh compiled before this is reused and
+  # only the bench's examples are built.
+  cargo build --release --workspace --locked -q --bin keybust --example bench-backends --example bench-native
 else
   cargo build --release --locked -q -p keybust-host --bin keybust --example bench-backends --example bench-native
 fi

@@ -29,7 +29,11 @@ rustup target add wasm32-wasip2 >/dev/null
 # No new crate version, licence or source slips in unnoticed.
 ./scripts/cargo-deny.sh
 
-cargo test --release --workspace --locked "$@"
+# Every unit, integration and doc test. The examples are not built as
+# targets of their own here: tests/all compiles the two embedding examples
+# in (and runs them), and the bench smoke below builds the bench's.
+cargo test --release --workspace --locked --lib --bins --tests "$@"
+cargo test --release --workspace --locked --doc "$@"
 
 # keybust-host as an embedder's dependency: default features off, built
 # outside the workspace, nothing written into its tree.
