@@ -3,7 +3,9 @@
 //! The gateway keeps its own routes (`/healthz` and `/api/hello` here);
 //! `POST /api/invalidate-user-api-key-cache` goes to the keybust component,
 //! which runs with host capabilities built from the environment
-//! (`CONVEX_*`, `CLERK_*`, `REDIS_URL`, ... as in keybust's README). A
+//! (`CONVEX_*`, `CLERK_*`, `REDIS_URL`, ... as in keybust's README; with
+//! no cache backend named a revocation answers 503, and
+//! `KEYBUST_CACHE=embedded` keeps an in-process one for a try-out). A
 //! route of the gateway's own, `PUT /gateway/component`, swaps in a new
 //! build of the component without a restart (guard such a route as you
 //! guard your other admin routes: here it takes loopback peers only).

@@ -195,9 +195,39 @@ pub(crate) fn http_url(
     Ok(value.trim_end_matches('/').to_owned())
 }
 
+/// A Redis URL (`REDIS_URL`, a `REDIS_CLUSTER_NODES` seed): `rediss://`
+/// anywhere, plain `redis://` only to a loopback host unless `plain`
+/// allows it. Plain RESP across a network lets a man in the middle answer
+/// `DEL` with `:1`, and a revocation would be reported done that was not.
+/// The error never holds the URL, which may carry a password.
+pub(crate) fn check_redis_url(
+    name: &'static str,
+    value: &str,
+    plain: PlainHttp,
+) -> Result<(), ConfigError> {
+    let scheme_error = || ConfigError::invalid(name, "must start with redis:// or rediss://");
+    let url = reqwest::Url::parse(value).map_err(|_| scheme_error())?;
+    match url.scheme() {
+        "rediss" => Ok(()),
+        "redis" if plain == PlainHttp::Allowed || is_loopback(&url) => Ok(()),
+        "redis" => Err(ConfigError::invalid(
+            name,
+            "plain redis:// to a host beyond this machine: use rediss://, or allow it with --allow-insecure-backends",
+        )),
+        _ => Err(scheme_error()),
+    }
+}
+
 fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        // Schemes the URL standard does not know (redis://) keep their host
+        // opaque, so an address arrives here as a domain and is parsed again.
+        Some(url::Host::Domain(domain)) => {
+            domain.eq_ignore_ascii_case("localhost")
+                || domain
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
@@ -237,5 +267,27 @@ mod tests {
         }
         assert!(url("clerk.example.com", PlainHttp::Allowed).is_err());
         assert!(url("ftp://x", PlainHttp::Allowed).is_err());
+    }
+
+    #[test]
+    fn plain_redis_only_to_loopback_unless_allowed() {
+        let check = |value: &str, plain| check_redis_url("REDIS_URL", value, plain);
+        for fine in [
+            "rediss://:pw@cache.example.com:6380",
+            "redis://127.0.0.1:6379",
+            "redis://localhost/0",
+            "redis://[::1]:6379",
+        ] {
+            assert!(check(fine, PlainHttp::LoopbackOnly).is_ok(), "{fine}");
+        }
+        for remote in ["redis://:secret@cache.example.com:6379", "redis://10.0.0.7"] {
+            let err = check(remote, PlainHttp::LoopbackOnly).unwrap_err();
+            let said = err.to_string();
+            assert!(said.contains("--allow-insecure-backends"), "{said}");
+            assert!(!said.contains("secret"), "{said}");
+            assert!(check(remote, PlainHttp::Allowed).is_ok(), "{remote}");
+        }
+        assert!(check("http://127.0.0.1", PlainHttp::Allowed).is_err());
+        assert!(check("127.0.0.1:6379", PlainHttp::Allowed).is_err());
     }
 }

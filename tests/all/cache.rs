@@ -400,3 +400,60 @@ async fn a_redis_connection_gone_silent_is_replaced() {
     assert!(!redis.exists(&key));
     assert!(front.accepted.load(Ordering::SeqCst) >= 2);
 }
+
+/// With no cache backend chosen (no Redis, no Upstash, no
+/// `KEYBUST_CACHE=embedded`), there is no cache to forget the key in: a
+/// revocation is 503, never a 200 that deleted nothing, and the 503 is
+/// counted as `not_configured`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cache_backend_a_revocation_is_503_not_200() {
+    let options = Options {
+        without: vec!["KEYBUST_CACHE"],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    stack
+        .invalidate(hashes::OWNED)
+        .await
+        .assert_json(503, r#"{"error":"Service unavailable"}"#);
+    stack
+        .wait_for_metric(r#"keybust_unavailable_total{cause="not_configured"} 1"#)
+        .await;
+    stack
+        .keybust
+        .assert_logged("refused a cache delete: no cache backend is configured")
+        .await;
+}
+
+/// Plain `redis://` beyond loopback stops keybust at start, as a plain
+/// `http://` backend does: a man in the middle of plain RESP could answer
+/// `DEL` with `:1`, and a revocation would be reported done. The refusal
+/// does not echo the URL's password. (`0.0.0.0` is no loopback address,
+/// though Linux routes it to this machine: even a build without the check
+/// sends nothing beyond it.)
+#[test]
+fn plain_redis_beyond_loopback_stops_startup() {
+    for (name, value) in [
+        ("REDIS_URL", "redis://:hunter2@0.0.0.0:1"),
+        (
+            "REDIS_CLUSTER_NODES",
+            "redis://127.0.0.1:1,redis://:hunter2@0.0.0.0:2",
+        ),
+    ] {
+        let mut command = std::process::Command::new(support::process::binary());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("KEYBUST_LISTEN", "127.0.0.1:0")
+            .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+            .env(name, value);
+        let said = support::process::refused(command);
+        assert!(
+            said.contains(&format!(
+                "{name}: plain redis:// to a host beyond this machine"
+            )),
+            "{said}"
+        );
+        assert!(!said.contains("hunter2"), "{said}");
+    }
+}

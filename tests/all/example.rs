@@ -42,6 +42,7 @@ async fn example_gateway_mounts_keybust_beside_its_own_routes() {
         ("CONVEX_SITE_URL", convex.url()),
         ("CONVEX_SERVER_SHARED_SECRET", support::SECRET.to_owned()),
         ("CLERK_JWT_ISSUER_DOMAIN", issuer.url()),
+        ("KEYBUST_CACHE", "embedded".to_owned()),
     ];
     let settings = Settings::from_lookup(|name| {
         vars.iter()

@@ -6,9 +6,9 @@ use crate::support::fleet::{
     push_signed, put_reference, serve, serve_with, serving, variant,
 };
 use crate::support::hostile_registry::HostileRegistry;
-use crate::support::process::refused_start;
+use crate::support::process::{binary, refused, refused_start};
 use crate::support::registry::OciRegistry;
-use crate::support::{Answered, hashes};
+use crate::support::{Answered, Backend, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use std::time::{Duration, Instant};
@@ -336,4 +336,64 @@ async fn signatures_in_cosigns_layout_are_read_and_kept() {
         );
     }
     assert_eq!(registry.signature_count("keybust/endpoint", &good).await, 2);
+}
+
+/// Rotating `--verify-key` drops the versions only the old key signed: a
+/// restart under the new key does not serve the version recorded under
+/// the old one, and the registry's copy, which the new key does not
+/// verify, is said to be refused, not unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_verify_key_does_not_restore_what_only_the_old_key_signed() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (old, old_public) = key_pair(files.path(), "old");
+    let (_, new_public) = key_pair(files.path(), "new");
+    let tag = registry.reference("keybust/endpoint:stable");
+    let signed_by_old = variant("signed by the old key");
+    push_signed(files.path(), &signed_by_old, &tag, &old);
+
+    let options = Options {
+        args: [
+            "--component",
+            &tag,
+            "--verify-key",
+            old_public.to_str().unwrap(),
+            "--admin-token",
+            ADMIN_TOKEN,
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: vec![
+            ("DOCKER_CONFIG", "/nonexistent".to_owned()),
+            ("KEYBUST_STATE_DIR", state.path().display().to_string()),
+        ],
+        ..Options::default()
+    };
+    let mut first = Stack::with(Backend::Embedded, options).await;
+    assert_eq!(serving(&first).await["digest"], hex_digest(&signed_by_old));
+    first.keybust.signal(libc::SIGTERM);
+    assert!(first.keybust.wait_exit(Duration::from_secs(20)).success());
+
+    let mut rotated = std::process::Command::new(binary());
+    rotated
+        .args(["serve", "--component", &tag, "--verify-key"])
+        .arg(&new_public)
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_CACHE", "embedded")
+        .env("KEYBUST_STATE_DIR", state.path())
+        .env("DOCKER_CONFIG", "/nonexistent");
+    let said = refused(rotated);
+    assert!(
+        said.contains("the configured component is refused"),
+        "{said}"
+    );
+    assert!(
+        said.contains("no earlier version of it is recorded"),
+        "{said}"
+    );
 }

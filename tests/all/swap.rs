@@ -399,6 +399,38 @@ async fn stop(mut stack: Stack) {
     assert!(stack.keybust.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// One state directory, one live process: a second keybust given the
+/// same state directory refuses to start and names it, while the first
+/// serves on; once the first has stopped, the directory is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_state_directory_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let first = with_state(state.path(), Vec::new()).await;
+    let mut second = std::process::Command::new(support::process::binary());
+    second
+        .arg("serve")
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_CACHE", "embedded")
+        .env("KEYBUST_STATE_DIR", state.path());
+    let said = support::process::refused(second);
+    assert!(
+        said.contains("is in use by another keybust process"),
+        "{said}"
+    );
+    first
+        .invalidate(hashes::OWNED)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    stop(first).await;
+    let again = with_state(state.path(), Vec::new()).await;
+    again
+        .invalidate(hashes::OWNED)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+}
+
 /// A swap made through the admin API, and its rollback target, survive a
 /// restart; a rollback after the restart is recorded too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,3 +215,62 @@ fn a_passed_socket_that_is_not_listening_stops_startup() {
     let stderr = refused_activation(sockets.iter().map(AsRawFd::as_raw_fd).collect());
     assert!(stderr.contains("keybust takes at most 3"), "{stderr}");
 }
+
+/// Sockets passed by the service manager are not handed on: a docker
+/// credential helper that keybust runs for its start-up pull has none of
+/// them among its open descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passed_sockets_do_not_leak_into_credential_helpers() {
+    use crate::support::fleet::{push, variant};
+    use crate::support::registry::OciRegistry;
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = registry.reference("keybust/endpoint:stable");
+    push(dir.path(), &variant("pulled at start"), &reference);
+
+    // A credential helper that writes down its own open descriptors.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-fdlist");
+    let seen = dir.path().join("helper-fds");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nls -l /proc/$$/fd > {}\ncat > /dev/null\necho '{{\"ServerURL\":\"\",\"Username\":\"u\",\"Secret\":\"p\"}}'\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(
+            r#"{{"credHelpers":{{"127.0.0.1:{}":"fdlist"}}}}"#,
+            registry.port
+        ),
+    )
+    .unwrap();
+
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let public_addr = public.local_addr().unwrap();
+    let mut env = env();
+    env.extend([
+        ("PATH", format!("{}:/usr/bin:/bin", bin.display())),
+        ("DOCKER_CONFIG", dir.path().display().to_string()),
+    ]);
+    let keybust = tokio::task::spawn_blocking(move || {
+        let mut command = activated(vec![public.as_raw_fd()], true);
+        command.arg("--component").arg(&reference);
+        Keybust::start_command(command, &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(keybust.addr, public_addr);
+    let fds = std::fs::read_to_string(&seen).expect("the credential helper ran");
+    assert!(
+        !fds.contains("socket:"),
+        "the helper inherited sockets:\n{fds}"
+    );
+}

@@ -110,6 +110,7 @@ async fn over_tls_the_request_span_says_https() {
         env: vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("KEYBUST_TRUST_TRACE_CONTEXT", "true".to_owned()),
         ],
         ..Options::default()
     };
@@ -364,4 +365,53 @@ async fn a_stalled_handshake_is_dropped_and_failed_ones_free_their_slot() {
     let client = trusting(&ca).build().unwrap();
     let answer = client.post(https(&stack, ENDPOINT)).send().await.unwrap();
     assert_eq!(answer.status(), 401);
+}
+
+/// Replacing `--tls-client-ca` closes the admin connections made under the
+/// old one: an operator whose certificate only the old CA vouched for
+/// loses the connection it holds open, and gets no new one.
+#[tokio::test]
+async fn replacing_the_client_ca_closes_admin_connections_made_under_the_old_one() {
+    let ca = TestCa::new("keybust test CA");
+    let old_clients = TestCa::new("old admin clients");
+    let new_clients = TestCa::new("new admin clients");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server().install(dir.path());
+    let clients_pem = dir.path().join("clients.pem");
+    std::fs::write(&clients_pem, old_clients.pem()).unwrap();
+    let mut args = tls_args(&cert, &key);
+    args.extend([
+        "--tls-listeners".into(),
+        "public,admin".into(),
+        "--tls-client-ca".into(),
+        clients_pem.display().to_string(),
+    ]);
+    let stack = tls_stack(args).await;
+    let admin = stack.keybust.process().admin.unwrap();
+    let healthz = format!("https://127.0.0.1:{}/healthz", admin.port());
+
+    // One client, one kept-alive connection.
+    let operator = trusting(&ca)
+        .identity(old_clients.client("operator").identity())
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let served = operator.get(&healthz).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+
+    replace(&clients_pem, new_clients.pem().as_bytes());
+    stack.keybust.assert_logged("client CA replaced").await;
+    let after = operator.get(&healthz).send().await;
+    assert!(
+        !after.as_ref().is_ok_and(|answer| answer.status() == 200),
+        "still served under the replaced client CA: {after:?}"
+    );
+
+    // Someone the new CA vouches for is served.
+    let successor = trusting(&ca)
+        .identity(new_clients.client("successor").identity())
+        .build()
+        .unwrap();
+    let served = successor.get(&healthz).send().await.unwrap();
+    assert_eq!(served.status(), 200);
 }

@@ -1,7 +1,8 @@
-//! Traces: a request that carries a W3C `traceparent` becomes one trace at
-//! an OTLP/HTTP receiver the test owns, spanning keybust's work and
-//! continued into the backends; nothing secret is exported; and with
-//! tracing off, nothing is sent at all.
+//! Traces: a request that carries a W3C `traceparent` from a trusted
+//! caller becomes one trace at an OTLP/HTTP receiver the test owns,
+//! spanning keybust's work and continued into the backends; an untrusted
+//! caller's is only linked; nothing secret is exported; and with tracing
+//! off, nothing is sent at all.
 
 use crate::support::otlp::{OtlpReceiver, attribute, descends_from, hex, named};
 use crate::support::{
@@ -16,8 +17,21 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const SERVER_SPAN: &str = "POST /api/invalidate-user-api-key-cache";
 
-/// keybust serving `backend` with `env`, exporting to `receiver` every 100 ms.
+/// keybust serving `backend` with `env`, exporting to `receiver` every 100 ms,
+/// and trusting its callers' trace context (`--trust-trace-context`), as
+/// behind a gateway that sets it.
 async fn traced_stack(
+    backend: Backend,
+    receiver: &OtlpReceiver,
+    env: &[(&'static str, &str)],
+) -> Stack {
+    let mut env = env.to_vec();
+    env.insert(0, ("KEYBUST_TRUST_TRACE_CONTEXT", "true"));
+    exporting_stack(backend, receiver, &env).await
+}
+
+/// keybust serving `backend` with `env`, exporting to `receiver` every 100 ms.
+async fn exporting_stack(
     backend: Backend,
     receiver: &OtlpReceiver,
     env: &[(&'static str, &str)],
@@ -337,4 +351,76 @@ async fn a_collector_that_cannot_be_reached_is_logged() {
     assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
     stack.keybust.assert_logged("ExportError").await;
     assert_eq!(traced_post(&stack, &token, hashes::OWNED).await, 200);
+}
+
+/// By default a caller's trace context is a stranger's: the request starts
+/// a trace of its own, linked to the caller's span; the caller's
+/// `tracestate` reaches no backend; and a caller's "sampled" flag does not
+/// force an export when the sampler would not record the trace.
+#[tokio::test]
+async fn an_untrusted_callers_trace_context_is_only_linked() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = exporting_stack(Backend::Embedded, &receiver, &[]).await;
+    let token = stack.issuer.token();
+    let answer = stack
+        .request(reqwest::Method::POST, ENDPOINT)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .header("tracestate", "caller=chosen")
+        .body(json!({ "keyHash": hashes::OWNED }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let call = stack.convex.calls().pop().expect("Convex was called");
+    let sent = call.traceparent.expect("Convex got a traceparent");
+    let own_trace = sent.split('-').nth(1).unwrap().to_owned();
+    assert_ne!(own_trace, TRACE_ID, "the caller's trace was continued");
+    assert!(
+        !call
+            .tracestate
+            .unwrap_or_default()
+            .contains("caller=chosen"),
+        "the caller's tracestate was passed on"
+    );
+    let own_trace_bytes: Vec<u8> = (0..own_trace.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&own_trace[i..i + 2], 16).unwrap())
+        .collect();
+    let spans = receiver
+        .wait_for_trace(&own_trace_bytes, &[SERVER_SPAN])
+        .await;
+    let server = named(&spans, SERVER_SPAN);
+    assert!(
+        server.parent_span_id.is_empty(),
+        "the server span has a parent"
+    );
+    assert!(
+        server
+            .links
+            .iter()
+            .any(|link| hex(&link.trace_id) == TRACE_ID && hex(&link.span_id) == CALLER_SPAN),
+        "no link to the caller's span: {:?}",
+        server.links
+    );
+    assert!(receiver.trace(&trace_id_bytes()).is_empty());
+
+    // Sampling off: the caller's "sampled" flag exports nothing.
+    let unsampled_receiver = OtlpReceiver::start().await;
+    let unsampled = exporting_stack(
+        Backend::Embedded,
+        &unsampled_receiver,
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
+    let token = unsampled.issuer.token();
+    assert_eq!(traced_post(&unsampled, &token, hashes::OWNED).await, 200);
+    // Well past the 100 ms export delay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(unsampled_receiver.span_count(), 0);
 }

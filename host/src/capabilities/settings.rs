@@ -40,9 +40,9 @@ pub struct SettingsArgs {
     #[command(flatten, next_help_heading = "Backend deadlines")]
     deadlines: DeadlineArgs,
 
-    /// Allow plain http:// to Convex, the token issuer and Upstash beyond
-    /// loopback (a man in the middle could read the shared secret or forge
-    /// sessions); without it such a URL stops keybust at start.
+    /// Allow plain http:// to Convex, the token issuer and Upstash, and plain redis:// to Redis,
+    /// beyond loopback (a man in the middle could read the shared secret, forge sessions, or
+    /// answer a cache delete it never passed on); without it such a URL stops keybust at start.
     #[arg(long, env = "KEYBUST_ALLOW_INSECURE_BACKENDS", value_parser = clap::builder::FalseyValueParser::new(), help_heading = "Backend deadlines")]
     allow_insecure_backends: bool,
 }
@@ -172,7 +172,7 @@ mod tests {
     fn secrets_do_not_debug_print() {
         let s = settings(&[
             ("CONVEX_SERVER_SHARED_SECRET", "hunter2"),
-            ("REDIS_URL", "redis://:pw@h"),
+            ("REDIS_URL", "rediss://:pw@h"),
         ])
         .unwrap();
         let printed = format!("{s:?}");

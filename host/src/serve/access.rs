@@ -9,7 +9,7 @@
 //! first, and is written with the status `client closed`.
 
 use crate::metrics::{CLIENT_CLOSED, Metrics};
-use crate::telemetry::{self, TRACE_TARGET};
+use crate::telemetry::{self, IncomingTrace, TRACE_TARGET};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ impl AccessRecord {
         route: Option<&'static str>,
         digest: &str,
         metrics: Arc<Metrics>,
+        incoming: IncomingTrace,
     ) -> Arc<Self> {
         let request_id = request
             .headers()
@@ -54,7 +55,7 @@ impl AccessRecord {
             .unwrap_or_else(new_request_id);
         metrics.request_started();
         let digest = digest.get(..12).unwrap_or(digest).to_owned();
-        let span = server_span(request, route, &request_id, &digest);
+        let span = server_span(request, route, &request_id, &digest, incoming);
         let trace_id = telemetry::trace_id(&span);
         Arc::new(AccessRecord {
             method: request.method().clone(),
@@ -136,7 +137,7 @@ impl Drop for AccessRecord {
 }
 
 /// The server span of one request, following the HTTP semantic
-/// conventions, continuing the caller's trace when it sends `traceparent`.
+/// conventions, with the caller's `traceparent` as `incoming` says.
 /// Only a matched route names the span: a client's made-up paths would
 /// make every span name unique.
 fn server_span<B>(
@@ -144,6 +145,7 @@ fn server_span<B>(
     route: Option<&'static str>,
     request_id: &http::HeaderValue,
     digest: &str,
+    incoming: IncomingTrace,
 ) -> tracing::Span {
     let method = request.method();
     let span = tracing::info_span!(
@@ -165,7 +167,7 @@ fn server_span<B>(
         keybust.request_id = request_id.to_str().unwrap_or_default(),
         keybust.component.digest = digest,
     );
-    telemetry::continue_trace(&span, request.headers());
+    telemetry::incoming_trace(&span, request.headers(), incoming);
     span
 }
 

@@ -75,6 +75,7 @@ where
     let quiet = activity.clone().quiet_for(quiet_bound);
     let mut quiet = std::pin::pin!(quiet);
     let scheme = Scheme(if tls.is_some() { "https" } else { "http" });
+    let mut client_ca_changes = tls.as_ref().and_then(Acceptor::client_ca_changes);
     let (io, builder): (Box<dyn Io>, _) = match tls {
         None => (Box::new(stream), builder),
         Some(tls) => tokio::select! {
@@ -111,6 +112,9 @@ where
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
+    // Closed gracefully after going quiet or losing its authority (bounded
+    // by one more quiet bound), or at the server's stop (bounded by its
+    // grace).
     let bounded = tokio::select! {
         ended = connection.as_mut() => {
             if let Err(err) = ended {
@@ -127,16 +131,33 @@ where
         }
         // An error: the server is gone, which is a stop too.
         _ = stop.wait_for(|stopping| *stopping) => false,
+        () = changed(&mut client_ca_changes) => {
+            tracing::info!(%peer, "closing an admin connection made under the replaced client CA");
+            true
+        }
     };
     connection.as_mut().graceful_shutdown();
     if bounded {
-        // Gone quiet: the client has one more bound to take its GOAWAY and
-        // finish; the server's stop is bounded by its own grace.
+        // The client has one more bound to take its GOAWAY and finish.
         if tokio::time::timeout(quiet_bound, connection).await.is_err() {
             tracing::debug!(%peer, "closed: did not finish after going quiet");
         }
     } else if let Err(err) = connection.await {
         tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// Resolves when the client CA this connection was authorized under is
+/// replaced; never, for a connection that checks no client certificate.
+async fn changed(changes: &mut Option<watch::Receiver<u64>>) {
+    // An error: the certificates are gone with the server; a stop closes
+    // the connection then.
+    let replaced = match changes {
+        Some(changes) => changes.changed().await.is_ok(),
+        None => false,
+    };
+    if !replaced {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! HTTP/1.1 and HTTP/2 (over TLS as ALPN chose; in plaintext h2c with
 //! prior knowledge, told apart by the connection's first bytes),
 //! keep-alive, header bounds, and a graceful stop. Each connection, quiet
-//! ones above all, is served by [`crate::serve::connection`]. What a
+//! ones above all, is served by `serve::connection`. What a
 //! request gets is decided by the handler given to [`serve`]:
 //! [`crate::serve::endpoint::Endpoint::route`] or [`crate::admin::handle`].
 //! Every HTTP/2 stream is a request like any other: admitted, bounded and
@@ -117,7 +117,7 @@ pub async fn serve<F, Fut>(
 /// How each connection is served: HTTP/1.1 with its head bounded in size
 /// and time; HTTP/2 with the same head bound per stream, and at most
 /// `--max-concurrent-streams` streams open at once. How long a connection
-/// may go without a request is [`crate::serve::connection`]'s bound.
+/// may go without a request is `serve::connection`'s bound.
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -39,10 +39,10 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
     } = config;
 
     #[cfg(feature = "registry")]
-    let signed_only = registry.as_ref().is_some_and(|r| r.requires_signatures());
+    let signed_by = registry.as_ref().and_then(|r| r.verify_key_id());
     #[cfg(not(feature = "registry"))]
-    let signed_only = false;
-    if signed_only && matches!(component, ComponentSource::File(_)) {
+    let signed_by: Option<String> = None;
+    if signed_by.is_some() && matches!(component, ComponentSource::File(_)) {
         return Err(ServiceError::Invalid(
             "--verify-key needs signed components: a file cannot be verified; serve an oci:// reference".into(),
         ));
@@ -68,7 +68,7 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
     // it, and the endpoint built on them its requests, swaps and polls.
     let metrics = Arc::new(Metrics::new());
     let capabilities = Arc::new(Capabilities::from_settings(&settings)?.with_metrics(metrics));
-    endpoint_config.signed_only = signed_only;
+    endpoint_config.signed_by = signed_by;
     #[cfg(feature = "registry")]
     let configured = configured(&component, registry.as_ref()).await?;
     #[cfg(not(feature = "registry"))]
@@ -237,8 +237,17 @@ async fn configured(
                     Some(pulled.manifest_digest),
                     registry.requires_signatures(),
                 ),
-                Err(err) => {
+                // Refused (a signature that does not verify, a digest
+                // mismatch, not a component) is said as such, never as
+                // "unreachable"; either way only a version recorded under
+                // the same source (and, with --verify-key, checked with
+                // the same key) may serve instead.
+                Err(err) if err.is_transient() => {
                     tracing::warn!(error = %err, "cannot pull the configured component; looking for the last accepted version");
+                    (None, None, registry.requires_signatures())
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the configured component is refused; looking for the last accepted version");
                     (None, None, registry.requires_signatures())
                 }
             }

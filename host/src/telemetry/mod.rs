@@ -24,6 +24,13 @@
 //!
 //! No span carries a token, a secret, a key hash or a cache key.
 //!
+//! A caller's trace context is a stranger's say on the public listener:
+//! continued as the parent only with `--trust-trace-context` (behind a
+//! gateway or mesh that sets it). Otherwise, as the OpenTelemetry guidance
+//! for untrusted edges has it, each request starts a trace of its own,
+//! the sampler decides afresh, the caller's span is kept only as a link,
+//! and the caller's `tracestate` is sent nowhere ([`IncomingTrace`]).
+//!
 //! The link to OpenTelemetry (the caller's trace continued, `traceparent`
 //! sent on, trace ids in access lines) is the `traces` feature; the
 //! exporter, `otlp`. Without `traces` the spans are plain `tracing` spans,
@@ -47,17 +54,44 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// turn them all on or off by it; log output leaves them out.
 pub const TRACE_TARGET: &str = "keybust::trace";
 
-/// Continues the trace an incoming request names in `traceparent` (and
-/// `tracestate`): `span` becomes a child of the caller's span. Without a
-/// usable header, `span` starts a trace of its own.
+/// What a request's `traceparent` (and `tracestate`) counts for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IncomingTrace {
+    /// The caller's span is a link of a new trace; see the module docs.
+    #[default]
+    Link,
+    /// The caller's span is the parent: its trace, sampling decision and
+    /// `tracestate` carry on (`--trust-trace-context`).
+    Continue,
+}
+
+/// Puts the trace an incoming request names in `traceparent` (and
+/// `tracestate`) on `span`, as `incoming` says: as its parent, or as a
+/// link of the new trace `span` starts. Without a usable header, `span`
+/// starts a trace of its own either way.
 #[cfg(feature = "traces")]
-pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+pub(crate) fn incoming_trace(
+    span: &tracing::Span,
+    headers: &http::HeaderMap,
+    incoming: IncomingTrace,
+) {
     if span.is_disabled() || !headers.contains_key("traceparent") {
         return;
     }
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    // Fails only when no OpenTelemetry layer listens: nothing to continue then.
-    let _ = span.set_parent(parent);
+    let caller = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    match incoming {
+        // Fails only when no OpenTelemetry layer listens: nothing to
+        // continue then.
+        IncomingTrace::Continue => {
+            let _ = span.set_parent(caller);
+        }
+        IncomingTrace::Link => {
+            let caller = caller.span().span_context().clone();
+            if caller.is_valid() {
+                span.add_link(caller);
+            }
+        }
+    }
 }
 
 /// The `traceparent` (and `tracestate`) that carry the current span's trace
@@ -89,7 +123,12 @@ pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
 
 /// Without OpenTelemetry there is no caller's trace to continue.
 #[cfg(not(feature = "traces"))]
-pub(crate) fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
+pub(crate) fn incoming_trace(
+    _span: &tracing::Span,
+    _headers: &http::HeaderMap,
+    _incoming: IncomingTrace,
+) {
+}
 
 /// Without OpenTelemetry no trace is carried to a backend.
 #[cfg(not(feature = "traces"))]

@@ -22,7 +22,9 @@
 //!   newer word.
 
 use crate::digest::hex_digest;
-use crate::private_files::{check_owned, create_private_dir, write_private};
+use crate::private_files::{
+    DirLock, check_owned, create_private_dir, lock_dir, read_private, write_private,
+};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,14 @@ pub enum HistoryError {
         /// Why.
         source: io::Error,
     },
+    /// Another live keybust process uses the same state directory: two
+    /// would each rewrite the record from their own view and lose the
+    /// other's versions.
+    #[error("{path} is in use by another keybust process; give each process its own --state-dir")]
+    InUse {
+        /// The state directory.
+        path: String,
+    },
 }
 
 /// One recorded version.
@@ -58,6 +68,12 @@ pub struct Accepted {
     /// Whether it was pulled with its signature checked (`--verify-key`).
     #[serde(default)]
     pub signed: bool,
+    /// The identity of the key its signature was checked with
+    /// (`VerifyKey::id`): a version is restored as signed only under the
+    /// same key, so rotating `--verify-key` drops what only the old key
+    /// signed. Absent from records made without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Accepted {
@@ -70,6 +86,7 @@ impl Accepted {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs()),
             signed: false,
+            key: None,
         }
     }
 
@@ -79,10 +96,11 @@ impl Accepted {
         self
     }
 
-    /// Whether it may serve when signatures are required: checked, or the
-    /// component built into keybust.
-    fn trusted_when_signatures_are_required(&self) -> bool {
-        self.signed || self.source == "embedded"
+    /// Whether it may serve when signatures are required, checked with
+    /// the key `key`: checked with that key, or the component built into
+    /// keybust.
+    fn trusted_when_signatures_are_required(&self, key: Option<&str>) -> bool {
+        (self.signed && self.key.as_deref() == key) || self.source == "embedded"
     }
 }
 
@@ -123,6 +141,11 @@ pub struct Start {
 pub struct History {
     dir: PathBuf,
     state: Mutex<State>,
+    /// The identity of the key signatures are checked with now; stamped on
+    /// signed records, and asked of them at restore.
+    key: Option<String>,
+    /// Held for as long as the history is open: one process per directory.
+    _lock: DirLock,
 }
 
 impl History {
@@ -136,10 +159,15 @@ impl History {
         };
         create_private_dir(dir).map_err(io_error(dir))?;
         check_owned(dir, true).map_err(io_error(dir))?;
+        let lock = lock_dir(dir).map_err(|err| match err.kind() {
+            io::ErrorKind::WouldBlock => HistoryError::InUse {
+                path: dir.display().to_string(),
+            },
+            _ => io_error(dir)(err),
+        })?;
         let path = dir.join(STATE_FILE);
-        let state = match std::fs::read(&path) {
+        let state = match read_private(&path) {
             Ok(bytes) => {
-                check_owned(&path, false).map_err(io_error(&path))?;
                 serde_json::from_slice(&bytes).unwrap_or_else(|err| {
                     tracing::warn!(path = %path.display(), error = %err, "unreadable component history; starting a new one");
                     State::default()
@@ -151,7 +179,17 @@ impl History {
         Ok(History {
             dir: dir.to_owned(),
             state: Mutex::new(state),
+            key: None,
+            _lock: lock,
         })
+    }
+
+    /// Signatures are checked with the key whose identity is `key`
+    /// (`VerifyKey::id`): signed versions are recorded as checked with it,
+    /// and only those are restored as signed.
+    pub fn verified_with(mut self, key: Option<String>) -> Self {
+        self.key = key;
+        self
     }
 
     /// What to serve at start instead of the configured source
@@ -193,11 +231,12 @@ impl History {
             return None;
         }
         let trusted = |entry: &&Accepted| {
-            let trusted = !signed_only || entry.trusted_when_signatures_are_required();
+            let trusted =
+                !signed_only || entry.trusted_when_signatures_are_required(self.key.as_deref());
             if !trusted {
                 tracing::warn!(
                     digest = entry.digest,
-                    "a recorded component was not signature-checked; --verify-key passes it over"
+                    "a recorded component was not signature-checked with this --verify-key; passing it over"
                 );
             }
             trusted
@@ -230,6 +269,11 @@ impl History {
         previous: Option<Accepted>,
         just_read: bool,
     ) -> Result<(), HistoryError> {
+        let stamp = |mut entry: Accepted| {
+            entry.key = entry.signed.then(|| self.key.clone()).flatten();
+            entry
+        };
+        let (current, previous) = (stamp(current), previous.map(stamp));
         let mut state = self.lock();
         if let Some(bytes) = bytes {
             let blob = self.blob(&current.digest);
@@ -284,8 +328,7 @@ impl History {
     /// The bytes of a recorded version, when they are there and intact.
     fn read(&self, entry: &Accepted) -> Option<Restored> {
         let path = self.blob(&entry.digest);
-        let bytes = check_owned(&path, false)
-            .and_then(|()| std::fs::read(&path))
+        let bytes = read_private(&path)
             .map_err(|err| {
                 tracing::warn!(path = %path.display(), error = %err, "a recorded component cannot be read; passing it over");
             })
@@ -356,6 +399,7 @@ mod tests {
             )
             .unwrap();
 
+        drop(history);
         let reopened = History::open(dir.path()).unwrap();
         let start = reopened
             .restore("embedded", Some(&hex_digest(b"v1")), false)
@@ -381,6 +425,7 @@ mod tests {
                 true,
             )
             .unwrap();
+        drop(history);
         let reopened = History::open(dir.path()).unwrap();
         // Another --component value.
         assert!(
@@ -409,6 +454,7 @@ mod tests {
         history
             .record(tag, accepted(b"v1", tag), Some(b"v1"), None, true)
             .unwrap();
+        drop(history);
         let reopened = History::open(dir.path()).unwrap();
         let start = reopened
             .restore(tag, None, false)
@@ -444,6 +490,7 @@ mod tests {
                 true,
             )
             .unwrap();
+        drop(history);
         let reopened = History::open(dir.path()).unwrap();
         let digest = hex_digest(b"v1");
         assert_eq!(
@@ -458,7 +505,7 @@ mod tests {
         assert!(reopened.restore(tag, Some(&digest), true).is_none());
 
         // A checked version serves, with an unchecked rollback target left out.
-        history
+        reopened
             .record(
                 tag,
                 accepted(b"v3", tag).signed(true),
@@ -467,6 +514,7 @@ mod tests {
                 false,
             )
             .unwrap();
+        drop(reopened);
         let reopened = History::open(dir.path()).unwrap();
         let start = reopened.restore(tag, Some(&digest), true).expect("signed");
         assert_eq!(start.current.bytes, b"v3");
@@ -500,6 +548,7 @@ mod tests {
                 false,
             )
             .unwrap();
+        drop(history);
         let reopened = History::open(dir.path()).unwrap();
         let start = reopened
             .restore(file, Some(&hex_digest(b"new")), false)
@@ -535,6 +584,7 @@ mod tests {
             b"tampered",
         )
         .unwrap();
+        drop(history);
         let reopened = History::open(dir.path()).unwrap();
         assert!(
             reopened
@@ -543,6 +593,7 @@ mod tests {
         );
 
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        drop(reopened);
         let reopened = History::open(dir.path()).unwrap();
         assert!(
             reopened

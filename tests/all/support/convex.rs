@@ -35,6 +35,7 @@ pub struct ConvexCall {
     pub content_type: Option<String>,
     pub secret: Option<String>,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub body: String,
 }
 
@@ -89,6 +90,7 @@ impl FakeConvex {
                     content_type: header("content-type"),
                     secret: header("x-convex-shared-secret"),
                     traceparent: header("traceparent"),
+                    tracestate: header("tracestate"),
                     body: String::new(),
                 };
                 let body = request.into_body().collect().await.unwrap().to_bytes();

@@ -14,6 +14,7 @@ use keybust::rollout::registry::RegistryArgs;
 use keybust::runtime::artifacts;
 use keybust::serve::endpoint::EndpointConfig;
 use keybust::serve::tls::TlsArgs;
+use keybust::telemetry::IncomingTrace;
 use keybust::telemetry::export::TelemetryArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -157,9 +158,14 @@ impl CommonArgs {
                 .filter(|_| self.keep_history)
                 .map(|dir| dir.join("components")),
             // Set by the caller that knows whether signatures are required.
-            signed_only: false,
+            signed_by: None,
             cache_max_bytes: self.cache_max_bytes,
             limits,
+            incoming_trace: if self.telemetry.trust_trace_context {
+                IncomingTrace::Continue
+            } else {
+                IncomingTrace::Link
+            },
         })
     }
 }

@@ -39,6 +39,9 @@ impl Inherited {
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_some_and(|pid| pid == std::process::id());
         let fds = listenfd::ListenFd::from_env();
+        if passed && ours {
+            close_on_exec(fds.len());
+        }
         if passed && !ours {
             return Inherited {
                 fds: listenfd::ListenFd::empty(),
@@ -91,6 +94,27 @@ impl Inherited {
             .with_context(|| format!("cannot serve the {what} listener passed by LISTEN_FDS"))
     }
 }
+
+/// Marks the `count` passed descriptors (3, 4, ...) close-on-exec, as
+/// sockets keybust opens itself are: otherwise every process keybust
+/// starts (a docker credential helper during a pull) would inherit the
+/// listening sockets, and could accept on them or keep them open past
+/// keybust's exit. Only for sockets passed to this process: the service
+/// manager's `LISTEN_FDS` says they are open.
+#[cfg(unix)]
+fn close_on_exec(count: usize) {
+    use std::os::fd::BorrowedFd;
+    for fd in 3..3 + count as i32 {
+        // SAFETY: the service manager passed `fd` open (LISTEN_FDS, with
+        // LISTEN_PID naming this process), and nothing closes it while it
+        // is borrowed for this one call, first thing in `main`.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
+    }
+}
+
+#[cfg(not(unix))]
+fn close_on_exec(_: usize) {}
 
 #[cfg(unix)]
 fn is_listening(listener: &std::net::TcpListener) -> bool {

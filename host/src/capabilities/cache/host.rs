@@ -52,10 +52,11 @@ async fn delete(capabilities: &Capabilities, key: String) -> Result<(), wit::Cac
     };
     let metrics = &capabilities.metrics;
     metrics.capability(Capability::Cache, outcome, started.elapsed());
-    match outcome {
-        Outcome::Forbidden => metrics.unavailable(Unavailable::Forbidden),
-        Outcome::Error => metrics.unavailable(Unavailable::Backend),
-        Outcome::Ok => {}
+    match &result {
+        Err(CacheError::NotConfigured) => metrics.unavailable(Unavailable::NotConfigured),
+        Err(CacheError::Forbidden) => metrics.unavailable(Unavailable::Forbidden),
+        Err(_) => metrics.unavailable(Unavailable::Backend),
+        Ok(()) => {}
     }
     result.map_err(Into::into)
 }

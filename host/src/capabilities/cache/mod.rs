@@ -45,6 +45,13 @@ pub enum CacheError {
     /// The component named a key outside `--allowed-cache-keys`.
     #[error("the key is outside --allowed-cache-keys")]
     Forbidden,
+    /// No cache backend is configured, so there is no cache to forget the
+    /// key in: a delete must not be reported done (503, as a missing
+    /// Convex setting is).
+    #[error(
+        "no cache backend is configured (REDIS_URL, REDIS_CLUSTER_NODES, UPSTASH_REDIS_REST_URL, or KEYBUST_CACHE=embedded)"
+    )]
+    NotConfigured,
 }
 
 /// A store that holds the gateway's cached key validations.
@@ -123,8 +130,9 @@ impl Cache {
         }
     }
 
-    /// Whether a backend was chosen: the in-process store that stands in
-    /// when none was is not the gateway's cache, and readiness says so.
+    /// Whether a backend was chosen. With none, readiness reports the
+    /// endpoint unready and every delete is refused
+    /// ([`CacheError::NotConfigured`]).
     pub fn is_configured(&self) -> bool {
         self.configured
     }
@@ -176,8 +184,12 @@ impl Cache {
     }
 
     /// Deletes `key` after prefixing it, within the deadline, if the key is
-    /// one a component may delete.
+    /// one a component may delete and a backend is configured.
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        if !self.configured {
+            tracing::warn!("refused a cache delete: no cache backend is configured");
+            return Err(CacheError::NotConfigured);
+        }
         if !self.allowed_keys.is_match(key) {
             // The key is the component's choice: not logged, it could hold anything.
             tracing::warn!("refused a cache delete outside --allowed-cache-keys");
@@ -222,7 +234,9 @@ impl From<CacheError> for wit::CacheError {
             CacheError::Timeout(_) => wit::CacheError::Timeout,
             // The WIT contract has no "forbidden" for the cache; the guest
             // fails closed on "unavailable" all the same (503).
-            CacheError::Unavailable(_) | CacheError::Forbidden => wit::CacheError::Unavailable,
+            CacheError::Unavailable(_) | CacheError::Forbidden | CacheError::NotConfigured => {
+                wit::CacheError::Unavailable
+            }
         }
     }
 }
@@ -233,7 +247,9 @@ impl From<CacheError> for keybust_guest::policy::CacheError {
         use keybust_guest::policy::CacheError as Policy;
         match err {
             CacheError::Timeout(_) => Policy::Timeout,
-            CacheError::Unavailable(_) | CacheError::Forbidden => Policy::Unavailable,
+            CacheError::Unavailable(_) | CacheError::Forbidden | CacheError::NotConfigured => {
+                Policy::Unavailable
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Which cache backend holds the gateway's key validations, and the key
 //! prefix (contract, "The cache key").
 
-use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty};
+use crate::config::{
+    ConfigError, PlainHttp, Secret, check_redis_url, header_safe, http_url, non_empty,
+};
 use regex::Regex;
 
 /// The keys a component may delete by default: one API key's validation.
@@ -31,8 +33,8 @@ pub enum CacheBackendSettings {
     /// The in-process store, chosen on purpose (`KEYBUST_CACHE=embedded`):
     /// for `keybust dev`, tests, and gateways that embed keybust.
     Embedded,
-    /// Nothing configured: the in-process store stands in, but it is not
-    /// the gateway's cache, so readiness reports the endpoint unready.
+    /// Nothing configured: there is no cache to forget a key in, so every
+    /// delete is refused (503) and readiness reports the endpoint unready.
     #[default]
     Unset,
 }
@@ -146,6 +148,7 @@ impl CacheArgs {
                         "must start with redis:// or rediss://",
                     ));
                 }
+                check_redis_url("REDIS_URL", &url, plain)?;
                 return Ok(CacheBackendSettings::Redis {
                     url: Secret::new(url),
                 });
@@ -156,6 +159,9 @@ impl CacheArgs {
                         "REDIS_CLUSTER_NODES",
                         "must be comma-separated redis:// or rediss:// URLs",
                     ));
+                }
+                for node in nodes.split(',') {
+                    check_redis_url("REDIS_CLUSTER_NODES", node.trim(), plain)?;
                 }
                 return Ok(CacheBackendSettings::RedisCluster {
                     nodes: Secret::new(nodes),
@@ -311,7 +317,7 @@ mod tests {
             CacheBackendSettings::Embedded
         ));
         assert!(settings(&[("KEYBUST_CACHE", "redis")]).is_err());
-        assert!(settings(&[("KEYBUST_CACHE", "upstash"), ("REDIS_URL", "redis://h")]).is_err());
+        assert!(settings(&[("KEYBUST_CACHE", "upstash"), ("REDIS_URL", "rediss://h")]).is_err());
         assert!(settings(&[("UPSTASH_REDIS_REST_URL", "http://x")]).is_err());
         assert!(settings(&[("REDIS_URL", "http://x")]).is_err());
     }
@@ -320,7 +326,7 @@ mod tests {
     fn a_cluster_is_named_by_its_seed_nodes() {
         let s = settings(&[(
             "REDIS_CLUSTER_NODES",
-            "redis://10.0.0.1:6379, rediss://u:p@10.0.0.2:6379",
+            "redis://127.0.0.1:6379, rediss://u:p@10.0.0.2:6379",
         )])
         .unwrap();
         assert!(matches!(
@@ -329,7 +335,7 @@ mod tests {
         ));
         let s = settings(&[
             ("KEYBUST_CACHE", "redis"),
-            ("REDIS_CLUSTER_NODES", "redis://10.0.0.1:6379"),
+            ("REDIS_CLUSTER_NODES", "rediss://10.0.0.1:6379"),
         ])
         .unwrap();
         assert!(matches!(
@@ -339,12 +345,14 @@ mod tests {
         // Not both, and every entry a Redis URL (the error does not quote it).
         assert!(
             settings(&[
-                ("REDIS_URL", "redis://h"),
-                ("REDIS_CLUSTER_NODES", "redis://10.0.0.1:6379")
+                ("REDIS_URL", "rediss://h"),
+                ("REDIS_CLUSTER_NODES", "rediss://10.0.0.1:6379")
             ])
             .is_err()
         );
-        let err = settings(&[("REDIS_CLUSTER_NODES", "redis://h:1,secret-host:2")])
+        // A plain seed beyond loopback is refused like a plain REDIS_URL.
+        assert!(settings(&[("REDIS_CLUSTER_NODES", "rediss://h:1,redis://10.0.0.1:2")]).is_err());
+        let err = settings(&[("REDIS_CLUSTER_NODES", "rediss://h:1,secret-host:2")])
             .unwrap_err()
             .to_string();
         assert!(!err.contains("secret-host"), "{err}");

@@ -103,6 +103,12 @@ pub fn component_layer(raw: &[u8]) -> Result<OciDescriptor, String> {
             layer.media_type
         ));
     }
+    // A layer's `urls` would send the pull to any server the manifest
+    // names, plain http:// included, past the registry rules; the wasm
+    // artifact layout never uses them.
+    if layer.urls.as_ref().is_some_and(|urls| !urls.is_empty()) {
+        return Err("its layer names urls to fetch it from elsewhere".to_owned());
+    }
     Ok(layer)
 }
 
@@ -162,6 +168,22 @@ mod tests {
             Err(LayoutError::Module)
         ));
         assert!(matches!(Names::of(b"nope"), Err(LayoutError::Parse(_))));
+    }
+
+    #[test]
+    fn a_layer_to_fetch_from_elsewhere_is_refused() {
+        let manifest = |urls: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+                "config":{{"mediaType":"{CONFIG_MEDIA_TYPE}","digest":"sha256:{zero}","size":2}},
+                "layers":[{{"mediaType":"{LAYER_MEDIA_TYPE}","digest":"sha256:{zero}","size":8{urls}}}]}}"#,
+                zero = "0".repeat(64)
+            )
+        };
+        assert!(component_layer(manifest("").as_bytes()).is_ok());
+        let err = component_layer(manifest(r#","urls":["http://198.51.100.7/x"]"#).as_bytes())
+            .unwrap_err();
+        assert!(err.contains("urls"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,12 @@ impl Registry {
         self.verify_key.is_some()
     }
 
+    /// The identity of the key signatures are checked with
+    /// ([`VerifyKey::id`]), when one is.
+    pub fn verify_key_id(&self) -> Option<String> {
+        self.verify_key.as_ref().map(VerifyKey::id)
+    }
+
     /// The registries reached over plain HTTP for `reference`: those named
     /// insecure, and its own when it is on loopback.
     fn plain_http(&self, reference: &OciReference) -> Vec<String> {

@@ -13,7 +13,7 @@ mod trust;
 
 pub use self::trust::{ArtifactKey, default_key_path};
 
-use crate::private_files::{check_owned, create_private_dir, write_private};
+use crate::private_files::{check_owned, create_private_dir, read_private, write_private};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -113,15 +113,15 @@ impl ArtifactCache {
         if !entry.artifact.exists() {
             return None;
         }
-        let trusted = check_owned(&self.dir, true)
-            .and_then(|()| check_owned(&entry.artifact, false))
-            .and_then(|()| check_owned(&entry.mac, false));
-        if let Err(err) = trusted {
-            tracing::warn!(error = %err, "untrusted precompiled component; rebuilding");
-            return None;
-        }
-        let bytes = std::fs::read(&entry.artifact).ok()?;
-        let tag = std::fs::read(&entry.mac).ok()?;
+        let read = check_owned(&self.dir, true)
+            .and_then(|()| Ok((read_private(&entry.artifact)?, read_private(&entry.mac)?)));
+        let (bytes, tag) = match read {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(error = %err, "untrusted precompiled component; rebuilding");
+                return None;
+            }
+        };
         if !self.key.verify(&entry.name, &bytes, &tag) {
             tracing::warn!(entry = %entry.artifact.display(), "precompiled component fails its MAC; rebuilding");
             return None;

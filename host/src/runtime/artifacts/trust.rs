@@ -9,7 +9,7 @@
 //!   directory, matches: a checksum alone can be recomputed by whoever
 //!   plants an entry, a MAC cannot without the key.
 
-use crate::private_files::{check_owned, create_private_dir};
+use crate::private_files::{check_owned, create_private, create_private_dir, read_private};
 use aws_lc_rs::hmac;
 use std::fs;
 use std::io::{self, Write};
@@ -37,11 +37,8 @@ impl ArtifactKey {
             create_private_dir(dir)?;
             check_owned(dir, true)?;
         }
-        let bytes = match fs::symlink_metadata(path) {
-            Ok(_) => {
-                check_owned(path, false)?;
-                fs::read(path)?
-            }
+        let bytes = match read_private(path) {
+            Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => create_key_file(path)?,
             Err(err) => return Err(err),
         };
@@ -82,27 +79,32 @@ impl ArtifactKey {
     }
 }
 
+/// Creates the key file with fresh bytes, or reads the one another
+/// process created first. The key is written whole under a name of this
+/// process's own and then linked into place, which fails if the name is
+/// taken: a process that loses the race reads a complete key, never the
+/// winner's half-written one.
 fn create_key_file(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; KEY_BYTES];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| io::Error::other("no system randomness"))?;
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            Ok(bytes)
-        }
-        // Another process created it first: use theirs.
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            check_owned(path, false)?;
-            fs::read(path)
-        }
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| io::Error::other("no system randomness"))?;
+    let tmp = path.with_extension(format!(
+        "new{}-{}",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
+    let mut file = create_private(&tmp)?;
+    let written = file
+        .write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, path));
+    drop(file);
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(bytes),
+        // Another process linked its key first: use theirs.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => read_private(path),
         Err(err) => Err(err),
     }
 }
@@ -114,4 +116,44 @@ pub fn default_key_path() -> Option<PathBuf> {
     dirs::state_dir()
         .or_else(dirs::data_local_dir)
         .map(|dir| dir.join("keybust").join("artifact.key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ArtifactKey;
+
+    /// Processes that start together on a fresh machine all create the key
+    /// at once: each gets a key, and all get the same one.
+    #[test]
+    fn creating_the_key_at_once_gives_everyone_the_same_whole_key() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state").join("artifact.key");
+            let keys: Vec<_> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..8)
+                    .map(|_| scope.spawn(|| ArtifactKey::load_or_create(&path)))
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|racer| racer.join().unwrap())
+                    .collect()
+            });
+            let tags: Vec<Vec<u8>> = keys
+                .into_iter()
+                .map(|key| {
+                    key.unwrap_or_else(|err| panic!("round {round}: {err}"))
+                        .sign("entry", b"bytes")
+                })
+                .collect();
+            assert!(
+                tags.windows(2).all(|pair| pair[0] == pair[1]),
+                "round {round}"
+            );
+            let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name())
+                .collect();
+            assert_eq!(left, ["artifact.key"], "round {round}");
+        }
+    }
 }

@@ -9,7 +9,8 @@ use crate::limits::Limits;
 use crate::runtime::LoadError;
 use crate::runtime::artifacts::{ArtifactCache, ArtifactKey};
 use crate::runtime::engine::{self, EngineError};
-use crate::versions::history::History;
+use crate::telemetry::IncomingTrace;
+use crate::versions::history::{History, HistoryError};
 use crate::versions::slot::{ComponentSlot, Provenance};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,11 +29,14 @@ pub struct EndpointConfig {
     /// Directory where accepted versions are recorded, so a swap survives
     /// a restart ([`History`]); none: every start serves what it is given.
     pub history_dir: Option<PathBuf>,
-    /// Restore from the history only versions whose signature was checked
-    /// (and the embedded one): set when `--verify-key` is.
-    pub signed_only: bool,
+    /// Signatures are required (`--verify-key`), checked with the key of
+    /// this identity (`VerifyKey::id`): the history restores only versions
+    /// whose signature was checked with that key (and the embedded one).
+    pub signed_by: Option<String>,
     /// Bounds on guests, requests and connections.
     pub limits: Limits,
+    /// What a caller's `traceparent` counts for (`--trust-trace-context`).
+    pub incoming_trace: IncomingTrace,
 }
 
 impl Default for EndpointConfig {
@@ -43,8 +47,9 @@ impl Default for EndpointConfig {
             artifact_key: None,
             cache_max_bytes: crate::runtime::artifacts::DEFAULT_MAX_BYTES,
             history_dir: None,
-            signed_only: false,
+            signed_by: None,
             limits: Limits::default(),
+            incoming_trace: IncomingTrace::default(),
         }
     }
 }
@@ -111,6 +116,9 @@ pub enum EndpointError {
         /// Why.
         error: LoadError,
     },
+    /// Another live process holds the state directory.
+    #[error(transparent)]
+    StateInUse(HistoryError),
 }
 
 /// Building an endpoint.
@@ -186,13 +194,20 @@ impl Endpoint {
         let artifacts = config.artifact_cache(&engine);
         let linker = engine::new_linker(&engine)?;
         let limits = Arc::new(config.limits.clone());
-        let history = config.history_dir.as_deref().and_then(|dir| {
-            History::open(dir)
-                .map_err(|err| {
-                    tracing::warn!(error = %err, "component history disabled: swaps will not survive a restart");
-                })
-                .ok()
-        });
+        // A directory another live process holds stops the start: two
+        // processes would each rewrite the other's record. Any other
+        // trouble with it only costs the record.
+        let history = match config.history_dir.as_deref().map(History::open) {
+            None => None,
+            Some(Ok(history)) => Some(history.verified_with(config.signed_by.clone())),
+            Some(Err(err @ HistoryError::InUse { .. })) => {
+                return Err(EndpointError::StateInUse(err));
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "component history disabled: swaps will not survive a restart");
+                None
+            }
+        };
         let new_slot = |bytes: Vec<u8>, provenance: Provenance| {
             ComponentSlot::new(
                 linker.clone(),
@@ -205,7 +220,11 @@ impl Endpoint {
         };
         let configured_digest = bytes.as_deref().map(hex_digest);
         let restored = history.as_ref().and_then(|history| {
-            history.restore(&source, configured_digest.as_deref(), config.signed_only)
+            history.restore(
+                &source,
+                configured_digest.as_deref(),
+                config.signed_by.is_some(),
+            )
         });
         let mut restored_slot = None;
         if let Some(start) = restored {
@@ -253,6 +272,6 @@ impl Endpoint {
         if let Some(history) = history {
             slot.keep_history(history, source, serving, !restored).await;
         }
-        Ok(Endpoint::new(slot))
+        Ok(Endpoint::new(slot).with_incoming_trace(config.incoming_trace))
     }
 }

@@ -13,6 +13,7 @@ use crate::capabilities::Capabilities;
 use crate::metrics::{GuestFailed, Metrics, Unavailable};
 use crate::runtime::GuestFailure;
 use crate::serve::access::{AccessRecord, REQUEST_ID};
+use crate::telemetry::IncomingTrace;
 use crate::versions::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Endpoint {
     /// Set when the process starts to stop: readiness turns at once, so a
     /// load balancer stops sending traffic while requests still finish.
     draining: std::sync::atomic::AtomicBool,
+    /// What a caller's `traceparent` counts for.
+    incoming_trace: IncomingTrace,
 }
 
 impl Endpoint {
@@ -53,7 +56,16 @@ impl Endpoint {
             slot: Arc::new(slot),
             admission,
             draining: std::sync::atomic::AtomicBool::new(false),
+            incoming_trace: IncomingTrace::default(),
         }
+    }
+
+    /// What a caller's `traceparent` counts for: a link (the default, for
+    /// a listener that faces strangers), or the parent
+    /// (`--trust-trace-context`).
+    pub fn with_incoming_trace(mut self, incoming: IncomingTrace) -> Self {
+        self.incoming_trace = incoming;
+        self
     }
 
     /// The component slot, for swaps.
@@ -102,7 +114,13 @@ impl Endpoint {
         // The request runs to its end on the version current now.
         let version = self.slot.current();
         let route = (request.uri().path() == ENDPOINT_PATH).then_some(ENDPOINT_PATH);
-        let record = AccessRecord::start(&request, route, version.digest(), self.metrics().clone());
+        let record = AccessRecord::start(
+            &request,
+            route,
+            version.digest(),
+            self.metrics().clone(),
+            self.incoming_trace,
+        );
         let span = record.span().clone();
         self.answer(&version, request, record)
             .instrument(span)

@@ -96,6 +96,8 @@ struct Configs {
     read: [u8; 32],
     /// The leaf certificate's SHA-256, for the log.
     fingerprint: String,
+    /// Digest of the client CA bytes read, when there is a client CA.
+    client_ca: Option<[u8; 32]>,
 }
 
 /// The loaded pair, kept current by [`Certificates::reload`].
@@ -106,6 +108,12 @@ pub struct Certificates {
     /// One reload at a time (the file watch and SIGHUP may overlap): a slow
     /// reload that read the old files must not store them over a newer one.
     reloading: std::sync::Mutex<()>,
+    /// Counts the client CA's replacements. An admin connection is
+    /// authorized by the CA its handshake checked, so when the CA changes
+    /// (a certificate revoked by a new bundle) connections made under the
+    /// old one are closed, gracefully, rather than left to keep their
+    /// authority ([`Acceptor::client_ca_changes`]).
+    client_ca_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -135,6 +143,7 @@ impl Certificates {
             listeners: listeners.to_vec(),
             current: ArcSwap::from_pointee(configs),
             reloading: std::sync::Mutex::new(()),
+            client_ca_generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -151,7 +160,15 @@ impl Certificates {
             return Ok(false);
         }
         tracing::info!(fingerprint = %configs.fingerprint, "TLS certificate reloaded");
+        let ca_changed = configs.client_ca != self.current.load().client_ca;
         self.current.store(Arc::new(configs));
+        if ca_changed {
+            tracing::info!(
+                "client CA replaced: admin connections made under the old one are closed"
+            );
+            self.client_ca_generation
+                .send_modify(|generation| *generation += 1);
+        }
         Ok(true)
     }
 
@@ -201,6 +218,15 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// For a listener that checks client certificates: a receiver that
+    /// sees a change each time the client CA is replaced. Taken before the
+    /// handshake, so a replacement during the handshake counts too.
+    pub fn client_ca_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let verifies_clients =
+            self.listener == Listener::Admin && self.certificates.files.client_ca.is_some();
+        verifies_clients.then(|| self.certificates.client_ca_generation.subscribe())
+    }
+
     /// Runs the handshake. The caller bounds it in time.
     pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         let config = self.certificates.current.load().by_listener[self.listener.index()].clone();
@@ -351,6 +377,7 @@ fn build(files: &TlsFiles, listeners: &[Listener]) -> Result<Configs, TlsError> 
         by_listener,
         read: read_digest.finalize().into(),
         fingerprint,
+        client_ca: ca_pem.map(|pem| Sha256::digest(pem.as_slice()).into()),
     })
 }
 

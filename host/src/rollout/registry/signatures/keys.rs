@@ -62,6 +62,13 @@ impl VerifyKey {
             .map_err(|_| "not an ECDSA P-256 or Ed25519 public key".to_owned())
     }
 
+    /// The key's identity for records: the SHA-256 (hex) of the bytes it
+    /// was read from. A version recorded as verified under one key is not
+    /// taken as verified under another (`--verify-key` rotated).
+    pub fn id(&self) -> String {
+        crate::digest::hex_digest(self.key.as_ref())
+    }
+
     /// Whether `signature` (ASN.1 DER for ECDSA, 64 bytes for Ed25519) is
     /// this key's over `message`.
     pub(super) fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
