@@ -7,6 +7,7 @@
 pub mod answer;
 pub mod certs;
 pub mod convex;
+pub mod cosign_bundle;
 pub mod deploy_files;
 pub mod fleet;
 pub mod help;

@@ -55,22 +55,26 @@ impl Registry {
                 });
             }
             layout::component_layer(&raw).map_err(not_a_component)?;
-            self.sign_digest(reference, &auth, &digest, key).await?;
+            let subject = signatures::Subject {
+                digest: &digest,
+                bytes: &raw,
+            };
+            self.sign_subject(reference, &auth, &subject, key).await?;
             Ok(digest)
         })
         .await
     }
 
-    /// Signs the manifest `digest` in `reference`'s repository and pushes
-    /// the signature beside it. Call it inside [`Registry::bounded`].
-    async fn sign_digest(
+    /// Signs the manifest `subject` in `reference`'s repository and pushes
+    /// the signatures beside it. Call it inside [`Registry::bounded`].
+    async fn sign_subject(
         &self,
         reference: &OciReference,
         auth: &RegistryAuth,
-        digest: &str,
+        subject: &signatures::Subject<'_>,
         key: &SigningKey,
     ) -> Result<(), RegistryError> {
-        signatures::sign(&self.client(reference), auth, reference.oci(), digest, key)
+        signatures::sign(&self.client(reference), auth, reference.oci(), subject, key)
             .await
             .map_err(|source| RegistryError::Signature {
                 reference: reference.to_string(),
@@ -133,8 +137,11 @@ impl Registry {
                 );
             }
             if let Some(key) = sign_key {
-                self.sign_digest(reference, &auth, &manifest_digest, key)
-                    .await?;
+                let subject = signatures::Subject {
+                    digest: &manifest_digest,
+                    bytes: &artifact.manifest,
+                };
+                self.sign_subject(reference, &auth, &subject, key).await?;
             }
             Ok(Pushed {
                 manifest_digest,

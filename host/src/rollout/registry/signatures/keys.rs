@@ -136,6 +136,17 @@ impl SigningKey {
         Ok(signature.as_ref().to_vec())
     }
 
+    /// The public half as DER (SubjectPublicKeyInfo), as `cosign.pub`
+    /// holds it: what a bundle's key hint is computed over.
+    pub(super) fn public_der(&self) -> Vec<u8> {
+        use aws_lc_rs::encoding::AsDer as _;
+        let der = match &self.pair {
+            Pair::Ecdsa(pair) => pair.public_key().as_der().map(|der| der.as_ref().to_vec()),
+            Pair::Ed25519(pair) => pair.public_key().as_der().map(|der| der.as_ref().to_vec()),
+        };
+        der.unwrap_or_default()
+    }
+
     /// The public half, to tell this key's earlier signatures from others'.
     pub(super) fn verify_key(&self) -> VerifyKey {
         let (algorithm, public): (&'static dyn aws_lc_rs::signature::VerificationAlgorithm, _) =
