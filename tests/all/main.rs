@@ -27,6 +27,7 @@ mod least_privilege;
 mod metrics;
 mod quiet_connections;
 mod readiness;
+mod registry_reads;
 mod reuse;
 mod session;
 mod settings;

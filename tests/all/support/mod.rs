@@ -16,6 +16,7 @@ pub mod http;
 pub mod in_process;
 pub mod issuer;
 pub mod logs;
+pub mod misbehaving_registry;
 pub mod otlp;
 pub mod process;
 pub mod programs;

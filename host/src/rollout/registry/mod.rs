@@ -8,15 +8,16 @@
 //! gives it, and its size against the bound a swap has. Registries are
 //! reached over HTTPS, except those on loopback and those named in
 //! `--insecure-registry`. Every exchange with a registry is bounded by
-//! `--registry-timeout`. With `--verify-key`, a component is pulled only
+//! `--registry-timeout`, and every read by a size while it streams
+//! (`read`). With `--verify-key`, a component is pulled only
 //! when a cosign signature by that key names its manifest digest
 //! ([`VerifyKey`]).
 
-mod blob;
 mod credentials;
 mod error;
 pub mod layout;
 mod push;
+mod read;
 mod reference;
 mod settings;
 mod signatures;
@@ -27,7 +28,7 @@ pub use self::reference::{InvalidReference, OCI_SCHEME, OciReference};
 pub use self::settings::RegistryArgs;
 pub use self::signatures::{SignatureError, SigningKey, VerifyKey};
 
-use self::blob::BlobError;
+use self::read::{ReadError, Reader};
 use crate::digest::hex_digest;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
@@ -39,6 +40,15 @@ const MAX_COMPONENT_BYTES: u64 = crate::limits::MAX_COMPONENT_BYTES as u64;
 
 /// The largest manifest read.
 const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+/// What a manifest is asked for by: its digest when pinned, else its tag.
+fn by_name(reference: &oci_client::Reference) -> String {
+    reference
+        .digest()
+        .or(reference.tag())
+        .unwrap_or("latest")
+        .to_owned()
+}
 
 /// A component pulled from a registry and checked.
 #[derive(Debug)]
@@ -107,6 +117,28 @@ impl Registry {
             connect_timeout: Some(self.timeout.min(Duration::from_secs(10))),
             read_timeout: Some(self.timeout),
             ..ClientConfig::default()
+        })
+    }
+
+    /// A bounded reader of `reference`'s repository, authorized as `auth`
+    /// allows ([`read`]).
+    async fn reader(
+        &self,
+        client: &oci_client::Client,
+        auth: &RegistryAuth,
+        reference: &OciReference,
+    ) -> Result<Reader, RegistryError> {
+        Reader::open(
+            client,
+            auth,
+            reference.oci(),
+            &self.plain_http(reference),
+            self.timeout,
+        )
+        .await
+        .map_err(|source| RegistryError::Registry {
+            reference: reference.to_string(),
+            source,
         })
     }
 
@@ -186,13 +218,28 @@ impl Registry {
                 reference: reference.to_string(),
                 reason,
             };
-            let (raw, _) = client
-                .pull_manifest_raw(&by, &auth, &[OCI_IMAGE_MEDIA_TYPE])
+            let reader = self.reader(&client, &auth, reference).await?;
+            let read_error =
+                |err: ReadError, what: &'static str, too_large: RegistryError| match err {
+                    ReadError::Registry(source) => registry_error(source),
+                    ReadError::TooLarge => too_large,
+                    ReadError::Mismatch { expected, actual } => RegistryError::DigestMismatch {
+                        reference: reference.to_string(),
+                        what,
+                        expected,
+                        actual,
+                    },
+                };
+            let raw = reader
+                .manifest(&by_name(&by), &[OCI_IMAGE_MEDIA_TYPE], MAX_MANIFEST_BYTES)
                 .await
-                .map_err(registry_error)?;
-            if raw.len() > MAX_MANIFEST_BYTES {
-                return Err(not_a_component("the manifest is too large".into()));
-            }
+                .map_err(|err| {
+                    read_error(
+                        err,
+                        "manifest",
+                        not_a_component("the manifest is too large".into()),
+                    )
+                })?;
             let manifest_digest = format!("sha256:{}", hex_digest(&raw));
             if let Some(expected) = expected
                 && manifest_digest != expected
@@ -205,7 +252,7 @@ impl Registry {
                 });
             }
             if let Some(key) = &self.verify_key {
-                signatures::verify(&client, &auth, reference.oci(), &manifest_digest, key)
+                signatures::verify(&reader, reference.oci(), &manifest_digest, key)
                     .await
                     .map_err(|source| RegistryError::Signature {
                         reference: reference.to_string(),
@@ -213,19 +260,17 @@ impl Registry {
                     })?;
             }
             let layer = layout::component_layer(&raw).map_err(not_a_component)?;
-            let bytes = blob::read(&client, &by, &layer, MAX_COMPONENT_BYTES)
+            let bytes = reader
+                .blob(&layer, MAX_COMPONENT_BYTES)
                 .await
-                .map_err(|err| match err {
-                    BlobError::Registry(source) => registry_error(source),
-                    BlobError::TooLarge => RegistryError::TooLarge {
-                        reference: reference.to_string(),
-                    },
-                    BlobError::Mismatch { expected, actual } => RegistryError::DigestMismatch {
-                        reference: reference.to_string(),
-                        what: "component",
-                        expected,
-                        actual,
-                    },
+                .map_err(|err| {
+                    read_error(
+                        err,
+                        "component",
+                        RegistryError::TooLarge {
+                            reference: reference.to_string(),
+                        },
+                    )
                 })?;
             Ok(Pulled {
                 bytes,

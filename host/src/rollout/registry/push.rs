@@ -8,6 +8,7 @@
 //! hostile registry would otherwise get the operator's key to sign a
 //! component of its own choosing.
 
+use super::read::{ReadError, Reader};
 use super::{MAX_MANIFEST_BYTES, OciReference, SigningKey, signatures};
 use super::{Pushed, Registry, RegistryError, layout};
 use crate::digest::hex_digest;
@@ -29,20 +30,30 @@ impl Registry {
         let client = self.client(reference);
         self.bounded(reference, async {
             let auth = self.auth(reference).await?;
-            let (raw, _) = client
-                .pull_manifest_raw(reference.oci(), &auth, &[OCI_IMAGE_MEDIA_TYPE])
-                .await
-                .map_err(|source| RegistryError::Registry {
-                    reference: reference.to_string(),
-                    source,
-                })?;
+            let reader = self.reader(&client, &auth, reference).await?;
             let not_a_component = |reason: String| RegistryError::NotAComponent {
                 reference: reference.to_string(),
                 reason,
             };
-            if raw.len() > MAX_MANIFEST_BYTES {
-                return Err(not_a_component("the manifest is too large".into()));
-            }
+            let raw = match reader
+                .manifest(
+                    &super::by_name(reference.oci()),
+                    &[OCI_IMAGE_MEDIA_TYPE],
+                    MAX_MANIFEST_BYTES,
+                )
+                .await
+            {
+                Ok(raw) => raw,
+                Err(ReadError::Registry(source)) => {
+                    return Err(RegistryError::Registry {
+                        reference: reference.to_string(),
+                        source,
+                    });
+                }
+                Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => {
+                    return Err(not_a_component("the manifest is too large".into()));
+                }
+            };
             let digest = format!("sha256:{}", hex_digest(&raw));
             if let Some(pinned) = reference.pinned_digest()
                 && pinned != digest
@@ -59,7 +70,8 @@ impl Registry {
                 digest: &digest,
                 bytes: &raw,
             };
-            self.sign_subject(reference, &auth, &subject, key).await?;
+            self.sign_subject(reference, &auth, &reader, &subject, key)
+                .await?;
             Ok(digest)
         })
         .await
@@ -71,15 +83,23 @@ impl Registry {
         &self,
         reference: &OciReference,
         auth: &RegistryAuth,
+        reader: &Reader,
         subject: &signatures::Subject<'_>,
         key: &SigningKey,
     ) -> Result<(), RegistryError> {
-        signatures::sign(&self.client(reference), auth, reference.oci(), subject, key)
-            .await
-            .map_err(|source| RegistryError::Signature {
-                reference: reference.to_string(),
-                source,
-            })
+        signatures::sign(
+            &self.client(reference),
+            auth,
+            reader,
+            reference.oci(),
+            subject,
+            key,
+        )
+        .await
+        .map_err(|source| RegistryError::Signature {
+            reference: reference.to_string(),
+            source,
+        })
     }
 
     /// Publishes `bytes` (a component) at `reference`'s tag, in the wasm
@@ -141,7 +161,9 @@ impl Registry {
                     digest: &manifest_digest,
                     bytes: &artifact.manifest,
                 };
-                self.sign_subject(reference, &auth, &subject, key).await?;
+                let reader = self.reader(&client, &auth, reference).await?;
+                self.sign_subject(reference, &auth, &reader, &subject, key)
+                    .await?;
             }
             Ok(Pushed {
                 manifest_digest,

@@ -25,7 +25,8 @@ pub struct RegistryArgs {
     pub docker_config: Option<PathBuf>,
 
     /// Registries (host or host:port, comma-separated) reached over plain
-    /// HTTP; loopback registries always are.
+    /// HTTP; loopback registries always are. A redirect to plain HTTP is
+    /// followed only to the registry's own host or one named here.
     #[arg(long, env = "KEYBUST_INSECURE_REGISTRY", value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
 

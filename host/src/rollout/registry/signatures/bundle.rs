@@ -19,7 +19,7 @@
 use super::{MAX_SIGNATURES, SignatureError, SigningKey, Subject, VerifyKey};
 use crate::digest::hex_digest;
 use crate::rollout::registry::MAX_MANIFEST_BYTES;
-use crate::rollout::registry::blob::{self, BlobError};
+use crate::rollout::registry::read::{ReadError, Reader};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE as BASE64_URL};
 use http::HeaderValue;
@@ -219,22 +219,20 @@ fn pinned(image: &Reference, digest: &str) -> Reference {
     )
 }
 
-/// The bundles attached to `digest`, each as the artifact manifest's
-/// reference and its one bundle layer, at most [`MAX_SIGNATURES`].
-async fn attached(
-    client: &oci_client::Client,
-    auth: &RegistryAuth,
-    image: &Reference,
-    digest: &str,
-) -> Result<Vec<(Reference, OciDescriptor)>, SignatureError> {
-    let registry = |what| move |source| SignatureError::Registry { what, source };
-    client
-        .store_auth_if_needed(image.resolve_registry(), auth)
-        .await;
-    let index = client
-        .pull_referrers(&pinned(image, digest), None)
-        .await
-        .map_err(registry("listing the signatures attached"))?;
+/// The bundles attached to `digest`, each as its one bundle layer, at
+/// most [`MAX_SIGNATURES`].
+async fn attached(reader: &Reader, digest: &str) -> Result<Vec<OciDescriptor>, SignatureError> {
+    let index = match reader.referrers(digest, MAX_MANIFEST_BYTES).await {
+        Ok(index) => index,
+        Err(ReadError::Registry(source)) => {
+            return Err(SignatureError::Registry {
+                what: "listing the signatures attached",
+                source,
+            });
+        }
+        // A listing past the bound lists nothing keybust reads.
+        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => return Ok(Vec::new()),
+    };
     let mut found = Vec::new();
     for entry in index
         .manifests
@@ -242,21 +240,26 @@ async fn attached(
         .filter(|entry| is_bundle_type(entry.artifact_type.as_deref()))
         .take(MAX_SIGNATURES)
     {
-        let artifact = pinned(image, &entry.digest);
-        let (raw, _) = client
-            .pull_manifest_raw(&artifact, auth, &[OCI_IMAGE_MEDIA_TYPE])
+        let raw = match reader
+            .manifest(&entry.digest, &[OCI_IMAGE_MEDIA_TYPE], MAX_MANIFEST_BYTES)
             .await
-            .map_err(registry("reading an attached signature"))?;
-        if raw.len() > MAX_MANIFEST_BYTES {
-            continue;
-        }
+        {
+            Ok(raw) => raw,
+            Err(ReadError::Registry(source)) => {
+                return Err(SignatureError::Registry {
+                    what: "reading an attached signature",
+                    source,
+                });
+            }
+            Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
+        };
         let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&raw) else {
             continue;
         };
         if let [layer] = manifest.layers.as_slice()
             && is_bundle_type(Some(&layer.media_type))
         {
-            found.push((artifact, layer.clone()));
+            found.push(layer.clone());
         }
     }
     Ok(found)
@@ -272,23 +275,21 @@ fn is_bundle_type(media_type: Option<&str>) -> bool {
 /// over it. `NotSigned` when no signature bundle is attached at all,
 /// `Unsigned` when the ones there are not the key's over the digest.
 pub(super) async fn verify(
-    client: &oci_client::Client,
-    auth: &RegistryAuth,
-    image: &Reference,
+    reader: &Reader,
     digest: &str,
     key: &VerifyKey,
 ) -> Result<(), SignatureError> {
     let mut seen = false;
-    for (artifact, layer) in attached(client, auth, image, digest).await? {
-        let bundle = match blob::read(client, &artifact, &layer, MAX_BUNDLE_BYTES).await {
+    for layer in attached(reader, digest).await? {
+        let bundle = match reader.blob(&layer, MAX_BUNDLE_BYTES).await {
             Ok(bundle) => bundle,
-            Err(BlobError::Registry(source)) => {
+            Err(ReadError::Registry(source)) => {
                 return Err(SignatureError::Registry {
                     what: "reading an attached signature",
                     source,
                 });
             }
-            Err(BlobError::TooLarge | BlobError::Mismatch { .. }) => {
+            Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => {
                 seen = true;
                 continue;
             }
@@ -314,11 +315,12 @@ pub(super) async fn verify(
 pub(super) async fn attach(
     client: &oci_client::Client,
     auth: &RegistryAuth,
+    reader: &Reader,
     image: &Reference,
     subject: &Subject<'_>,
     key: &SigningKey,
 ) -> Result<(), SignatureError> {
-    if verify(client, auth, image, subject.digest, &key.verify_key())
+    if verify(reader, subject.digest, &key.verify_key())
         .await
         .is_ok()
     {
@@ -386,17 +388,23 @@ pub(super) async fn attach(
         )
         .await
         .map_err(push("pushing a signature"))?;
-    let listed = client
-        .pull_referrers(&pinned(image, subject.digest), None)
-        .await
-        .map_err(push("listing the signatures attached"))?
-        .manifests
-        .iter()
-        .any(|entry| entry.digest == manifest_digest);
+    let listed = match reader.referrers(subject.digest, MAX_MANIFEST_BYTES).await {
+        Ok(index) => index
+            .manifests
+            .iter()
+            .any(|entry| entry.digest == manifest_digest),
+        Err(ReadError::Registry(source)) => {
+            return Err(SignatureError::Registry {
+                what: "listing the signatures attached",
+                source,
+            });
+        }
+        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => false,
+    };
     if !listed {
         list_in_referrers_tag(
             client,
-            auth,
+            reader,
             image,
             subject.digest,
             ImageIndexEntry {
@@ -419,7 +427,7 @@ pub(super) async fn attach(
 /// digest order as other clients keep them.
 async fn list_in_referrers_tag(
     client: &oci_client::Client,
-    auth: &RegistryAuth,
+    reader: &Reader,
     image: &Reference,
     digest: &str,
     entry: ImageIndexEntry,
@@ -432,23 +440,29 @@ async fn list_in_referrers_tag(
     let in_the_way = |why: &str| SignatureError::InTheWay {
         what: format!("the referrers tag {}: {why}", tag.tag().unwrap_or_default()),
     };
-    let mut index = match client
-        .pull_manifest_raw(&tag, auth, &[OCI_IMAGE_INDEX_MEDIA_TYPE])
-        .await
-    {
-        Ok((raw, _)) if raw.len() > MAX_MANIFEST_BYTES => return Err(in_the_way("too large")),
-        Ok((raw, _)) => serde_json::from_slice::<OciImageIndex>(&raw)
+    let read = reader
+        .manifest(
+            tag.tag().unwrap_or_default(),
+            &[OCI_IMAGE_INDEX_MEDIA_TYPE],
+            MAX_MANIFEST_BYTES,
+        )
+        .await;
+    let mut index = match read {
+        Ok(raw) => serde_json::from_slice::<OciImageIndex>(&raw)
             .ok()
             .filter(|index| index.media_type.as_deref() == Some(OCI_IMAGE_INDEX_MEDIA_TYPE))
             .ok_or_else(|| in_the_way("not an OCI image index"))?,
-        Err(err) if crate::rollout::registry::error::names_nothing(&err) => OciImageIndex {
+        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => {
+            return Err(in_the_way("too large"));
+        }
+        Err(err) if err.names_nothing() => OciImageIndex {
             schema_version: 2,
             media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.to_owned()),
             manifests: Vec::new(),
             artifact_type: None,
             annotations: None,
         },
-        Err(source) => {
+        Err(ReadError::Registry(source)) => {
             return Err(SignatureError::Registry {
                 what: "reading the referrers tag",
                 source,

@@ -8,7 +8,7 @@
 use super::payload;
 use super::{MAX_SIGNATURES, SignatureError, SigningKey, VerifyKey};
 use crate::rollout::registry::MAX_MANIFEST_BYTES;
-use crate::rollout::registry::blob::{self, BlobError};
+use crate::rollout::registry::read::{ReadError, Reader};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use oci_client::Reference;
@@ -32,8 +32,7 @@ const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
 /// manifest `digest`. Any one such signature is enough; others, by other
 /// keys or over other digests, are passed over.
 pub(super) async fn verify(
-    client: &oci_client::Client,
-    auth: &RegistryAuth,
+    reader: &Reader,
     image: &Reference,
     digest: &str,
     key: &VerifyKey,
@@ -42,7 +41,7 @@ pub(super) async fn verify(
     let unsigned = || SignatureError::Unsigned {
         digest: digest.to_owned(),
     };
-    let Some(manifest) = signature_image(client, auth, &tag).await? else {
+    let Some(manifest) = signature_image(reader, &tag).await? else {
         return Err(SignatureError::NotSigned {
             digest: digest.to_owned(),
         });
@@ -57,15 +56,15 @@ pub(super) async fn verify(
         else {
             continue;
         };
-        let payload = match blob::read(client, &tag, layer, MAX_PAYLOAD_BYTES).await {
+        let payload = match reader.blob(layer, MAX_PAYLOAD_BYTES).await {
             Ok(payload) => payload,
-            Err(BlobError::Registry(source)) => {
+            Err(ReadError::Registry(source)) => {
                 return Err(SignatureError::Registry {
                     what: "reading a signature",
                     source,
                 });
             }
-            Err(BlobError::TooLarge | BlobError::Mismatch { .. }) => continue,
+            Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
         };
         if key.verifies(&payload, &signature) && payload::signs(&payload, digest) {
             return Ok(());
@@ -82,6 +81,7 @@ pub(super) async fn verify(
 pub(super) async fn sign(
     client: &oci_client::Client,
     auth: &RegistryAuth,
+    reader: &Reader,
     image: &Reference,
     digest: &str,
     key: &SigningKey,
@@ -97,17 +97,17 @@ pub(super) async fn sign(
     let tag = signature_tag(image, digest);
     let ours = key.verify_key();
     let mut layers = Vec::new();
-    if let Some(Some(existing)) = signature_image(client, auth, &tag).await? {
+    if let Some(Some(existing)) = signature_image(reader, &tag).await? {
         for layer in signature_layers(&existing) {
-            let data = match blob::read(client, &tag, layer, MAX_PAYLOAD_BYTES).await {
+            let data = match reader.blob(layer, MAX_PAYLOAD_BYTES).await {
                 Ok(data) => data,
-                Err(BlobError::Registry(source)) => {
+                Err(ReadError::Registry(source)) => {
                     return Err(SignatureError::Registry {
                         what: "reading the signatures there",
                         source,
                     });
                 }
-                Err(BlobError::TooLarge | BlobError::Mismatch { .. }) => continue,
+                Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
             };
             let by_us = layer
                 .annotations
@@ -163,22 +163,21 @@ fn signature_tag(image: &Reference, digest: &str) -> Reference {
 /// `Some(None)` when what it holds is no image manifest (or too large to
 /// be a signature image).
 async fn signature_image(
-    client: &oci_client::Client,
-    auth: &RegistryAuth,
+    reader: &Reader,
     tag: &Reference,
 ) -> Result<Option<Option<OciImageManifest>>, SignatureError> {
-    match client
-        .pull_manifest_raw(
-            tag,
-            auth,
+    match reader
+        .manifest(
+            tag.tag().unwrap_or_default(),
             &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
+            MAX_MANIFEST_BYTES,
         )
         .await
     {
-        Ok((raw, _)) if raw.len() > MAX_MANIFEST_BYTES => Ok(Some(None)),
-        Ok((raw, _)) => Ok(Some(serde_json::from_slice(&raw).ok())),
-        Err(err) if crate::rollout::registry::error::names_nothing(&err) => Ok(None),
-        Err(source) => Err(SignatureError::Registry {
+        Ok(raw) => Ok(Some(serde_json::from_slice(&raw).ok())),
+        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => Ok(Some(None)),
+        Err(err) if err.names_nothing() => Ok(None),
+        Err(ReadError::Registry(source)) => Err(SignatureError::Registry {
             what: "looking for a signature",
             source,
         }),

@@ -24,6 +24,7 @@ mod payload;
 
 pub use self::keys::{SigningKey, VerifyKey};
 
+use super::read::Reader;
 use oci_client::Reference;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -120,17 +121,16 @@ fn key_error(path: &Path, reason: String) -> SignatureError {
 /// signatures are such is refused, and one with none at all is "not
 /// signed (yet)". A registry that cannot be asked is worth another try.
 pub(super) async fn verify(
-    client: &oci_client::Client,
-    auth: &RegistryAuth,
+    reader: &Reader,
     image: &Reference,
     digest: &str,
     key: &VerifyKey,
 ) -> Result<(), SignatureError> {
-    let bundles = match bundle::verify(client, auth, image, digest, key).await {
+    let bundles = match bundle::verify(reader, digest, key).await {
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
-    let legacy = match legacy::verify(client, auth, image, digest, key).await {
+    let legacy = match legacy::verify(reader, image, digest, key).await {
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
@@ -147,10 +147,11 @@ pub(super) async fn verify(
 pub(super) async fn sign(
     client: &oci_client::Client,
     auth: &RegistryAuth,
+    reader: &Reader,
     image: &Reference,
     subject: &Subject<'_>,
     key: &SigningKey,
 ) -> Result<(), SignatureError> {
-    bundle::attach(client, auth, image, subject, key).await?;
-    legacy::sign(client, auth, image, subject.digest, key).await
+    bundle::attach(client, auth, reader, image, subject, key).await?;
+    legacy::sign(client, auth, reader, image, subject.digest, key).await
 }
