@@ -97,6 +97,8 @@ wait_for() { # file pattern
   done
   echo "bench/run.sh: timed out waiting for '$2' in $1" >&2
   cat "$1" >&2 || true
+  # A server's reason for stopping is on its stderr.
+  if [ "${1%.out}" != "$1" ]; then cat "${1%.out}.err" >&2 || true; fi
   exit 1
 }
 
@@ -123,7 +125,7 @@ start() {
   local name=$1
   shift
   RUST_LOG=${BENCH_RUST_LOG:-info} REDIS_URL="redis://127.0.0.1:$redis_port" \
-    KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_CACHE_DIR="$work/cache" \
+    KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_CACHE_DIR="$work/cache-$name" KEYBUST_STATE_DIR="$work/state-$name" \
     taskset -c 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
   PID[$name]=$!
   pids+=("$!")
