@@ -2,7 +2,7 @@
 //! comes only from where the registry rule allows: a manifest that goes
 //! on is cut off at its bound, and a redirect to plain HTTP on a host
 //! neither the registry's own nor named `--insecure-registry` is not
-//! followed.
+//! followed, and a layer's `urls` are never fetched.
 
 use crate::support::fleet::{manifest_digest, push, put_reference, serve_with, variant};
 use crate::support::misbehaving_registry::MisbehavingRegistry;
@@ -55,4 +55,28 @@ async fn a_blob_redirected_to_plain_http_elsewhere_is_not_fetched() {
     let answer = put_reference(&stack, &reference).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(proxy.taken.load(Ordering::Relaxed), 1);
+}
+
+/// A manifest whose layer names `urls` (here after the registry lost the
+/// blob, so a client falling back to them would fetch from there) is
+/// refused, and nothing is fetched from those URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_naming_urls_is_refused_and_they_are_not_fetched() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let bytes = variant("layer-urls");
+    let elsewhere = MisbehavingRegistry::serving(bytes.clone()).await;
+    let url = format!("http://{}/component.wasm", elsewhere.redirect_target);
+    registry
+        .push_with_layer_urls("keybust/endpoint", "urls", bytes.clone(), vec![url])
+        .await;
+    let digest = format!("sha256:{}", keybust::digest::hex_digest(&bytes));
+    std::fs::remove_file(registry.blob_path(&digest)).unwrap();
+
+    let stack = serve_with(&[]).await;
+    let answer = put_reference(&stack, &registry.reference("keybust/endpoint:urls")).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(answer.body.contains("urls"), "{}", answer.body);
+    assert_eq!(elsewhere.taken.load(Ordering::Relaxed), 0);
 }

@@ -120,6 +120,27 @@ impl MisbehavingRegistry {
         }
     }
 
+    /// A plain-HTTP server on 127.0.0.2 answering every request with
+    /// `bytes`, counting the requests (`redirect_target` is its address).
+    pub async fn serving(bytes: Vec<u8>) -> Self {
+        let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(AtomicU64::new(0));
+        let counted = taken.clone();
+        let bytes = Bytes::from(bytes);
+        let task = serve(listener, move |_request: hyper::Request<Incoming>| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let bytes = bytes.clone();
+            async move { hyper::Response::new(full(bytes)) }
+        });
+        MisbehavingRegistry {
+            port,
+            taken,
+            redirect_target: format!("127.0.0.2:{port}"),
+            tasks: vec![task],
+        }
+    }
+
     /// A proxy to `registry` that answers every blob `GET` with a
     /// redirect to the same path on a plain-HTTP listener at 127.0.0.2,
     /// another host than the registry's, which serves the blob too and

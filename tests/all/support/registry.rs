@@ -118,6 +118,38 @@ impl OciRegistry {
             .await
             .unwrap();
     }
+
+    /// Publishes `bytes` at `repository:tag` as [`Self::push_unchecked`]
+    /// does, with its layer naming `urls` to fetch it from elsewhere.
+    pub async fn push_with_layer_urls(
+        &self,
+        repository: &str,
+        tag: &str,
+        bytes: Vec<u8>,
+        urls: Vec<String>,
+    ) {
+        let reference = self.reference_to(repository, tag);
+        let client = Self::client();
+        let layers = vec![ImageLayer::new(bytes, "application/wasm".to_owned(), None)];
+        let config = Config::new(
+            br#"{"architecture":"wasm","os":"wasip2"}"#.to_vec(),
+            "application/vnd.wasm.config.v0+json".to_owned(),
+            None,
+        );
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
+        manifest.layers[0].urls = Some(urls);
+        client
+            .push(
+                &reference,
+                &layers,
+                config,
+                &RegistryAuth::Anonymous,
+                Some(manifest),
+            )
+            .await
+            .unwrap();
+    }
 }
 
 impl OciRegistry {
