@@ -268,7 +268,7 @@ async fn signatures_in_cosigns_layout_are_read_and_kept() {
         (copied_tag, copied),
         (stranger_tag, stranger),
     ] = digests.try_into().unwrap();
-    let good_payload = cosign_payload(&repository, &good);
+    let good_payload = cosign_payload(&repository, &good, "cosign-signed");
     registry
         .push_cosign_signatures(
             "keybust/endpoint",
@@ -283,7 +283,7 @@ async fn signatures_in_cosigns_layout_are_read_and_kept() {
             &[(good_payload.clone(), cosign_sign(&ours, &good_payload))],
         )
         .await;
-    let stranger_payload = cosign_payload(&repository, &stranger);
+    let stranger_payload = cosign_payload(&repository, &stranger, "cosign-other-key");
     registry
         .push_cosign_signatures(
             "keybust/endpoint",
@@ -395,5 +395,56 @@ async fn a_rotated_verify_key_does_not_restore_what_only_the_old_key_signed() {
     assert!(
         said.contains("no earlier version of it is recorded"),
         "{said}"
+    );
+}
+
+/// A signature binds the tag it was made for: a tag moved to a version
+/// signed only for another tag (a canary promoted by moving `stable`) is
+/// refused through that tag, saying how to sign it for it; pinned by
+/// digest it is taken, and once signed for `stable` it serves through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_for_another_tag_does_not_approve_this_one() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let canary = registry.reference("keybust/endpoint:canary");
+    let digest = manifest_digest(&push_signed(
+        files.path(),
+        &variant("promoted"),
+        &canary,
+        &ours,
+    ));
+    registry.retag("keybust/endpoint", "canary", "stable").await;
+    let stable = registry.reference("keybust/endpoint:stable");
+
+    let stack = serve_with(&["--verify-key", our_public.to_str().unwrap()]).await;
+    let answer = put_reference(&stack, &stable).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body.contains("not for the tag stable"),
+        "{}",
+        answer.body
+    );
+    assert_ne!(
+        serving(&stack).await["digest"],
+        hex_digest(&variant("promoted"))
+    );
+    let pinned = format!("{}@{digest}", registry.reference("keybust/endpoint"));
+    let answer = put_reference(&stack, &pinned).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    let signed = keybust_component(&["sign", &stable, "--sign-key", ours.to_str().unwrap()]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let answer = put_reference(&stack, &stable).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(&variant("promoted"))
     );
 }

@@ -9,9 +9,10 @@
 //! like any other swap. A version that is refused is not tried again until
 //! the tag moves once more; a registry that cannot be reached is tried
 //! again at the next poll, and so is a version refused under
-//! `--verify-key` only for having no signature at all: publishing and then
-//! signing (`keybust component push`, then `keybust component sign` or
-//! `cosign sign`) is two steps, and a poll may fall between them. The serving version keeps serving throughout.
+//! `--verify-key` only for having no signature at all, or none for the
+//! followed tag: publishing (or moving the tag) and then signing
+//! (`keybust component sign`, `cosign sign`) is two steps, and a poll may
+//! fall between them. The serving version keeps serving throughout.
 
 use super::registry::{OciReference, Registry};
 use crate::versions::slot::{ComponentSlot, Provenance};

@@ -36,11 +36,14 @@ pub fn pae(payload: &[u8]) -> Vec<u8> {
 
 /// The bundle cosign 3 makes signing the manifest `digest` with the
 /// PKCS#8 key at `key`, with `predicate_type` (cosign's signature
-/// predicate, or an attestation's).
-pub fn bundle(key: &Path, digest: &str, predicate_type: &str) -> Vec<u8> {
+/// predicate, or an attestation's), for `tag` (`cosign sign -a tag=…`).
+pub fn bundle(key: &Path, digest: &str, predicate_type: &str, tag: &str) -> Vec<u8> {
     let statement = json!({
         "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"digest": {"sha256": digest.strip_prefix("sha256:").unwrap()}}],
+        "subject": [{
+            "digest": {"sha256": digest.strip_prefix("sha256:").unwrap()},
+            "annotations": {"tag": tag},
+        }],
         "predicateType": predicate_type,
         "predicate": {},
     })
@@ -59,9 +62,9 @@ pub fn bundle(key: &Path, digest: &str, predicate_type: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A signature bundle, with cosign's own predicate.
-pub fn signature(key: &Path, digest: &str) -> Vec<u8> {
-    bundle(key, digest, SIGN_PREDICATE)
+/// A signature bundle for `tag`, with cosign's own predicate.
+pub fn signature(key: &Path, digest: &str, tag: &str) -> Vec<u8> {
+    bundle(key, digest, SIGN_PREDICATE, tag)
 }
 
 fn client() -> oci_client::Client {
@@ -168,16 +171,17 @@ pub async fn attach(registry: &OciRegistry, repository: &str, subject: &str, bun
 }
 
 /// What `cosign verify --key public --insecure-ignore-tlog` finds of the
-/// manifest `subject` in `repository`: how many of the bundles attached
-/// through the referrers tag carry a signature by `public` (a PEM
-/// `PUBLIC KEY`) whose statement names `subject`. Each artifact must have
-/// the layout cosign reads (one bundle layer, the subject named).
+/// manifest `subject` in `repository`: the bundles attached through the
+/// referrers tag that carry a signature by `public` (a PEM `PUBLIC KEY`)
+/// whose statement names `subject`, each as the `tag` annotation it
+/// carries ("" for none). Each artifact must have the layout cosign reads
+/// (one bundle layer, the subject named).
 pub async fn verified_bundles(
     registry: &OciRegistry,
     repository: &str,
     subject: &str,
     public: &Path,
-) -> usize {
+) -> Vec<String> {
     let client = client();
     let tag = reference(
         registry,
@@ -188,7 +192,7 @@ pub async fn verified_bundles(
         .pull_manifest_raw(&tag, &RegistryAuth::Anonymous, &[INDEX_MEDIA_TYPE])
         .await
     else {
-        return 0;
+        return Vec::new();
     };
     let index: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(index["mediaType"], INDEX_MEDIA_TYPE);
@@ -197,7 +201,7 @@ pub async fn verified_bundles(
         &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
         der.contents().to_vec(),
     );
-    let mut verified = 0;
+    let mut verified = Vec::new();
     for entry in index["manifests"].as_array().unwrap() {
         assert_eq!(entry["artifactType"], BUNDLE_MEDIA_TYPE, "{entry}");
         let digest = entry["digest"].as_str().unwrap();
@@ -236,13 +240,20 @@ pub async fn verified_bundles(
         let statement: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
         assert_eq!(statement["predicateType"], SIGN_PREDICATE);
-        let names_subject = statement["subject"]
+        let named = statement["subject"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["digest"]["sha256"] == subject.strip_prefix("sha256:").unwrap());
-        if names_subject && key.verify(&pae(&payload), &signature).is_ok() {
-            verified += 1;
+            .find(|s| s["digest"]["sha256"] == subject.strip_prefix("sha256:").unwrap());
+        if let Some(named) = named
+            && key.verify(&pae(&payload), &signature).is_ok()
+        {
+            verified.push(
+                named["annotations"]["tag"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
         }
     }
     verified

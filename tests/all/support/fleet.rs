@@ -138,10 +138,11 @@ pub fn push_signed(dir: &Path, bytes: &[u8], reference: &str, key: &Path) -> Str
 }
 
 /// A cosign simple-signing payload over `digest` in `repository`
-/// (`registry/name`), as cosign's documentation gives it.
-pub fn cosign_payload(repository: &str, digest: &str) -> Vec<u8> {
+/// (`registry/name`), as cosign's documentation gives it, for `tag` (the
+/// annotation `cosign sign -a tag=…` writes).
+pub fn cosign_payload(repository: &str, digest: &str, tag: &str) -> Vec<u8> {
     format!(
-        r#"{{"critical":{{"identity":{{"docker-reference":"{repository}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        r#"{{"critical":{{"identity":{{"docker-reference":"{repository}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":{{"tag":"{tag}"}}}}"#
     )
     .into_bytes()
 }

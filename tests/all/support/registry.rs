@@ -216,6 +216,28 @@ impl OciRegistry {
             .unwrap();
     }
 
+    /// Points `repository:to` at the manifest `repository:from` names, as
+    /// moving a tag does (`crane tag`, `oras tag`): the same bytes.
+    pub async fn retag(&self, repository: &str, from: &str, to: &str) {
+        let client = Self::client();
+        let (raw, _) = client
+            .pull_manifest_raw(
+                &self.reference_to(repository, from),
+                &RegistryAuth::Anonymous,
+                &[OCI_IMAGE_MEDIA_TYPE],
+            )
+            .await
+            .unwrap();
+        client
+            .push_manifest_raw(
+                &self.reference_to(repository, to),
+                raw,
+                http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Whether any signature image over `digest` is in `repository`.
     pub async fn is_signed(&self, repository: &str, digest: &str) -> bool {
         let tag = format!("{}.sig", digest.replace(':', "-"));

@@ -78,13 +78,15 @@ pub enum RegistryError {
 
 impl RegistryError {
     /// Whether the version was refused only for having no signature at
-    /// all, which a signature pushed after the version (`keybust component
-    /// sign`, `cosign sign`) mends.
+    /// all, or none for the tag it was pulled through, which a signature
+    /// pushed after the version (`keybust component sign`, `cosign sign`)
+    /// mends: a tag moved to a version signed for another is signed for
+    /// this one next.
     pub fn awaits_signature(&self) -> bool {
         matches!(
             self,
             RegistryError::Signature {
-                source: SignatureError::NotSigned { .. },
+                source: SignatureError::NotSigned { .. } | SignatureError::OtherTag { .. },
                 ..
             }
         )

@@ -26,7 +26,7 @@ pub use self::credentials::{Credentials, CredentialsError};
 pub use self::error::RegistryError;
 pub use self::reference::{InvalidReference, OCI_SCHEME, OciReference};
 pub use self::settings::RegistryArgs;
-pub use self::signatures::{SignatureError, SigningKey, VerifyKey};
+pub use self::signatures::{Claims, SignatureError, SigningKey, VerifyKey};
 
 use self::read::{ReadError, Reader};
 use crate::digest::hex_digest;
@@ -252,12 +252,18 @@ impl Registry {
                 });
             }
             if let Some(key) = &self.verify_key {
-                signatures::verify(&reader, reference.oci(), &manifest_digest, key)
-                    .await
-                    .map_err(|source| RegistryError::Signature {
-                        reference: reference.to_string(),
-                        source,
-                    })?;
+                signatures::verify(
+                    &reader,
+                    reference.oci(),
+                    &manifest_digest,
+                    key,
+                    reference.tag(),
+                )
+                .await
+                .map_err(|source| RegistryError::Signature {
+                    reference: reference.to_string(),
+                    source,
+                })?;
             }
             let layer = layout::component_layer(&raw).map_err(not_a_component)?;
             let bytes = reader

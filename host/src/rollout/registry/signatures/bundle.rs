@@ -16,7 +16,7 @@
 //! attestation signed with the same key (an SBOM, a provenance) does not
 //! approve a version to serve.
 
-use super::{MAX_SIGNATURES, SignatureError, SigningKey, Subject, VerifyKey};
+use super::{Claims, MAX_SIGNATURES, SignatureError, SigningKey, Subject, VerifyKey};
 use crate::digest::hex_digest;
 use crate::rollout::registry::MAX_MANIFEST_BYTES;
 use crate::rollout::registry::read::{ReadError, Reader};
@@ -93,13 +93,16 @@ struct Statement {
 #[derive(Serialize, Deserialize)]
 struct StatementSubject {
     digest: BTreeMap<String, String>,
+    /// The signer's annotations (`cosign sign -a`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    annotations: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// What one bundle says of a digest.
 #[derive(Debug, PartialEq)]
 enum Reading {
-    /// A signature by the key over the digest.
-    Valid,
+    /// A signature by the key over the digest, with what it claims.
+    Valid(Claims),
     /// A signature statement that is not the key's or not over the digest.
     Invalid,
     /// Not a signature at all (another predicate, or not a bundle cosign
@@ -159,24 +162,38 @@ fn read(bundle: &[u8], digest: &str, key: &VerifyKey) -> Reading {
     let signed = decode(&signature.sig)
         .is_some_and(|signature| key.verifies(&pae(PAYLOAD_TYPE, &payload), &signature));
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    let names_digest = statement
+    let subject = statement
         .subject
-        .iter()
-        .any(|subject| subject.digest.get("sha256").is_some_and(|d| d == hex));
-    if signed && names_digest {
-        Reading::Valid
-    } else {
-        Reading::Invalid
+        .into_iter()
+        .find(|subject| subject.digest.get("sha256").is_some_and(|d| d == hex));
+    match subject {
+        Some(subject) if signed => Reading::Valid(Claims::from_annotations(
+            subject
+                .annotations
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(key, value)| match value {
+                    serde_json::Value::String(value) => Some((key, value)),
+                    _ => None,
+                }),
+        )),
+        _ => Reading::Invalid,
     }
 }
 
-/// A new bundle signing `digest` with `key`.
-fn make(digest: &str, key: &SigningKey) -> Result<Vec<u8>, SignatureError> {
+/// A new bundle signing `digest` with `key`, claiming `claims`.
+fn make(digest: &str, key: &SigningKey, claims: &Claims) -> Result<Vec<u8>, SignatureError> {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     let statement = serde_json::to_vec(&Statement {
         kind: STATEMENT_TYPE.to_owned(),
         subject: vec![StatementSubject {
             digest: BTreeMap::from([("sha256".to_owned(), hex.to_owned())]),
+            annotations: claims.to_annotations().map(|annotations| {
+                annotations
+                    .into_iter()
+                    .map(|(key, value)| (key, serde_json::Value::String(value)))
+                    .collect()
+            }),
         }],
         predicate_type: SIGN_PREDICATE.to_owned(),
         predicate: serde_json::json!({}),
@@ -271,15 +288,16 @@ fn is_bundle_type(media_type: Option<&str>) -> bool {
     })
 }
 
-/// Checks that a bundle attached to `digest` holds a signature by `key`
-/// over it. `NotSigned` when no signature bundle is attached at all,
-/// `Unsigned` when the ones there are not the key's over the digest.
+/// The claims of every bundle attached to `digest` holding a signature
+/// by `key` over it. `NotSigned` when no signature bundle is attached at
+/// all, `Unsigned` when the ones there are not the key's over the digest.
 pub(super) async fn verify(
     reader: &Reader,
     digest: &str,
     key: &VerifyKey,
-) -> Result<(), SignatureError> {
+) -> Result<Vec<Claims>, SignatureError> {
     let mut seen = false;
+    let mut valid = Vec::new();
     for layer in attached(reader, digest).await? {
         let bundle = match reader.blob(&layer, MAX_BUNDLE_BYTES).await {
             Ok(bundle) => bundle,
@@ -295,10 +313,13 @@ pub(super) async fn verify(
             }
         };
         match read(&bundle, digest, key) {
-            Reading::Valid => return Ok(()),
+            Reading::Valid(claims) => valid.push(claims),
             Reading::Invalid => seen = true,
             Reading::Other => {}
         }
+    }
+    if !valid.is_empty() {
+        return Ok(valid);
     }
     let digest = digest.to_owned();
     Err(if seen {
@@ -308,8 +329,9 @@ pub(super) async fn verify(
     })
 }
 
-/// Attaches a bundle signing `subject` with `key`, unless one by this key
-/// over it is attached already (signing again does not add another).
+/// Attaches a bundle signing `subject` with `key` for `claims`, unless one
+/// by this key over it for the same tag is attached already (signing
+/// again does not add another).
 /// Where the registry has no referrers API, the artifact is listed in the
 /// referrers tag as well, as the distribution spec asks of a client.
 pub(super) async fn attach(
@@ -319,15 +341,16 @@ pub(super) async fn attach(
     image: &Reference,
     subject: &Subject<'_>,
     key: &SigningKey,
+    claims: &Claims,
 ) -> Result<(), SignatureError> {
     if verify(reader, subject.digest, &key.verify_key())
         .await
-        .is_ok()
+        .is_ok_and(|signed| signed.iter().any(|old| old.tag == claims.tag))
     {
         return Ok(());
     }
     let push = |what| move |source| SignatureError::Registry { what, source };
-    let bundle = make(subject.digest, key)?;
+    let bundle = make(subject.digest, key, claims)?;
     let bundle_digest = format!("sha256:{}", hex_digest(&bundle));
     let empty_digest = format!("sha256:{}", hex_digest(EMPTY_CONFIG));
     let manifest = OciImageManifest {
@@ -519,8 +542,15 @@ mod tests {
     #[test]
     fn a_bundle_reads_as_valid_for_its_key_and_digest_only() {
         let (ours, theirs) = (key(), key());
-        let bundle = make(DIGEST, &ours).unwrap();
-        assert_eq!(read(&bundle, DIGEST, &ours.verify_key()), Reading::Valid);
+        let claims = Claims {
+            tag: Some("stable".into()),
+            signed_at: Some("2026-12-07T00:00:00Z".into()),
+        };
+        let bundle = make(DIGEST, &ours, &claims).unwrap();
+        assert_eq!(
+            read(&bundle, DIGEST, &ours.verify_key()),
+            Reading::Valid(claims)
+        );
         assert_eq!(
             read(&bundle, DIGEST, &theirs.verify_key()),
             Reading::Invalid

@@ -6,7 +6,7 @@
 //! `dev.cosignproject.cosign/signature` annotation.
 
 use super::payload;
-use super::{MAX_SIGNATURES, SignatureError, SigningKey, VerifyKey};
+use super::{Claims, MAX_SIGNATURES, SignatureError, SigningKey, VerifyKey};
 use crate::rollout::registry::MAX_MANIFEST_BYTES;
 use crate::rollout::registry::read::{ReadError, Reader};
 use base64::Engine as _;
@@ -28,15 +28,15 @@ const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// The largest payload read: cosign's are a few hundred bytes.
 const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
 
-/// Checks that a signature by `key` in `image`'s repository names the
-/// manifest `digest`. Any one such signature is enough; others, by other
-/// keys or over other digests, are passed over.
+/// The claims of every signature by `key` in `image`'s repository naming
+/// the manifest `digest` (at least one, else why there is none); others,
+/// by other keys or over other digests, are passed over.
 pub(super) async fn verify(
     reader: &Reader,
     image: &Reference,
     digest: &str,
     key: &VerifyKey,
-) -> Result<(), SignatureError> {
+) -> Result<Vec<Claims>, SignatureError> {
     let tag = signature_tag(image, digest);
     let unsigned = || SignatureError::Unsigned {
         digest: digest.to_owned(),
@@ -47,6 +47,7 @@ pub(super) async fn verify(
         });
     };
     let manifest = manifest.ok_or_else(unsigned)?;
+    let mut valid = Vec::new();
     for layer in signature_layers(&manifest) {
         let Some(signature) = layer
             .annotations
@@ -66,17 +67,24 @@ pub(super) async fn verify(
             }
             Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
         };
-        if key.verifies(&payload, &signature) && payload::signs(&payload, digest) {
-            return Ok(());
+        if key.verifies(&payload, &signature)
+            && let Some(claims) = payload::signs(&payload, digest)
+        {
+            valid.push(claims);
         }
     }
-    Err(unsigned())
+    if valid.is_empty() {
+        Err(unsigned())
+    } else {
+        Ok(valid)
+    }
 }
 
 /// Signs the manifest `digest` in `image`'s repository with `key`, and
 /// pushes the signature beside it, keeping the signatures already there
 /// (other keys', or over the same digest by others) as cosign does. An
-/// earlier signature by this key over this digest is replaced, so that
+/// earlier signature by this key over this digest for the same tag is
+/// replaced, so that
 /// signing again does not grow the image.
 pub(super) async fn sign(
     client: &oci_client::Client,
@@ -85,10 +93,12 @@ pub(super) async fn sign(
     image: &Reference,
     digest: &str,
     key: &SigningKey,
+    claims: &Claims,
 ) -> Result<(), SignatureError> {
     let payload = payload::for_digest(
         &format!("{}/{}", image.registry(), image.repository()),
         digest,
+        claims,
     );
     let signature = key.sign(&payload).map_err(|reason| SignatureError::Key {
         path: "--sign-key".into(),
@@ -114,7 +124,10 @@ pub(super) async fn sign(
                 .as_ref()
                 .and_then(|annotations| annotations.get(SIGNATURE_ANNOTATION))
                 .and_then(|signature| BASE64.decode(signature).ok())
-                .is_some_and(|signature| data == payload && ours.verifies(&data, &signature));
+                .is_some_and(|signature| {
+                    ours.verifies(&data, &signature)
+                        && payload::signs(&data, digest).is_some_and(|old| old.tag == claims.tag)
+                });
             if !by_us {
                 layers.push(ImageLayer::new(
                     data,

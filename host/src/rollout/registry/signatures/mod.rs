@@ -33,6 +33,69 @@ use std::path::Path;
 /// The most signatures looked at in one layout, for one digest.
 const MAX_SIGNATURES: usize = 32;
 
+/// The annotation naming the tag a signature is for.
+const TAG_ANNOTATION: &str = "tag";
+
+/// The annotation saying when a signature was made (RFC 3339, UTC).
+const SIGNED_AT_ANNOTATION: &str = "signed-at";
+
+/// What a signature says beside the digest, in its annotations (as
+/// `cosign sign -a tag=stable -a signed-at=…` writes them): the tag the
+/// digest is signed for, and when. keybust writes both. A pull through a
+/// tag under `--verify-key` takes a version only through a signature for
+/// that tag, so that moving a tag to a version signed for another one
+/// (a canary, an old branch) is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The tag the digest is signed for.
+    pub tag: Option<String>,
+    /// When it was signed (RFC 3339): later signatures order after
+    /// earlier ones.
+    pub signed_at: Option<String>,
+}
+
+impl Claims {
+    /// The claims of a signature made now, for `tag`.
+    fn now(tag: Option<&str>) -> Self {
+        Claims {
+            tag: tag.map(str::to_owned),
+            signed_at: Some(
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            ),
+        }
+    }
+
+    /// As annotations; `None` when there are none.
+    fn to_annotations(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let annotations: std::collections::BTreeMap<String, String> = [
+            (TAG_ANNOTATION, &self.tag),
+            (SIGNED_AT_ANNOTATION, &self.signed_at),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
+        .collect();
+        (!annotations.is_empty()).then_some(annotations)
+    }
+
+    /// Read from annotations; others are passed over.
+    fn from_annotations(annotations: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut claims = Claims::default();
+        for (key, value) in annotations {
+            match key.as_str() {
+                TAG_ANNOTATION => claims.tag = Some(value),
+                SIGNED_AT_ANNOTATION => claims.signed_at = Some(value),
+                _ => {}
+            }
+        }
+        claims
+    }
+
+    /// When it was signed, as a time, when it says so readably.
+    fn signed_at_time(&self) -> Option<std::time::SystemTime> {
+        humantime::parse_rfc3339_weak(self.signed_at.as_deref()?).ok()
+    }
+}
+
 /// The component manifest a signature is over.
 pub(super) struct Subject<'a> {
     /// Its digest (`sha256:…`), computed over `bytes`.
@@ -76,6 +139,18 @@ pub enum SignatureError {
         /// The manifest digest.
         digest: String,
     },
+    /// Signatures by the key over the digest are there, and none is for
+    /// the tag it was pulled through.
+    #[error(
+        "signed by --verify-key over {digest}, but not for the tag {tag}: sign it for {tag} \
+         (keybust component sign oci://…:{tag}, or cosign sign -a tag={tag})"
+    )]
+    OtherTag {
+        /// The manifest digest.
+        digest: String,
+        /// The tag pulled through.
+        tag: String,
+    },
     /// What the registry holds where a signature goes is not what cosign
     /// writes there: a signature cannot be added beside it.
     #[error("signatures: {what}")]
@@ -116,24 +191,55 @@ fn key_error(path: &Path, reason: String) -> SignatureError {
 }
 
 /// Checks that a signature by `key` over the manifest `digest` is in
-/// `image`'s repository, in either layout. Signatures by other keys, over
-/// other digests, or of other kinds are passed over; a version whose only
-/// signatures are such is refused, and one with none at all is "not
-/// signed (yet)". A registry that cannot be asked is worth another try.
+/// `image`'s repository, in either layout, and, for a pull through `tag`,
+/// that one is for that tag; returns the claims of the latest such.
+/// Signatures by other keys, over other digests, or of other kinds are
+/// passed over; a version whose only signatures are such is refused, and
+/// one with none at all is "not signed (yet)". A registry that cannot be
+/// asked is worth another try.
 pub(super) async fn verify(
     reader: &Reader,
     image: &Reference,
     digest: &str,
     key: &VerifyKey,
-) -> Result<(), SignatureError> {
-    let bundles = match bundle::verify(reader, digest, key).await {
-        Ok(()) => return Ok(()),
-        Err(err) => err,
+    tag: Option<&str>,
+) -> Result<Claims, SignatureError> {
+    let bundles = bundle::verify(reader, digest, key).await;
+    let legacy = legacy::verify(reader, image, digest, key).await;
+    let mut valid = Vec::new();
+    let (bundles, legacy) = match (bundles, legacy) {
+        (Ok(found), Ok(more)) => {
+            valid.extend(found);
+            valid.extend(more);
+            (None, None)
+        }
+        (Ok(found), Err(err)) => {
+            valid.extend(found);
+            (None, Some(err))
+        }
+        (Err(err), Ok(found)) => {
+            valid.extend(found);
+            (Some(err), None)
+        }
+        (Err(bundles), Err(legacy)) => (Some(bundles), Some(legacy)),
     };
-    let legacy = match legacy::verify(reader, image, digest, key).await {
-        Ok(()) => return Ok(()),
-        Err(err) => err,
+    if !valid.is_empty() {
+        return valid
+            .into_iter()
+            .filter(|claims| tag.is_none_or(|tag| claims.tag.as_deref() == Some(tag)))
+            .max_by_key(Claims::signed_at_time)
+            .ok_or_else(|| SignatureError::OtherTag {
+                digest: digest.to_owned(),
+                tag: tag.unwrap_or_default().to_owned(),
+            });
+    }
+    let not_signed = || SignatureError::NotSigned {
+        digest: digest.to_owned(),
     };
+    let (bundles, legacy) = (
+        bundles.unwrap_or_else(not_signed),
+        legacy.unwrap_or_else(not_signed),
+    );
     Err(match (bundles, legacy) {
         (_, err @ SignatureError::Registry { .. }) => err,
         (err @ SignatureError::Registry { .. }, SignatureError::NotSigned { .. }) => err,
@@ -143,7 +249,7 @@ pub(super) async fn verify(
 }
 
 /// Signs the manifest `subject` in `image`'s repository with `key`, in
-/// both layouts (see the module docs).
+/// both layouts (see the module docs), for the tag `image` names.
 pub(super) async fn sign(
     client: &oci_client::Client,
     auth: &RegistryAuth,
@@ -152,6 +258,7 @@ pub(super) async fn sign(
     subject: &Subject<'_>,
     key: &SigningKey,
 ) -> Result<(), SignatureError> {
-    bundle::attach(client, auth, reader, image, subject, key).await?;
-    legacy::sign(client, auth, reader, image, subject.digest, key).await
+    let claims = Claims::now(image.tag());
+    bundle::attach(client, auth, reader, image, subject, key, &claims).await?;
+    legacy::sign(client, auth, reader, image, subject.digest, key, &claims).await
 }

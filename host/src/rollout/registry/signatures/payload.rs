@@ -3,6 +3,7 @@
 //! in the field order cosign writes (`cosign sign --key`), so that
 //! keybust's signatures and cosign's read alike.
 
+use super::Claims;
 use serde::{Deserialize, Serialize};
 
 /// What the payload's `critical.type` says of a cosign signature.
@@ -36,8 +37,9 @@ struct Image {
 }
 
 /// The payload signing `digest` in `repository` (`registry/name`, as cosign
-/// writes the identity).
-pub(super) fn for_digest(repository: &str, digest: &str) -> Vec<u8> {
+/// writes the identity), with `claims` as its annotations (`cosign sign
+/// -a`).
+pub(super) fn for_digest(repository: &str, digest: &str, claims: &Claims) -> Vec<u8> {
     serde_json::to_vec(&Payload {
         critical: Critical {
             identity: Identity {
@@ -48,19 +50,36 @@ pub(super) fn for_digest(repository: &str, digest: &str) -> Vec<u8> {
             },
             kind: SIGNATURE_TYPE.to_owned(),
         },
-        optional: None,
+        optional: claims.to_annotations().map(|annotations| {
+            annotations
+                .into_iter()
+                .map(|(key, value)| (key, serde_json::Value::String(value)))
+                .collect()
+        }),
     })
     .expect("a payload of strings serializes")
 }
 
-/// Whether a payload (its signature already checked) signs `digest`. The
-/// repository it names is not compared: a signed image copied to another
-/// registry keeps its signature, as with cosign.
-pub(super) fn signs(payload: &[u8], digest: &str) -> bool {
-    serde_json::from_slice::<Payload>(payload).is_ok_and(|payload| {
-        payload.critical.kind == SIGNATURE_TYPE
-            && payload.critical.image.docker_manifest_digest == digest
-    })
+/// What a payload (its signature already checked) claims of `digest`:
+/// `None` when it does not sign it. The repository it names is not
+/// compared: a signed image copied to another registry keeps its
+/// signature, as with cosign.
+pub(super) fn signs(payload: &[u8], digest: &str) -> Option<Claims> {
+    let payload = serde_json::from_slice::<Payload>(payload).ok()?;
+    (payload.critical.kind == SIGNATURE_TYPE
+        && payload.critical.image.docker_manifest_digest == digest)
+        .then(|| {
+            let strings =
+                payload
+                    .optional
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(key, value)| match value {
+                        serde_json::Value::String(value) => Some((key, value)),
+                        _ => None,
+                    });
+            Claims::from_annotations(strings)
+        })
 }
 
 #[cfg(test)]
@@ -71,24 +90,34 @@ mod tests {
 
     #[test]
     fn the_payload_reads_as_cosign_writes_it() {
-        let payload = for_digest("registry.example/acme/keybust", DIGEST);
+        let payload = for_digest("registry.example/acme/keybust", DIGEST, &Claims::default());
         assert_eq!(
             String::from_utf8(payload.clone()).unwrap(),
             format!(
                 r#"{{"critical":{{"identity":{{"docker-reference":"registry.example/acme/keybust"}},"image":{{"docker-manifest-digest":"{DIGEST}"}},"type":"cosign container image signature"}},"optional":null}}"#
             )
         );
-        assert!(signs(&payload, DIGEST));
+        assert_eq!(signs(&payload, DIGEST), Some(Claims::default()));
+        let claims = Claims {
+            tag: Some("stable".into()),
+            signed_at: Some("2026-12-07T00:00:00Z".into()),
+        };
+        let payload = for_digest("registry.example/acme/keybust", DIGEST, &claims);
+        assert_eq!(signs(&payload, DIGEST), Some(claims));
     }
 
     #[test]
     fn a_payload_for_another_digest_or_of_another_kind_signs_nothing() {
-        let other = for_digest("registry.example/acme/keybust", &DIGEST.replace("4f", "00"));
-        assert!(!signs(&other, DIGEST));
+        let other = for_digest(
+            "registry.example/acme/keybust",
+            &DIGEST.replace("4f", "00"),
+            &Claims::default(),
+        );
+        assert_eq!(signs(&other, DIGEST), None);
         let attestation = format!(
             r#"{{"critical":{{"identity":{{"docker-reference":"r/k"}},"image":{{"docker-manifest-digest":"{DIGEST}"}},"type":"something else"}},"optional":{{"a":"b"}}}}"#
         );
-        assert!(!signs(attestation.as_bytes(), DIGEST));
-        assert!(!signs(b"not json", DIGEST));
+        assert_eq!(signs(attestation.as_bytes(), DIGEST), None);
+        assert_eq!(signs(b"not json", DIGEST), None);
     }
 }
