@@ -20,7 +20,6 @@
 //! tell h2c with prior knowledge from HTTP/1.1.
 
 use crate::body::ResponseBody;
-use crate::serve::server::{Peer, Scheme};
 use crate::serve::tls::Acceptor;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -35,6 +34,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// The client's address, on every request a connection hands its handler.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// The scheme the request arrived over (`http` or `https`), set as a
+/// request extension for the request's span.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheme(pub &'static str);
 
 /// A connection's bytes, plaintext or TLS, behind one type so that both are
 /// served by the same code.

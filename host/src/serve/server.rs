@@ -22,14 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The client's address, on every request [`serve`] hands its handler.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
-
-/// The scheme the request arrived over (`http` or `https`), set as a
-/// request extension by [`serve`] for the request's span.
-#[derive(Debug, Clone, Copy)]
-pub struct Scheme(pub &'static str);
+pub use crate::serve::connection::{Peer, Scheme};
 
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests; with `tls`, every

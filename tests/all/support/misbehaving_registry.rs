@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 
-type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, Infallible>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
 /// Serves `handle` on `listener` until the returned task is aborted.
-fn serve<F, R>(listener: TcpListener, handle: F) -> tokio::task::JoinHandle<()>
+pub fn serve<F, R>(listener: TcpListener, handle: F) -> tokio::task::JoinHandle<()>
 where
     F: Fn(hyper::Request<Incoming>) -> R + Clone + Send + Sync + 'static,
     R: Future<Output = hyper::Response<Body>> + Send + 'static,
@@ -186,8 +186,9 @@ impl MisbehavingRegistry {
     }
 }
 
-/// `request`, passed to `upstream` and its answer passed back.
-async fn forward(upstream: String, request: hyper::Request<Incoming>) -> hyper::Response<Body> {
+/// `request`, passed to `upstream` and its answer passed back, the
+/// upload locations it names made relative (pointing at the proxy).
+pub async fn forward(upstream: String, request: hyper::Request<Incoming>) -> hyper::Response<Body> {
     let (parts, body) = request.into_parts();
     let path = parts
         .uri

@@ -89,8 +89,29 @@ impl OciRegistry {
     /// Publishes `bytes` at `repository:tag` as a wasm artifact (one
     /// `application/wasm` layer, a wasm config) without checking them.
     pub async fn push_unchecked(&self, repository: &str, tag: &str, bytes: Vec<u8>) {
+        self.push_artifact(repository, tag, bytes, None).await;
+    }
+
+    /// Publishes `bytes` at `repository:tag` as [`Self::push_unchecked`]
+    /// does, with its layer naming `urls` to fetch it from elsewhere.
+    pub async fn push_with_layer_urls(
+        &self,
+        repository: &str,
+        tag: &str,
+        bytes: Vec<u8>,
+        urls: Vec<String>,
+    ) {
+        self.push_artifact(repository, tag, bytes, Some(urls)).await;
+    }
+
+    async fn push_artifact(
+        &self,
+        repository: &str,
+        tag: &str,
+        bytes: Vec<u8>,
+        urls: Option<Vec<String>>,
+    ) {
         let reference = self.reference_to(repository, tag);
-        let client = Self::client();
         let digest = format!("sha256:{}", keybust::digest::hex_digest(&bytes));
         let layers = vec![ImageLayer::new(bytes, "application/wasm".to_owned(), None)];
         let config = Config::new(
@@ -107,39 +128,8 @@ impl OciRegistry {
         );
         let mut manifest = OciImageManifest::build(&layers, &config, None);
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
-        client
-            .push(
-                &reference,
-                &layers,
-                config,
-                &RegistryAuth::Anonymous,
-                Some(manifest),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Publishes `bytes` at `repository:tag` as [`Self::push_unchecked`]
-    /// does, with its layer naming `urls` to fetch it from elsewhere.
-    pub async fn push_with_layer_urls(
-        &self,
-        repository: &str,
-        tag: &str,
-        bytes: Vec<u8>,
-        urls: Vec<String>,
-    ) {
-        let reference = self.reference_to(repository, tag);
-        let client = Self::client();
-        let layers = vec![ImageLayer::new(bytes, "application/wasm".to_owned(), None)];
-        let config = Config::new(
-            br#"{"architecture":"wasm","os":"wasip2"}"#.to_vec(),
-            "application/vnd.wasm.config.v0+json".to_owned(),
-            None,
-        );
-        let mut manifest = OciImageManifest::build(&layers, &config, None);
-        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_owned());
-        manifest.layers[0].urls = Some(urls);
-        client
+        manifest.layers[0].urls = urls;
+        Self::client()
             .push(
                 &reference,
                 &layers,

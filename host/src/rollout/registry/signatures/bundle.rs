@@ -95,7 +95,7 @@ struct StatementSubject {
     digest: BTreeMap<String, String>,
     /// The signer's annotations (`cosign sign -a`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    annotations: Option<BTreeMap<String, serde_json::Value>>,
+    annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What one bundle says of a digest.
@@ -167,16 +167,7 @@ fn read(bundle: &[u8], digest: &str, key: &VerifyKey) -> Reading {
         .into_iter()
         .find(|subject| subject.digest.get("sha256").is_some_and(|d| d == hex));
     match subject {
-        Some(subject) if signed => Reading::Valid(Claims::from_annotations(
-            subject
-                .annotations
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(key, value)| match value {
-                    serde_json::Value::String(value) => Some((key, value)),
-                    _ => None,
-                }),
-        )),
+        Some(subject) if signed => Reading::Valid(Claims::from_json(subject.annotations)),
         _ => Reading::Invalid,
     }
 }
@@ -188,12 +179,7 @@ fn make(digest: &str, key: &SigningKey, claims: &Claims) -> Result<Vec<u8>, Sign
         kind: STATEMENT_TYPE.to_owned(),
         subject: vec![StatementSubject {
             digest: BTreeMap::from([("sha256".to_owned(), hex.to_owned())]),
-            annotations: claims.to_annotations().map(|annotations| {
-                annotations
-                    .into_iter()
-                    .map(|(key, value)| (key, serde_json::Value::String(value)))
-                    .collect()
-            }),
+            annotations: claims.to_json(),
         }],
         predicate_type: SIGN_PREDICATE.to_owned(),
         predicate: serde_json::json!({}),

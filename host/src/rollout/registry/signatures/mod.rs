@@ -65,22 +65,27 @@ impl Claims {
         }
     }
 
-    /// As annotations; `None` when there are none.
-    fn to_annotations(&self) -> Option<std::collections::BTreeMap<String, String>> {
-        let annotations: std::collections::BTreeMap<String, String> = [
+    /// As JSON annotations (the payload's `optional`, the statement
+    /// subject's `annotations`); `None` when there are none.
+    fn to_json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let annotations: serde_json::Map<String, serde_json::Value> = [
             (TAG_ANNOTATION, &self.tag),
             (SIGNED_AT_ANNOTATION, &self.signed_at),
         ]
         .into_iter()
-        .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
+        .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?.into())))
         .collect();
         (!annotations.is_empty()).then_some(annotations)
     }
 
-    /// Read from annotations; others are passed over.
-    fn from_annotations(annotations: impl IntoIterator<Item = (String, String)>) -> Self {
+    /// Read from JSON annotations; others, and values that are not
+    /// strings, are passed over.
+    fn from_json(annotations: Option<serde_json::Map<String, serde_json::Value>>) -> Self {
         let mut claims = Claims::default();
-        for (key, value) in annotations {
+        for (key, value) in annotations.unwrap_or_default() {
+            let serde_json::Value::String(value) = value else {
+                continue;
+            };
             match key.as_str() {
                 TAG_ANNOTATION => claims.tag = Some(value),
                 SIGNED_AT_ANNOTATION => claims.signed_at = Some(value),

@@ -50,12 +50,7 @@ pub(super) fn for_digest(repository: &str, digest: &str, claims: &Claims) -> Vec
             },
             kind: SIGNATURE_TYPE.to_owned(),
         },
-        optional: claims.to_annotations().map(|annotations| {
-            annotations
-                .into_iter()
-                .map(|(key, value)| (key, serde_json::Value::String(value)))
-                .collect()
-        }),
+        optional: claims.to_json(),
     })
     .expect("a payload of strings serializes")
 }
@@ -68,18 +63,7 @@ pub(super) fn signs(payload: &[u8], digest: &str) -> Option<Claims> {
     let payload = serde_json::from_slice::<Payload>(payload).ok()?;
     (payload.critical.kind == SIGNATURE_TYPE
         && payload.critical.image.docker_manifest_digest == digest)
-        .then(|| {
-            let strings =
-                payload
-                    .optional
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(key, value)| match value {
-                        serde_json::Value::String(value) => Some((key, value)),
-                        _ => None,
-                    });
-            Claims::from_annotations(strings)
-        })
+        .then(|| Claims::from_json(payload.optional))
 }
 
 #[cfg(test)]
