@@ -448,3 +448,49 @@ async fn a_signature_for_another_tag_does_not_approve_this_one() {
         hex_digest(&variant("promoted"))
     );
 }
+
+/// A tag moved back to a version signed before the newest one taken
+/// through it is refused (the rollback the tag's movers could otherwise
+/// make), saying how an operator forces it; forced through the admin API
+/// with `allow_older`, it serves and the audit log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_moved_back_to_an_older_signed_version_is_refused_unless_forced() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (ours, our_public) = key_pair(files.path(), "ours");
+    let stable = registry.reference("keybust/endpoint:stable");
+    push_signed(files.path(), &variant("first"), &stable, &ours);
+    registry.retag("keybust/endpoint", "stable", "first").await;
+    // Signing times are to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    push_signed(files.path(), &variant("second"), &stable, &ours);
+
+    let stack = serve_with(&["--verify-key", our_public.to_str().unwrap()]).await;
+    let answer = put_reference(&stack, &stable).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    registry.retag("keybust/endpoint", "first", "stable").await;
+    let answer = put_reference(&stack, &stable).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(answer.body.contains("allow_older"), "{}", answer.body);
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(&variant("second"))
+    );
+
+    let forced = stack
+        .admin(reqwest::Method::PUT, "/admin/component")
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "reference": stable, "allow_older": true }).to_string())
+        .answer()
+        .await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(&variant("first"))
+    );
+    assert!(stack.keybust.logs().contains("allow_older"));
+}

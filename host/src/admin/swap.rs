@@ -112,6 +112,10 @@ async fn pull_reference(
     #[derive(serde::Deserialize)]
     struct Upload {
         reference: String,
+        /// Take a version signed before the newest one taken through its
+        /// tag: an operator's rollback (logged to the audit target).
+        #[serde(default)]
+        allow_older: bool,
     }
     let upload: Upload = serde_json::from_slice(body).map_err(|_| {
         error(
@@ -121,14 +125,14 @@ async fn pull_reference(
     })?;
     #[cfg(not(feature = "registry"))]
     {
-        let _ = (policy, upload.reference);
+        let _ = (policy, upload.reference, upload.allow_older);
         Err(error(
             501,
             "this build pulls from no registry (feature `registry`); upload the component's bytes",
         ))
     }
     #[cfg(feature = "registry")]
-    pull_by_reference(policy, &upload.reference).await
+    pull_by_reference(policy, &upload.reference, upload.allow_older).await
 }
 
 /// The component at `reference`, from the listener's registry.
@@ -136,6 +140,7 @@ async fn pull_reference(
 async fn pull_by_reference(
     policy: &AdminPolicy,
     reference: &str,
+    allow_older: bool,
 ) -> Result<(Vec<u8>, String), hyper::Response<ResponseBody>> {
     let reference = OciReference::parse(reference).map_err(|err| error(400, &err.to_string()))?;
     let Some(registry) = &policy.registry else {
@@ -144,7 +149,17 @@ async fn pull_by_reference(
             "this listener pulls from no registry; upload the component's bytes",
         ));
     };
-    match registry.pull(&reference, None).await {
+    let pulled = if allow_older {
+        tracing::warn!(
+            target: "keybust::audit",
+            reference = %reference,
+            "allow_older: a version signed before the newest one taken through its tag may be pulled"
+        );
+        registry.pull_allowing_older(&reference).await
+    } else {
+        registry.pull(&reference, None).await
+    };
+    match pulled {
         Ok(pulled) => Ok((pulled.bytes, reference.to_string())),
         Err(err) if err.is_not_found() => {
             tracing::warn!(error = %err, "admin pull found nothing at the reference; the current component keeps serving");

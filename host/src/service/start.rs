@@ -38,6 +38,23 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
         mut listeners,
     } = config;
 
+    // The signed high-water marks live in the state directory, beside
+    // the history (and under its lock).
+    #[cfg(feature = "registry")]
+    let registry = match (
+        registry,
+        endpoint_config
+            .history_dir
+            .as_deref()
+            .and_then(std::path::Path::parent),
+    ) {
+        (Some(registry), Some(state_dir)) => {
+            Some(registry.keep_high_water_in(state_dir).map_err(|err| {
+                ServiceError::Invalid(format!("the signed high-water marks: {err}"))
+            })?)
+        }
+        (registry, _) => registry,
+    };
     #[cfg(feature = "registry")]
     let signed_by = registry.as_ref().and_then(|r| r.verify_key_id());
     #[cfg(not(feature = "registry"))]

@@ -15,6 +15,7 @@
 
 mod credentials;
 mod error;
+mod high_water;
 pub mod layout;
 mod push;
 mod read;
@@ -74,6 +75,8 @@ pub struct Registry {
     credentials: Credentials,
     /// The key components must be signed with, when one is set.
     verify_key: Option<VerifyKey>,
+    /// The newest signing time taken per tag, with `verify_key`.
+    high_water: Option<std::sync::Arc<high_water::HighWater>>,
     insecure: Vec<String>,
     timeout: Duration,
 }
@@ -85,6 +88,18 @@ impl Registry {
     pub fn with_login_for(mut self, reference: &OciReference) -> Self {
         self.credentials.login_registry = Some(reference.registry().to_owned());
         self
+    }
+
+    /// Keeps the signed high-water marks (see `high_water`) in
+    /// `state_dir`, so that a restart does not forget them; without
+    /// `--verify-key` there are none.
+    pub fn keep_high_water_in(mut self, state_dir: &std::path::Path) -> std::io::Result<Self> {
+        if self.high_water.is_some() {
+            self.high_water = Some(std::sync::Arc::new(high_water::HighWater::open(
+                state_dir.join(high_water::FILE_NAME),
+            )?));
+        }
+        Ok(self)
     }
 
     /// Whether every component must be signed (`--verify-key`): then only
@@ -202,6 +217,25 @@ impl Registry {
         reference: &OciReference,
         digest: Option<&str>,
     ) -> Result<Pulled, RegistryError> {
+        self.pull_ordered(reference, digest, false).await
+    }
+
+    /// [`Registry::pull`], taking a version signed before the newest one
+    /// seen for its tag: an operator's rollback through the tag (the
+    /// admin API's `allow_older`, audited there).
+    pub async fn pull_allowing_older(
+        &self,
+        reference: &OciReference,
+    ) -> Result<Pulled, RegistryError> {
+        self.pull_ordered(reference, None, true).await
+    }
+
+    async fn pull_ordered(
+        &self,
+        reference: &OciReference,
+        digest: Option<&str>,
+        allow_older: bool,
+    ) -> Result<Pulled, RegistryError> {
         let client = self.client(reference);
         let expected = digest.or(reference.pinned_digest());
         let by = match expected {
@@ -252,7 +286,11 @@ impl Registry {
                 });
             }
             if let Some(key) = &self.verify_key {
-                signatures::verify(
+                let signature_error = |source| RegistryError::Signature {
+                    reference: reference.to_string(),
+                    source,
+                };
+                let claims = signatures::verify(
                     &reader,
                     reference.oci(),
                     &manifest_digest,
@@ -260,10 +298,23 @@ impl Registry {
                     reference.tag(),
                 )
                 .await
-                .map_err(|source| RegistryError::Signature {
-                    reference: reference.to_string(),
-                    source,
-                })?;
+                .map_err(signature_error)?;
+                if let (Some(tag), Some(marks), Some(signed_at)) =
+                    (reference.tag(), &self.high_water, &claims.signed_at)
+                {
+                    let tag = format!(
+                        "{}/{}:{tag}",
+                        reference.registry(),
+                        reference.oci().repository()
+                    );
+                    marks.take(&tag, signed_at, allow_older).map_err(|older| {
+                        signature_error(SignatureError::Older {
+                            digest: manifest_digest.clone(),
+                            signed_at: signed_at.clone(),
+                            newest: older.newest,
+                        })
+                    })?;
+                }
             }
             let layer = layout::component_layer(&raw).map_err(not_a_component)?;
             let bytes = reader

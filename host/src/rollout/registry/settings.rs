@@ -1,6 +1,7 @@
 //! The registry's settings, as flags with environment twins, and the
 //! client they make.
 
+use super::high_water::HighWater;
 use super::{Credentials, Registry, VerifyKey};
 use crate::config::{ConfigError, Secret, parse_duration};
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ impl RegistryArgs {
             None => None,
         };
         Ok(Registry {
+            high_water: verify_key
+                .is_some()
+                .then(|| std::sync::Arc::new(HighWater::in_memory())),
             verify_key,
             credentials: Credentials {
                 login,

@@ -156,6 +156,21 @@ pub enum SignatureError {
         /// The tag pulled through.
         tag: String,
     },
+    /// Signed for the tag, but before the newest version already taken
+    /// through it: a rollback by moving the tag back.
+    #[error(
+        "{digest} was signed at {signed_at}, before {newest}, when the newest version taken \
+         through this tag was signed: moving the tag back is refused; an operator can force \
+         it with PUT /admin/component {{\"reference\": …, \"allow_older\": true}}"
+    )]
+    Older {
+        /// The manifest digest.
+        digest: String,
+        /// When it was signed.
+        signed_at: String,
+        /// When the newest version taken through the tag was signed.
+        newest: String,
+    },
     /// What the registry holds where a signature goes is not what cosign
     /// writes there: a signature cannot be added beside it.
     #[error("signatures: {what}")]
