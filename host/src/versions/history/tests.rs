@@ -1,0 +1,266 @@
+use super::*;
+
+fn accepted(bytes: &[u8], source: &str) -> Accepted {
+    Accepted::now(&hex_digest(bytes), source)
+}
+
+#[test]
+fn a_swap_survives_a_restart_with_its_rollback_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    assert!(
+        history
+            .restore("embedded", Some(&hex_digest(b"v1")), false)
+            .is_none()
+    );
+    history
+        .record(
+            "embedded",
+            accepted(b"v1", "embedded"),
+            Some(b"v1"),
+            None,
+            true,
+        )
+        .unwrap();
+    history
+        .record(
+            "embedded",
+            accepted(b"v2", "admin"),
+            Some(b"v2"),
+            Some(accepted(b"v1", "embedded")),
+            true,
+        )
+        .unwrap();
+
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap();
+    let start = reopened
+        .restore("embedded", Some(&hex_digest(b"v1")), false)
+        .expect("the swap stands");
+    assert_eq!(start.current.bytes, b"v2");
+    assert_eq!(start.current.source, "admin");
+    assert_eq!(start.previous.expect("kept").bytes, b"v1");
+}
+
+#[test]
+fn the_configured_source_wins_when_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    history
+        .record("/a.wasm", accepted(b"a", "/a.wasm"), Some(b"a"), None, true)
+        .unwrap();
+    history
+        .record(
+            "/a.wasm",
+            accepted(b"x", "admin"),
+            Some(b"x"),
+            Some(accepted(b"a", "/a.wasm")),
+            true,
+        )
+        .unwrap();
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap();
+    // Another --component value.
+    assert!(
+        reopened
+            .restore("/b.wasm", Some(&hex_digest(b"b")), false)
+            .is_none()
+    );
+    // The same value, holding something new.
+    assert!(
+        reopened
+            .restore("/a.wasm", Some(&hex_digest(b"a2")), false)
+            .is_none()
+    );
+    // The same value, unchanged: the admin swap stands.
+    let start = reopened
+        .restore("/a.wasm", Some(&hex_digest(b"a")), false)
+        .expect("kept");
+    assert_eq!(start.current.bytes, b"x");
+}
+
+#[test]
+fn a_source_that_cannot_be_read_serves_the_record_made_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    let tag = "oci://127.0.0.1:5000/k:stable";
+    history
+        .record(tag, accepted(b"v1", tag), Some(b"v1"), None, true)
+        .unwrap();
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap();
+    let start = reopened
+        .restore(tag, None, false)
+        .expect("the record serves");
+    assert_eq!(start.current.bytes, b"v1");
+    assert!(
+        reopened
+            .restore("oci://127.0.0.1:5000/k:other", None, false)
+            .is_none()
+    );
+}
+
+#[test]
+fn with_signatures_required_unchecked_versions_are_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    let tag = "oci://127.0.0.1:5000/k:stable";
+    history
+        .record(
+            tag,
+            accepted(b"v1", tag).signed(true),
+            Some(b"v1"),
+            None,
+            true,
+        )
+        .unwrap();
+    history
+        .record(
+            tag,
+            accepted(b"v2", "admin"),
+            Some(b"v2"),
+            Some(accepted(b"v1", tag).signed(true)),
+            true,
+        )
+        .unwrap();
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap();
+    let digest = hex_digest(b"v1");
+    assert_eq!(
+        reopened
+            .restore(tag, Some(&digest), false)
+            .expect("kept")
+            .current
+            .bytes,
+        b"v2"
+    );
+    // The admin upload was never signature-checked.
+    assert!(reopened.restore(tag, Some(&digest), true).is_none());
+
+    // A checked version serves, with an unchecked rollback target left out.
+    reopened
+        .record(
+            tag,
+            accepted(b"v3", tag).signed(true),
+            Some(b"v3"),
+            Some(accepted(b"v2", "admin")),
+            false,
+        )
+        .unwrap();
+    drop(reopened);
+    let reopened = History::open(dir.path()).unwrap();
+    let start = reopened.restore(tag, Some(&digest), true).expect("signed");
+    assert_eq!(start.current.bytes, b"v3");
+    assert!(start.previous.is_none());
+}
+
+#[test]
+fn a_rollback_does_not_change_what_the_source_is_known_to_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    let file = "/srv/endpoint.wasm";
+    history
+        .record(file, accepted(b"old", file), Some(b"old"), None, true)
+        .unwrap();
+    history
+        .record(
+            file,
+            accepted(b"new", file),
+            Some(b"new"),
+            Some(accepted(b"old", file)),
+            true,
+        )
+        .unwrap();
+    // Rolled back to the old bytes: the file still holds the new ones.
+    history
+        .record(
+            file,
+            accepted(b"old", file),
+            None,
+            Some(accepted(b"new", file)),
+            false,
+        )
+        .unwrap();
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap();
+    let start = reopened
+        .restore(file, Some(&hex_digest(b"new")), false)
+        .expect("the rollback stands");
+    assert_eq!(start.current.bytes, b"old");
+}
+
+#[test]
+fn damaged_records_are_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    history
+        .record(
+            "embedded",
+            accepted(b"v1", "embedded"),
+            Some(b"v1"),
+            None,
+            true,
+        )
+        .unwrap();
+    history
+        .record(
+            "embedded",
+            accepted(b"v2", "admin"),
+            Some(b"v2"),
+            None,
+            true,
+        )
+        .unwrap();
+    std::fs::write(
+        dir.path()
+            .join(format!("sha256-{}.wasm", hex_digest(b"v2"))),
+        b"tampered",
+    )
+    .unwrap();
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap();
+    assert!(
+        reopened
+            .restore("embedded", Some(&hex_digest(b"v1")), false)
+            .is_none()
+    );
+
+    std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+    drop(reopened);
+    let reopened = History::open(dir.path()).unwrap();
+    assert!(
+        reopened
+            .restore("embedded", Some(&hex_digest(b"v1")), false)
+            .is_none()
+    );
+}
+
+#[test]
+fn only_the_named_blobs_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    for (i, bytes) in [b"v1", b"v2", b"v3"].iter().enumerate() {
+        let previous = (i > 0).then(|| accepted([b"v1", b"v2"][i - 1], "admin"));
+        history
+            .record(
+                "embedded",
+                accepted(*bytes, "admin"),
+                Some(*bytes),
+                previous,
+                true,
+            )
+            .unwrap();
+    }
+    let mut blobs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("sha256-"))
+        .collect();
+    blobs.sort();
+    let mut expected = vec![
+        format!("sha256-{}.wasm", hex_digest(b"v2")),
+        format!("sha256-{}.wasm", hex_digest(b"v3")),
+    ];
+    expected.sort();
+    assert_eq!(blobs, expected);
+}
