@@ -108,12 +108,10 @@ impl Reader {
                     "the registry credentials are not a valid header".into(),
                 ))
             })?;
-        let mut allowed_plain: Vec<String> = plain_http.to_vec();
-        allowed_plain.push(registry.to_owned());
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .read_timeout(timeout)
-            .redirect(redirects(allowed_plain))
+            .redirect(redirects(plain_http.to_vec()))
             .build()?;
         Ok(Reader {
             http,
@@ -205,29 +203,13 @@ impl Reader {
     }
 }
 
-/// Follows a redirect over HTTPS, or over plain HTTP to a host in
-/// `plain` (the registry's own, when it is reached over plain HTTP, and
-/// `--insecure-registry`'s); refuses any other. reqwest drops the
+/// Follows a redirect when [`may_follow`] allows it. reqwest drops the
 /// `Authorization` header on a redirect to another host.
-fn redirects(plain: Vec<String>) -> reqwest::redirect::Policy {
+fn redirects(plain_http: Vec<String>) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= MAX_REDIRECTS {
-            return attempt.error("too many redirects");
-        }
-        let url = attempt.url();
-        let allowed = match url.scheme() {
-            "https" => true,
-            "http" => url.host_str().is_some_and(|host| {
-                let with_port = url
-                    .port()
-                    .map_or_else(|| host.to_owned(), |port| format!("{host}:{port}"));
-                plain
-                    .iter()
-                    .any(|named| *named == with_port || *named == host)
-            }),
-            _ => false,
-        };
-        if allowed {
+            attempt.error("too many redirects")
+        } else if may_follow(attempt.url(), &plain_http) {
             attempt.follow()
         } else {
             attempt.error(
@@ -236,6 +218,26 @@ fn redirects(plain: Vec<String>) -> reqwest::redirect::Policy {
             )
         }
     })
+}
+
+/// Whether a redirect to `url` may be followed: over HTTPS, or over plain
+/// HTTP to a host in `plain_http` (the registries reached over plain
+/// HTTP: the registry itself when it is, and `--insecure-registry`'s).
+/// A registry reached over HTTPS is never followed down to plain HTTP,
+/// not even on its own host.
+fn may_follow(url: &reqwest::Url, plain_http: &[String]) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|host| {
+            let with_port = url
+                .port()
+                .map_or_else(|| host.to_owned(), |port| format!("{host}:{port}"));
+            plain_http
+                .iter()
+                .any(|named| *named == with_port || *named == host)
+        }),
+        _ => false,
+    }
 }
 
 /// `response` when it is a 200; otherwise the registry's refusal, as
@@ -292,5 +294,31 @@ fn empty_index() -> OciImageIndex {
         manifests: Vec::new(),
         artifact_type: None,
         annotations: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> reqwest::Url {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn plain_http_redirects_go_only_to_registries_reached_over_plain_http() {
+        let insecure = ["registry.lan:5000".to_owned(), "127.0.0.1:5000".to_owned()];
+        assert!(may_follow(&url("https://cdn.example/blob"), &[]));
+        assert!(may_follow(&url("http://registry.lan:5000/v2/"), &insecure));
+        assert!(may_follow(&url("http://127.0.0.1:5000/v2/"), &insecure));
+        assert!(!may_follow(&url("http://127.0.0.2:5000/v2/"), &insecure));
+        assert!(!may_follow(
+            &url("http://10.0.0.1/latest/meta-data"),
+            &insecure
+        ));
+        assert!(!may_follow(&url("ftp://registry.lan:5000/"), &insecure));
+        // A registry reached over HTTPS (so not in the list) is not
+        // followed down to plain HTTP on its own host.
+        assert!(!may_follow(&url("http://ghcr.io/v2/"), &insecure));
     }
 }
