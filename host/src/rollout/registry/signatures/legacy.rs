@@ -6,7 +6,7 @@
 //! `dev.cosignproject.cosign/signature` annotation.
 
 use super::payload;
-use super::{Claims, MAX_SIGNATURES, SignatureError, SigningKey, VerifyKey};
+use super::{Claims, MAX_SIGNATURES, SignatureError, SigningKey, VerifyKey, passed_over};
 use crate::rollout::registry::MAX_MANIFEST_BYTES;
 use crate::rollout::registry::read::{ReadError, Reader};
 use base64::Engine as _;
@@ -57,15 +57,9 @@ pub(super) async fn verify(
         else {
             continue;
         };
-        let payload = match reader.blob(layer, MAX_PAYLOAD_BYTES).await {
-            Ok(payload) => payload,
-            Err(ReadError::Registry(source)) => {
-                return Err(SignatureError::Registry {
-                    what: "reading a signature",
-                    source,
-                });
-            }
-            Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
+        let read = reader.blob(layer, MAX_PAYLOAD_BYTES).await;
+        let Some(payload) = passed_over(read, "reading a signature")? else {
+            continue;
         };
         if key.verifies(&payload, &signature)
             && let Some(claims) = payload::signs(&payload, digest)
@@ -109,15 +103,9 @@ pub(super) async fn sign(
     let mut layers = Vec::new();
     if let Some(Some(existing)) = signature_image(reader, &tag).await? {
         for layer in signature_layers(&existing) {
-            let data = match reader.blob(layer, MAX_PAYLOAD_BYTES).await {
-                Ok(data) => data,
-                Err(ReadError::Registry(source)) => {
-                    return Err(SignatureError::Registry {
-                        what: "reading the signatures there",
-                        source,
-                    });
-                }
-                Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
+            let read = reader.blob(layer, MAX_PAYLOAD_BYTES).await;
+            let Some(data) = passed_over(read, "reading the signatures there")? else {
+                continue;
             };
             let by_us = layer
                 .annotations

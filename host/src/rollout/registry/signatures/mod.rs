@@ -24,7 +24,7 @@ mod payload;
 
 pub use self::keys::{SigningKey, VerifyKey};
 
-use super::read::Reader;
+use super::read::{ReadError, Reader};
 use oci_client::Reference;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -98,6 +98,20 @@ impl Claims {
     /// When it was signed, as a time, when it says so readably.
     fn signed_at_time(&self) -> Option<std::time::SystemTime> {
         humantime::parse_rfc3339_weak(self.signed_at.as_deref()?).ok()
+    }
+}
+
+/// `read`'s value, where only the registry's fault is an error: a body
+/// past its bound, or not matching its digest, is no signature and is
+/// passed over (`None`).
+fn passed_over<T>(
+    read: Result<T, ReadError>,
+    what: &'static str,
+) -> Result<Option<T>, SignatureError> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(ReadError::Registry(source)) => Err(SignatureError::Registry { what, source }),
+        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => Ok(None),
     }
 }
 

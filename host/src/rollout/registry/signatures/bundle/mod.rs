@@ -22,7 +22,7 @@ use self::format::{
     BUNDLE_MEDIA_TYPE, BUNDLE_MEDIA_TYPE_PARAMETER, EMPTY_CONFIG, EMPTY_MEDIA_TYPE,
     MAX_BUNDLE_BYTES, Reading, SIGN_PREDICATE,
 };
-use super::{Claims, MAX_SIGNATURES, SignatureError, SigningKey, Subject, VerifyKey};
+use super::{Claims, MAX_SIGNATURES, SignatureError, SigningKey, Subject, VerifyKey, passed_over};
 use crate::digest::hex_digest;
 use crate::rollout::registry::MAX_MANIFEST_BYTES;
 use crate::rollout::registry::read::{ReadError, Reader};
@@ -47,16 +47,10 @@ fn pinned(image: &Reference, digest: &str) -> Reference {
 /// The bundles attached to `digest`, each as its one bundle layer, at
 /// most [`MAX_SIGNATURES`].
 async fn attached(reader: &Reader, digest: &str) -> Result<Vec<OciDescriptor>, SignatureError> {
-    let index = match reader.referrers(digest, MAX_MANIFEST_BYTES).await {
-        Ok(index) => index,
-        Err(ReadError::Registry(source)) => {
-            return Err(SignatureError::Registry {
-                what: "listing the signatures attached",
-                source,
-            });
-        }
-        // A listing past the bound lists nothing keybust reads.
-        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => return Ok(Vec::new()),
+    let read = reader.referrers(digest, MAX_MANIFEST_BYTES).await;
+    // A listing past the bound lists nothing keybust reads.
+    let Some(index) = passed_over(read, "listing the signatures attached")? else {
+        return Ok(Vec::new());
     };
     let mut found = Vec::new();
     for entry in index
@@ -65,18 +59,11 @@ async fn attached(reader: &Reader, digest: &str) -> Result<Vec<OciDescriptor>, S
         .filter(|entry| is_bundle_type(entry.artifact_type.as_deref()))
         .take(MAX_SIGNATURES)
     {
-        let raw = match reader
+        let read = reader
             .manifest(&entry.digest, &[OCI_IMAGE_MEDIA_TYPE], MAX_MANIFEST_BYTES)
-            .await
-        {
-            Ok(raw) => raw,
-            Err(ReadError::Registry(source)) => {
-                return Err(SignatureError::Registry {
-                    what: "reading an attached signature",
-                    source,
-                });
-            }
-            Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => continue,
+            .await;
+        let Some(raw) = passed_over(read, "reading an attached signature")? else {
+            continue;
         };
         let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&raw) else {
             continue;
@@ -107,18 +94,10 @@ pub(super) async fn verify(
     let mut seen = false;
     let mut valid = Vec::new();
     for layer in attached(reader, digest).await? {
-        let bundle = match reader.blob(&layer, MAX_BUNDLE_BYTES).await {
-            Ok(bundle) => bundle,
-            Err(ReadError::Registry(source)) => {
-                return Err(SignatureError::Registry {
-                    what: "reading an attached signature",
-                    source,
-                });
-            }
-            Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => {
-                seen = true;
-                continue;
-            }
+        let read = reader.blob(&layer, MAX_BUNDLE_BYTES).await;
+        let Some(bundle) = passed_over(read, "reading an attached signature")? else {
+            seen = true;
+            continue;
         };
         match format::read(&bundle, digest, key) {
             Reading::Valid(claims) => valid.push(claims),
@@ -219,19 +198,13 @@ pub(super) async fn attach(
         )
         .await
         .map_err(push("pushing a signature"))?;
-    let listed = match reader.referrers(subject.digest, MAX_MANIFEST_BYTES).await {
-        Ok(index) => index
+    let read = reader.referrers(subject.digest, MAX_MANIFEST_BYTES).await;
+    let listed = passed_over(read, "listing the signatures attached")?.is_some_and(|index| {
+        index
             .manifests
             .iter()
-            .any(|entry| entry.digest == manifest_digest),
-        Err(ReadError::Registry(source)) => {
-            return Err(SignatureError::Registry {
-                what: "listing the signatures attached",
-                source,
-            });
-        }
-        Err(ReadError::TooLarge | ReadError::Mismatch { .. }) => false,
-    };
+            .any(|entry| entry.digest == manifest_digest)
+    });
     if !listed {
         list_in_referrers_tag(
             client,
