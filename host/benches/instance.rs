@@ -18,7 +18,7 @@ use keybust::limits::Limits;
 use keybust::runtime::engine;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use keybust::serve::endpoint::ENDPOINT_PATH;
-use keybust::versions::slot::{ComponentSlot, Provenance};
+use keybust::versions::slot::{Admission, ComponentSlot, Provenance};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         limits.clone(),
         EMBEDDED_COMPONENT.to_vec(),
         Provenance::unchecked("embedded"),
+        Admission::default(),
     )
     .await?;
     let plugin = slot.current().plugin.clone();

@@ -13,7 +13,7 @@ use keybust::limits::Limits;
 use keybust::runtime::artifacts::ArtifactCache;
 use keybust::runtime::engine;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
-use keybust::versions::slot::{ComponentSlot, Provenance};
+use keybust::versions::slot::{Admission, ComponentSlot, Provenance};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(limits),
         EMBEDDED_COMPONENT.to_vec(),
         Provenance::unchecked("embedded"),
+        Admission::default(),
     )
     .await?;
 

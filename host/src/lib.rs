@@ -16,7 +16,9 @@
 //! * [`rollout`], beside it: how new versions arrive: OCI registries and
 //!   signatures, following a tag, re-reading the component file.
 //! * [`versions`]: which version serves (the slot) and the record of
-//!   accepted ones (the history).
+//!   accepted and refused ones (the history).
+//! * [`contract`]: the gate a new version passes before it serves: the
+//!   contract's rows, answered with stand-ins for the backends.
 //! * [`runtime`]: one request through a guest: engine, store, the compiled
 //!   version, a fresh or a reused instance, compiled-code artifacts, the
 //!   guest's log.
@@ -131,6 +133,7 @@ pub mod watch;
 pub mod capabilities;
 
 // The layers, from one request up to the process.
+pub mod contract;
 pub mod rollout;
 pub mod runtime;
 pub mod serve;

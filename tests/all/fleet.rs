@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 /// Three instances follow one tag under load: a new push reaches all three
 /// within 5 s with no failed request; broken pushes (bytes that are not a
-/// component, a component for another world) leave all three serving, and
-/// each one logs and counts the refusal.
+/// component, a component for another world, one that fits but does
+/// nothing) leave all three serving, and each one logs and counts the
+/// refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_follows_a_tag() {
     let registry = tokio::task::spawn_blocking(OciRegistry::start)
@@ -77,15 +78,24 @@ async fn a_fleet_follows_a_tag() {
         }
     }
 
-    // Broken pushes, one after the other: each instance refuses each.
-    for (what, bytes) in [
+    // Broken pushes, one after the other: each instance refuses each. The
+    // last one fits the world but does nothing (the contract gate's
+    // business).
+    let nothing = tokio::task::spawn_blocking(|| support::test_programs().to_vec())
+        .await
+        .unwrap();
+    for (refusals, (what, bytes)) in [
         ("not a component", b"definitely not wasm".to_vec()),
         ("another world", OTHER_WORLD.to_vec()),
-    ] {
+        ("does nothing", nothing),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let refusals = refusals + 1;
         registry
             .push_unchecked("keybust/endpoint", "stable", bytes)
             .await;
-        let refusals = if what == "not a component" { 1 } else { 2 };
         for stack in fleet.iter() {
             stack
                 .wait_for_metric(&format!(
@@ -100,13 +110,19 @@ async fn a_fleet_follows_a_tag() {
     for stack in fleet.iter() {
         let metrics = stack.metrics().await;
         assert!(
-            metrics.contains("keybust_follow_polls_total{result=\"refused\"} 2\n"),
+            metrics.contains("keybust_follow_polls_total{result=\"refused\"} 3\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics
+                .contains("keybust_rollout_decisions_total{stage=\"gate\",result=\"refused\"} 1\n"),
             "{metrics}"
         );
         assert!(metrics.contains("keybust_follow_polls_total{result=\"unchanged\"}"));
         let logs = stack.keybust.logs();
         assert!(logs.contains("not a valid component"), "{logs}");
         assert!(logs.contains("does not fit"), "{logs}");
+        assert!(logs.contains("contract row E1"), "{logs}");
         assert!(logs.contains("the followed tag's new version is refused"));
     }
 

@@ -15,6 +15,7 @@ mod support;
 mod access_log;
 mod cache;
 mod clients;
+mod contract_gate;
 mod cosign_bundles;
 mod deploy;
 mod dev;

@@ -5,7 +5,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the backends are configured, else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /admin/component` | digest, wasi_http, source, loaded_at, previous_digest |
+//! | `GET /admin/component` | digest, wasi_http, source, loaded_at, previous_digest, and the followed tag beside them (`follow`) |
 //! | `PUT /admin/component` | swap in the body's component, or the one `{"reference": "oci://…"}` names (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
 //!
@@ -119,15 +119,21 @@ fn error(status: u16, message: &str) -> hyper::Response<ResponseBody> {
     json_response(status, json!({ "error": message }).to_string())
 }
 
+/// Ready or not, with the reasons; `warnings` lists what does not stop
+/// requests but an operator should know (the contract gate off).
 fn readiness(endpoint: &Endpoint) -> hyper::Response<ResponseBody> {
     let reasons = endpoint.unready_reasons();
-    if reasons.is_empty() {
-        json_response(200, r#"{"status":"ready"}"#)
-    } else {
-        json_response(
+    let warnings = endpoint.warnings();
+    match (reasons.is_empty(), warnings.is_empty()) {
+        (true, true) => json_response(200, r#"{"status":"ready"}"#),
+        (true, false) => json_response(
+            200,
+            json!({ "status": "ready", "warnings": warnings }).to_string(),
+        ),
+        (false, _) => json_response(
             503,
-            json!({ "status": "not ready", "reasons": reasons }).to_string(),
-        )
+            json!({ "status": "not ready", "reasons": reasons, "warnings": warnings }).to_string(),
+        ),
     }
 }
 
@@ -137,6 +143,53 @@ fn describe(version: &Version) -> serde_json::Value {
         "wasi_http": version.plugin.wasi_http().as_str(),
         "source": version.source,
         "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
+    })
+}
+
+/// The followed tag beside what serves: where it points, whether the
+/// version serving is the one it names, and why not.
+fn follow_json(endpoint: &Endpoint) -> serde_json::Value {
+    let slot = endpoint.slot();
+    let Some(following) = slot.following() else {
+        return serde_json::Value::Null;
+    };
+    let current = slot.current();
+    let serving = current.digest();
+    let in_step = following.component.as_deref() == Some(serving);
+    let why = if in_step {
+        None
+    } else if let Some(refused) = &following.refused {
+        Some(format!("the version the tag names is refused: {refused}"))
+    } else if let Some(before) = following
+        .component
+        .as_deref()
+        .and_then(|digest| slot.admission().refused.get(digest))
+    {
+        Some(format!(
+            "the version the tag names was refused at the {}: {}",
+            if before.stage == "gate" {
+                "contract gate"
+            } else {
+                before.stage.as_str()
+            },
+            before.reason
+        ))
+    } else if following.component.is_none() {
+        Some("the version the tag names has not been pulled yet".to_owned())
+    } else {
+        Some(format!(
+            "the serving version (from {}) was put in place by an admin swap or rollback, \
+             or restored from the state directory; the follower swaps again when the tag moves",
+            current.source
+        ))
+    };
+    json!({
+        "reference": following.reference,
+        "manifest": following.manifest,
+        "component_digest": following.component,
+        "serving_digest": serving,
+        "in_step": in_step,
+        "why": why,
     })
 }
 
@@ -151,6 +204,7 @@ fn component_json(
         Some(previous) => json!(previous.digest()),
         None => serde_json::Value::Null,
     };
+    body["follow"] = follow_json(endpoint);
     if let (Some(extra), Some(map)) = (extra, body.as_object_mut()) {
         map.extend(extra.as_object().cloned().unwrap_or_default());
     }

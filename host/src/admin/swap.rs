@@ -79,8 +79,10 @@ pub(super) async fn put_component(
     })
     .await
     .unwrap_or_else(|join| {
-        Err(crate::runtime::plugin::LoadError::Compile(
-            wasmtime::Error::from(join).context("the swap did not finish"),
+        Err(crate::versions::slot::SwapError::Load(
+            crate::runtime::plugin::LoadError::Compile(
+                wasmtime::Error::from(join).context("the swap did not finish"),
+            ),
         ))
     });
     match swapped {

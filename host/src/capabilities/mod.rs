@@ -14,8 +14,10 @@ pub mod origins;
 mod outbound;
 pub mod session;
 mod settings;
+pub mod stand_in;
 
 pub use self::settings::{Settings, SettingsArgs};
+pub use self::stand_in::{Effect, StandIn};
 
 use self::cache::{Cache, CacheError};
 use self::convex::ConvexClient;
@@ -173,6 +175,13 @@ pub trait CapabilitiesView: Send {
     fn call_span(&self) -> Option<tracing::Span> {
         None
     }
+
+    /// What answers this store's guest instead of the capabilities, when
+    /// its run must have no effect (the contract gate's runs). `None`: the
+    /// capabilities answer, as for every request a client sent.
+    fn stand_in(&self) -> Option<Arc<dyn StandIn>> {
+        None
+    }
 }
 
 struct HasCapabilities;
@@ -181,10 +190,12 @@ impl HasData for HasCapabilities {
     type Data<'a> = CapabilityCall<'a>;
 }
 
-/// One guest call into the capabilities, with the span it belongs under.
+/// One guest call into the capabilities, with the span it belongs under,
+/// or into the stand-in that answers in their place.
 struct CapabilityCall<'a> {
     capabilities: &'a Arc<Capabilities>,
     span: Option<tracing::Span>,
+    stand_in: Option<Arc<dyn StandIn>>,
 }
 
 impl CapabilityCall<'_> {
@@ -255,5 +266,6 @@ pub fn add_to_linker<T: CapabilitiesView + 'static>(
     bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| CapabilityCall {
         capabilities: state.capabilities(),
         span: state.call_span(),
+        stand_in: state.stand_in(),
     })
 }

@@ -99,6 +99,26 @@ label_values! {
     }
 }
 
+label_values! {
+    /// A stage a new version passes before it serves clients, as
+    /// `keybust_rollout_decisions_total` names it.
+    pub enum RolloutStage {
+        /// The contract gate (`crate::contract`).
+        Gate => "gate",
+    }
+}
+
+label_values! {
+    /// What a stage decided about a version.
+    pub enum Decision {
+        /// It passed the stage.
+        Passed => "passed",
+        /// It was refused there (or had been before: the record of refused
+        /// versions answered).
+        Refused => "refused",
+    }
+}
+
 /// The status of requests whose client hung up before their answer, in
 /// `keybust_requests_total` and the access log.
 pub const CLIENT_CLOSED: &str = "client closed";
@@ -157,6 +177,12 @@ pub(super) struct BuildLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct SwapLabels {
     pub(super) result: SwapResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct DecisionLabels {
+    pub(super) stage: RolloutStage,
+    pub(super) result: Decision,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -12,11 +12,14 @@
 mod labels;
 mod process;
 
-pub use self::labels::{CLIENT_CLOSED, Capability, GuestFailed, Outcome, SwapResult, Unavailable};
+pub use self::labels::{
+    CLIENT_CLOSED, Capability, Decision, GuestFailed, Outcome, RolloutStage, SwapResult,
+    Unavailable,
+};
 
 use self::labels::{
     BuildLabels, CapabilityLabels, CapabilityOutcomeLabels, CauseLabels, ComponentLabels,
-    KindLabels, PollLabels, RequestStatus, StatusLabels, SwapLabels,
+    DecisionLabels, KindLabels, PollLabels, RequestStatus, StatusLabels, SwapLabels,
 };
 use self::process::ProcessMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +50,7 @@ pub struct Metrics {
     capability_seconds: Family<CapabilityLabels, Histogram, fn() -> Histogram>,
     swaps: Family<SwapLabels, Counter>,
     follow_polls: Family<PollLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
     reused_instances: Gauge,
@@ -140,6 +144,12 @@ impl Metrics {
             "Attempts to replace the serving component, by result",
             swaps.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "rollout_decisions",
+            "What the stages a new version passes before it serves decided, by stage and result",
+            decisions.clone(),
+        );
         let component = Family::<ComponentLabels, Gauge>::default();
         registry.register(
             "component_info",
@@ -174,6 +184,7 @@ impl Metrics {
             capability_seconds,
             swaps,
             follow_polls,
+            decisions,
             component,
         }
     }
@@ -286,6 +297,13 @@ impl Metrics {
             .get_or_create(&SwapLabels {
                 result: SwapResult::Failed,
             })
+            .inc();
+    }
+
+    /// Counts what `stage` decided about a new version.
+    pub fn decided(&self, stage: RolloutStage, result: Decision) {
+        self.decisions
+            .get_or_create(&DecisionLabels { stage, result })
             .inc();
     }
 

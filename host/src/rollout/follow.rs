@@ -15,6 +15,8 @@
 //! fall between them. The serving version keeps serving throughout.
 
 use super::registry::{OciReference, Registry};
+use crate::digest::hex_digest;
+use crate::versions::following::Following;
 use crate::versions::slot::{ComponentSlot, Provenance};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,16 +71,22 @@ pub fn check_interval(interval: Duration) -> Result<Duration, IntervalError> {
 /// Polls `reference`'s tag every `interval` (with jitter) for as long as
 /// `slot` lives, swapping in each new version. `serving` is the
 /// manifest digest the tag pointed to when the serving version was pulled,
-/// if known. An interval outside [`check_interval`]'s bounds is refused
-/// and nothing is started. Needs a tokio runtime.
+/// if known, and `component` the digest of the component it held. An
+/// interval outside [`check_interval`]'s bounds is refused and nothing is
+/// started. Needs a tokio runtime.
 pub fn follow(
     slot: &Arc<ComponentSlot>,
     registry: Registry,
     reference: OciReference,
     interval: Duration,
     serving: Option<String>,
+    component: Option<String>,
 ) -> Result<(), IntervalError> {
     let interval = check_interval(interval)?;
+    slot.note_following(Following {
+        component,
+        ..Following::new(reference.to_string(), serving.clone())
+    });
     let slot = Arc::downgrade(slot);
     tokio::spawn(async move {
         let mut follower = Follower {
@@ -128,6 +136,10 @@ impl Follower {
                 return PollResult::Failed;
             }
             Err(err) => {
+                slot.note_following(Following {
+                    refused: Some(err.to_string()),
+                    ..Following::new(self.reference.to_string(), Some(digest.clone()))
+                });
                 self.seen = Some(digest);
                 tracing::error!(reference = %self.reference, error = %err, "the followed tag's new version is refused; the current one keeps serving");
                 slot.metrics().swap_failed();
@@ -135,6 +147,10 @@ impl Follower {
             }
         };
         self.seen = Some(digest.clone());
+        let mut following = Following {
+            component: Some(hex_digest(&pulled.bytes)),
+            ..Following::new(self.reference.to_string(), Some(digest.clone()))
+        };
         match slot
             .replace(
                 pulled.bytes,
@@ -146,12 +162,15 @@ impl Follower {
             .await
         {
             Ok(swapped) => {
+                slot.note_following(following);
                 if !swapped.already_serving() {
                     tracing::info!(reference = %self.reference, manifest = digest, "followed the tag to a new version");
                 }
                 PollResult::Swapped
             }
             Err(err) => {
+                following.refused = Some(err.to_string());
+                slot.note_following(following);
                 tracing::error!(reference = %self.reference, manifest = digest, error = %err, "the followed tag's new version is refused; the current one keeps serving");
                 PollResult::Refused
             }

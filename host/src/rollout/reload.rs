@@ -18,13 +18,14 @@ pub enum ReloadError {
         /// Why.
         source: std::io::Error,
     },
-    /// The bytes do not make a component that can serve.
+    /// The bytes do not make a component that can serve, or the contract
+    /// gate refused it.
     #[error("{path}: {source}")]
     Load {
         /// The component file.
         path: String,
         /// Why.
-        source: crate::runtime::plugin::LoadError,
+        source: crate::versions::slot::SwapError,
     },
 }
 

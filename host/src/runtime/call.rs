@@ -7,6 +7,7 @@
 //! between the request's side and the store's data.
 
 use super::guest_log::GuestLog;
+use crate::capabilities::StandIn;
 use crate::telemetry::TRACE_TARGET;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -23,10 +24,13 @@ pub(crate) struct Call {
     /// Why the instance failed while serving this request, from its worker.
     failure: OnceLock<wasmtime::Error>,
     failed: Notify,
+    /// What answers this request's capability calls, when its run must
+    /// have no effect.
+    stand_in: Option<Arc<dyn StandIn>>,
 }
 
 impl Call {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(stand_in: Option<Arc<dyn StandIn>>) -> Self {
         // Opened here, where the request's span is current; it ends with the
         // request, however long the instance lives.
         let span = tracing::info_span!(
@@ -40,7 +44,14 @@ impl Call {
             log: OnceLock::new(),
             failure: OnceLock::new(),
             failed: Notify::new(),
+            stand_in,
         }
+    }
+
+    /// What answers this request's capability calls instead of the
+    /// capabilities, if anything.
+    pub(crate) fn stand_in(&self) -> Option<Arc<dyn StandIn>> {
+        self.stand_in.clone()
     }
 
     /// Hands the request what its instance keeps for it: the flag that
@@ -107,7 +118,7 @@ impl Call {
             }
             if let Some(log) = self.log.get() {
                 let _inside = span.enter();
-                log.drain();
+                log.drain_as(self.stand_in.is_some());
             }
         }
     }

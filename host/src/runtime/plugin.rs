@@ -7,9 +7,9 @@ use super::artifacts::{ArtifactCache, Origin};
 use super::failure::GuestFailure;
 use super::fresh::serve_request;
 use super::reuse::Reuse;
-use super::store::{RequestState, new_store};
+use super::store::{RequestState, bound_store, new_store};
 use crate::body::ResponseBody;
-use crate::capabilities::Capabilities;
+use crate::capabilities::{Capabilities, StandIn};
 use crate::digest::hex_digest;
 use crate::limits::Limits;
 use bytes::Bytes;
@@ -221,7 +221,7 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let result = self.run(request, hold).await;
+        let result = self.run(request, hold, None).await;
         match &result {
             Ok(_) => {}
             Err(GuestFailure::BodyTimeout) => {
@@ -237,19 +237,41 @@ impl Plugin {
         result
     }
 
+    /// Runs one request with `stand_in` answering every capability call
+    /// in place of the capabilities: nothing the guest asks reaches a
+    /// backend, and nothing is counted or logged as a failure. Under the
+    /// same bounds as [`Plugin::handle`]; what the contract gate runs.
+    pub async fn rehearse<B>(
+        &self,
+        request: hyper::Request<B>,
+        stand_in: Arc<dyn StandIn>,
+    ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        self.run(request, (), Some(stand_in)).await
+    }
+
     async fn run<B>(
         &self,
         request: hyper::Request<B>,
         hold: impl Send + 'static,
+        stand_in: Option<Arc<dyn StandIn>>,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         match &self.serving {
-            Serving::Handler(reuse) => reuse.serve(request, hold).await,
+            Serving::Handler(reuse) => reuse.serve(request, hold, stand_in).await,
             Serving::Fresh(pre) => {
-                let store = new_store(&self.engine, self.capabilities.clone(), &self.limits);
+                let mut state = RequestState::new(self.capabilities.clone(), &self.limits);
+                if let Some(stand_in) = stand_in {
+                    state = state.with_stand_in(stand_in);
+                }
+                let mut store = wasmtime::Store::new(&self.engine, state);
+                bound_store(&mut store);
                 serve_request(pre.clone(), store, request, &self.limits, hold).await
             }
         }

@@ -9,7 +9,7 @@
 
 use super::call::Call;
 use super::guest_log::GuestLog;
-use crate::capabilities::{Capabilities, CapabilitiesView};
+use crate::capabilities::{Capabilities, CapabilitiesView, StandIn};
 use crate::limits::Limits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +93,9 @@ pub struct RequestState {
     bounds: GuestBounds,
     /// The request a reused instance serves now (`--instance-reuse`).
     call: Option<Arc<Call>>,
+    /// What answers in place of the capabilities, for a run without
+    /// effects (a fresh instance's; a reused one's comes with its call).
+    stand_in: Option<Arc<dyn StandIn>>,
 }
 
 impl RequestState {
@@ -115,7 +118,15 @@ impl RequestState {
             guest_log,
             bounds: GuestBounds::new(limits),
             call: None,
+            stand_in: None,
         }
+    }
+
+    /// Has `stand_in` answer this store's guest in place of the
+    /// capabilities: a run whose effects are checked, not had.
+    pub fn with_stand_in(mut self, stand_in: Arc<dyn StandIn>) -> Self {
+        self.stand_in = Some(stand_in);
+        self
     }
 
     /// What the guest writes to stderr, drained into the host's log.
@@ -176,11 +187,14 @@ impl GuestState for RequestState {
     }
 
     fn instantiated(&mut self, took: std::time::Duration) {
-        self.capabilities.metrics().instantiated(took);
+        // A rehearsal's instances are no client's.
+        if self.stand_in.is_none() {
+            self.capabilities.metrics().instantiated(took);
+        }
     }
 
     fn finished(&mut self) {
-        self.guest_log.drain();
+        self.guest_log.drain_as(self.stand_in.is_some());
     }
 }
 
@@ -210,6 +224,13 @@ impl CapabilitiesView for RequestState {
 
     fn call_span(&self) -> Option<tracing::Span> {
         self.call.as_ref().and_then(|call| call.span())
+    }
+
+    fn stand_in(&self) -> Option<Arc<dyn StandIn>> {
+        match &self.call {
+            Some(call) => call.stand_in(),
+            None => self.stand_in.clone(),
+        }
     }
 }
 

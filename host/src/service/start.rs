@@ -92,6 +92,8 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
     let configured = configured(&component).await?;
     #[cfg(feature = "registry")]
     let manifest = configured.1.clone();
+    #[cfg(feature = "registry")]
+    let configured_digest = configured.0.bytes.as_deref().map(crate::digest::hex_digest);
     let endpoint =
         Arc::new(Endpoint::load_configured(capabilities, configured.0, &endpoint_config).await?);
     let serving = endpoint.slot().current();
@@ -110,6 +112,7 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
             reference,
             interval,
             manifest,
+            configured_digest,
         )?;
     }
     for problem in endpoint.capabilities().configuration_problems() {

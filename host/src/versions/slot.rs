@@ -5,18 +5,23 @@
 //! request takes its own reference when it starts and runs to its end on
 //! that version, even if a swap lands meanwhile; the old version is freed
 //! when its last request finishes. A new version is compiled (or taken from
-//! the [`ArtifactCache`]), type-checked against our world, and instantiated
-//! once before the swap; if any step fails, the current version keeps
-//! serving and the caller gets the reason.
+//! the [`ArtifactCache`]), type-checked against our world, instantiated
+//! once, and (unless `--contract-gate off`) put through the contract gate
+//! ([`crate::contract`]) before the swap; if any step fails, the current
+//! version keeps serving and the caller gets the reason. A version the
+//! gate refused is recorded ([`Refused`]) and refused again at once.
 
 use crate::capabilities::Capabilities;
+use crate::contract::{self, ContractGate};
 use crate::digest::hex_digest;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Decision, Metrics, RolloutStage};
 use crate::runtime::artifacts::{ArtifactCache, Origin};
 use crate::runtime::plugin::{LoadError, Plugin};
 use crate::runtime::store::RequestState;
+use crate::versions::following::Following;
 use crate::versions::history::{Accepted, History};
+use crate::versions::refused::{self, Refused};
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -96,6 +101,45 @@ impl Swapped {
     }
 }
 
+/// How a new version is judged before it serves: whether the contract
+/// gate runs, and the record of the versions it refused.
+#[derive(Clone, Default)]
+pub struct Admission {
+    /// `--contract-gate`.
+    pub gate: ContractGate,
+    /// The versions refused so far, by digest.
+    pub refused: Arc<Refused>,
+}
+
+/// Why a version does not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// It does not compile, fit the world, or instantiate.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// It fits, but the contract gate refused it for what it does.
+    #[error("refused at the contract gate: {0}")]
+    Contract(#[from] contract::Refusal),
+    /// The contract gate refused it before (this run or an earlier one):
+    /// it is not run again.
+    #[error("refused earlier at the {} (it came from {}): {}", stage_name(&.0.stage), .0.source, .0.reason)]
+    RefusedBefore(refused::Refusal),
+}
+
+impl SwapError {
+    /// Whether it was refused for what it does, not for what it is.
+    pub fn is_behaviour(&self) -> bool {
+        !matches!(self, SwapError::Load(_))
+    }
+}
+
+fn stage_name(stage: &str) -> &str {
+    match stage {
+        "gate" => "contract gate",
+        other => other,
+    }
+}
+
 /// Why a rollback could not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
@@ -113,6 +157,8 @@ pub struct ComponentSlot {
     /// registry the capabilities count into.
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
+    /// The contract gate, and what it refused.
+    admission: Admission,
     /// What new requests run on. Readers never block: a request loads the
     /// pointer once (a reference count, no lock) and keeps its `Arc` to the
     /// end, so a swap never waits for requests and never cuts one short.
@@ -128,6 +174,9 @@ pub struct ComponentSlot {
     /// async mutex, because it is held across the compile's `.await`;
     /// requests never take it.
     swapping: tokio::sync::Mutex<()>,
+    /// What the follower last saw of its tag, when a tag is followed. A
+    /// `std` mutex: held for a copy or a replace only.
+    following: Mutex<Option<Following>>,
     /// Where accepted versions are recorded, to survive a restart; the
     /// record is written under the swap lock, so it follows the swaps in
     /// their order.
@@ -180,7 +229,8 @@ impl Recorder {
 }
 
 impl ComponentSlot {
-    /// Loads the first version; keybust does not start without one.
+    /// Loads the first version, judged as `admission` says; keybust does
+    /// not start without one.
     pub async fn new(
         linker: Linker<RequestState>,
         artifacts: Option<ArtifactCache>,
@@ -188,8 +238,10 @@ impl ComponentSlot {
         limits: Arc<Limits>,
         bytes: Vec<u8>,
         provenance: Provenance,
-    ) -> Result<Self, LoadError> {
+        admission: Admission,
+    ) -> Result<Self, SwapError> {
         let linker = Arc::new(linker);
+        let metrics = capabilities.metrics().clone();
         let (version, _, _) = prepare(
             &linker,
             artifacts.as_ref(),
@@ -197,9 +249,9 @@ impl ComponentSlot {
             &limits,
             bytes,
             provenance,
+            Some((&admission, &metrics)),
         )
         .await?;
-        let metrics = capabilities.metrics().clone();
         metrics.serving(version.digest());
         Ok(ComponentSlot {
             linker,
@@ -207,20 +259,23 @@ impl ComponentSlot {
             capabilities,
             metrics,
             limits,
+            admission,
             current: ArcSwap::from_pointee(version),
             previous: Mutex::new(None),
             swapping: tokio::sync::Mutex::new(()),
+            following: Mutex::new(None),
             history: None,
         })
     }
 
     /// Loads `bytes` as the rollback target, without serving them: the
-    /// previous version recorded before a restart.
+    /// previous version recorded before a restart. It served before, so
+    /// the contract gate is not run again.
     pub async fn set_previous(
         &self,
         bytes: Vec<u8>,
         provenance: Provenance,
-    ) -> Result<(), LoadError> {
+    ) -> Result<(), SwapError> {
         let _one_at_a_time = self.swapping.lock().await;
         let (version, _, _) = prepare(
             &self.linker,
@@ -229,6 +284,7 @@ impl ComponentSlot {
             &self.limits,
             bytes,
             provenance,
+            None,
         )
         .await?;
         *self.lock_previous() = Some(Arc::new(version));
@@ -268,6 +324,27 @@ impl ComponentSlot {
         self.lock_previous().clone()
     }
 
+    /// What the follower last saw of its tag, if a tag is followed.
+    pub fn following(&self) -> Option<Following> {
+        self.following
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Notes what the follower sees of its tag now.
+    pub fn note_following(&self, following: Following) {
+        *self
+            .following
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(following);
+    }
+
+    /// How new versions are judged before they serve.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     /// The bounds every version runs under.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
@@ -298,7 +375,7 @@ impl ComponentSlot {
         &self,
         bytes: Vec<u8>,
         provenance: Provenance,
-    ) -> Result<Swapped, LoadError> {
+    ) -> Result<Swapped, SwapError> {
         let _one_at_a_time = self.swapping.lock().await;
         let started = Instant::now();
         let current = self.current();
@@ -321,6 +398,7 @@ impl ComponentSlot {
             &self.limits,
             bytes,
             provenance,
+            Some((&self.admission, &self.metrics)),
         )
         .await;
         let (version, origin, bytes) = match prepared {
@@ -375,6 +453,9 @@ impl ComponentSlot {
     }
 }
 
+/// Compiles, checks and instantiates `bytes` once; with `admission`, puts
+/// them through the contract gate too (unless it is off), or refuses them
+/// at once when the gate refused them before.
 async fn prepare(
     linker: &Arc<Linker<RequestState>>,
     artifacts: Option<&ArtifactCache>,
@@ -382,7 +463,15 @@ async fn prepare(
     limits: &Arc<Limits>,
     bytes: Vec<u8>,
     provenance: Provenance,
-) -> Result<(Version, Origin, Vec<u8>), LoadError> {
+    admission: Option<(&Admission, &Metrics)>,
+) -> Result<(Version, Origin, Vec<u8>), SwapError> {
+    let admission = admission.filter(|(admission, _)| admission.gate.is_on());
+    if let Some((admission, metrics)) = admission
+        && let Some(before) = admission.refused.get(&hex_digest(&bytes))
+    {
+        metrics.decided(RolloutStage::Gate, Decision::Refused);
+        return Err(SwapError::RefusedBefore(before));
+    }
     let limits = limits.clone();
     let capabilities = capabilities.clone();
     let compile_linker = linker.clone();
@@ -405,6 +494,38 @@ async fn prepare(
     })?;
     let (plugin, origin) = loaded?;
     plugin.probe().await?;
+    if let Some((admission, metrics)) = admission {
+        match contract::check(&plugin).await {
+            Ok(passed) => {
+                metrics.decided(RolloutStage::Gate, Decision::Passed);
+                tracing::info!(
+                    digest = plugin.digest(),
+                    rows = passed.rows,
+                    took_ms = passed.took.as_secs_f64() * 1000.0,
+                    "the new version passed the contract gate"
+                );
+            }
+            Err(refusal) => {
+                metrics.decided(RolloutStage::Gate, Decision::Refused);
+                tracing::error!(
+                    digest = plugin.digest(),
+                    source = provenance.source,
+                    stage = "gate",
+                    rule = refusal.rule,
+                    reason = %refusal,
+                    "the new version is refused at the contract gate"
+                );
+                admission.refused.record(
+                    plugin.digest(),
+                    "gate",
+                    &refusal.to_string(),
+                    &provenance.source,
+                );
+                plugin.retire_instances();
+                return Err(SwapError::Contract(refusal));
+            }
+        }
+    }
     Ok((
         Version {
             plugin,

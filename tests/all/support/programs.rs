@@ -18,6 +18,33 @@ pub fn test_programs() -> &'static [u8] {
     WASM.get_or_init(|| build("keybust-test-programs", &[], "programs"))
 }
 
+/// A copy of the test programs in which a request without `?mode=` gets
+/// `mode` (written into their `DEFAULT_MODE` marker): a component that
+/// behaves that way for every request, the contract gate's included,
+/// under a digest of its own.
+pub fn with_default_mode(mode: &str) -> Vec<u8> {
+    const MARKER: &[u8] = b"keybust-default-mode:";
+    const ROOM: usize = 64 - MARKER.len();
+    assert!(mode.len() <= ROOM, "a default mode fits in {ROOM} bytes");
+    let mut bytes = test_programs().to_vec();
+    let found: Vec<usize> = bytes
+        .windows(MARKER.len())
+        .enumerate()
+        .filter(|(_, window)| *window == MARKER)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "the test programs hold one DEFAULT_MODE marker"
+    );
+    let at = found[0] + MARKER.len();
+    let mut word = mode.as_bytes().to_vec();
+    word.resize(ROOM, b'.');
+    bytes[at..at + ROOM].copy_from_slice(&word);
+    bytes
+}
+
 /// The test programs' wasi:http 0.3 build, compiled once per test binary.
 pub fn test_programs_p3() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
@@ -69,6 +96,9 @@ pub async fn serve_programs_of(
         args: [
             "--component",
             path.as_str(),
+            // They break the contract on purpose.
+            "--contract-gate",
+            "off",
             "--guest-timeout",
             "300ms",
             "--request-timeout",

@@ -22,8 +22,55 @@ static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 
 export!(Programs);
 
+/// The mode a request without `?mode=` gets, after the marker's prefix,
+/// padded with dots. The tests make copies of the built component with
+/// another word written here (`support::programs::with_default_mode`):
+/// one build then gives a component per behaviour, each under its own
+/// digest, and the contract gate, which sends no query, meets that
+/// behaviour.
+#[used]
+static DEFAULT_MODE: [u8; 64] =
+    *b"keybust-default-mode:ok.........................................";
+
+/// The default mode, read so that the compiler cannot fold the bytes the
+/// tests overwrite.
+fn default_mode() -> String {
+    let bytes: Vec<u8> = (0..DEFAULT_MODE.len())
+        // SAFETY: an index within the static array.
+        .map(|i| unsafe { std::ptr::read_volatile(DEFAULT_MODE.as_ptr().add(i)) })
+        .collect();
+    let text = String::from_utf8_lossy(&bytes);
+    text.strip_prefix("keybust-default-mode:")
+        .unwrap_or("ok")
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+/// Answers with these headers and body, as the endpoint's policy gives them.
+pub(crate) fn respond_with(
+    out: ResponseOutparam,
+    status: u16,
+    entries: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+) {
+    let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let outgoing = response.body().expect("fresh response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    if !body.is_empty() {
+        let stream = outgoing.write().expect("fresh body has a stream");
+        for piece in body.chunks(4096) {
+            if stream.blocking_write_and_flush(piece).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
 /// Answers with a body known in full, its length declared, as the endpoint does.
-fn respond_sized(out: ResponseOutparam, status: u16, body: Vec<u8>) {
+pub(crate) fn respond_sized(out: ResponseOutparam, status: u16, body: Vec<u8>) {
     let length = body.len();
     respond(out, status, Some(length), std::iter::once(body));
 }
@@ -95,7 +142,10 @@ impl exports::wasi::http0_2_12::incoming_handler::Guest for Programs {
                 .split_once(&format!("{name}="))
                 .map(|(_, value)| value.split('&').next().unwrap_or_default().to_owned())
         };
-        let mode = param("mode").unwrap_or_default();
+        let mode = param("mode").unwrap_or_else(default_mode);
+        if crate::policy::is_mode(&mode) {
+            return crate::policy::serve(&mode, &request, out);
+        }
         let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match mode.as_str() {
             "count" => respond_sized(out, 200, format!("{{\"served\":{served}}}").into_bytes()),

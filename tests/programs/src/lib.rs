@@ -17,15 +17,25 @@
 //! | `imports` | calls a host import in a tight loop, forever |
 //! | `snoop` | reports what it can see of the host: env, args, files, sockets, outbound HTTP (to `127.0.0.1:PORT` with `&port=PORT`) |
 //! | `fields` | grows one `wasi:http` fields resource until the host refuses |
+//! | `policy`, `policy-*` | the endpoint's own policy, with one flaw each (`policy.rs`) |
+//!
+//! A request without `?mode=` gets the mode written into the component's
+//! `DEFAULT_MODE` marker: `ok` as built, another in the copies the tests
+//! make (`support::programs::with_default_mode`).
 //!
 //! With the `p3` feature it is a wasi:http 0.3 component instead
 //! (`keybust:gateway/endpoint-p3`) with `ok`, `count`, `say`, `trap`,
 //! `loop`, `alloc`, `huge` and `imports`.
 
+// The endpoint's policy (included by `policy.rs`) names `alloc`.
+extern crate alloc;
+
 #[cfg(all(target_arch = "wasm32", not(feature = "p3")))]
 mod component;
 #[cfg(all(target_arch = "wasm32", feature = "p3"))]
 mod component_p3;
+#[cfg(all(target_arch = "wasm32", not(feature = "p3")))]
+mod policy;
 
 /// Spins in wasm code until the host stops it.
 #[cfg(target_arch = "wasm32")]

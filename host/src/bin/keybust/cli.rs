@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use keybust::admin::AdminArgs;
 use keybust::capabilities::SettingsArgs;
 use keybust::config::parse_duration;
+use keybust::contract::ContractGate;
 use keybust::limits::LimitArgs;
 use keybust::rollout::registry::RegistryArgs;
 use keybust::runtime::artifacts;
@@ -135,6 +136,14 @@ pub struct CommonArgs {
     #[arg(long, env = "KEYBUST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Whether a new version must pass the contract gate before it
+    /// serves: docs/contract.md's rows, answered with stand-ins for the
+    /// backends (its status, CORS, error and exact backend calls). `off`
+    /// is for an operator who changes the contract on purpose; /readyz
+    /// then warns.
+    #[arg(long, env = "KEYBUST_CONTRACT_GATE", value_enum, default_value_t = ContractGate::On)]
+    pub contract_gate: ContractGate,
+
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: LimitArgs,
 
@@ -166,6 +175,7 @@ impl CommonArgs {
             } else {
                 IncomingTrace::Link
             },
+            contract_gate: self.contract_gate,
         })
     }
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use keybust::capabilities::{Capabilities, Settings};
 use keybust::config::Secret;
+use keybust::contract::{self, ContractGate};
 use keybust::digest;
 use keybust::limits::MAX_COMPONENT_BYTES;
 use keybust::limits::{LimitArgs, Limits};
@@ -23,8 +24,9 @@ pub enum ComponentCommand {
     /// the manifest digest to pin and the component's digest.
     Push(Box<PushArgs>),
     /// Run exactly the checks a swap runs (compile, world check, one
-    /// instantiation), serving nothing: exit 0 when the component would be
-    /// accepted, 1 with the reason when not.
+    /// instantiation, the contract gate), serving nothing: exit 0 when the
+    /// component would be accepted, 1 with the reason (the contract row it
+    /// fails) when not.
     Check(Box<CheckArgs>),
     /// Sign the version an oci:// tag points to now, as `cosign sign --key`
     /// does, for one published unsigned; print the manifest digest signed.
@@ -70,6 +72,10 @@ pub struct PushArgs {
     #[command(flatten, next_help_heading = "Registry")]
     registry: RegistryArgs,
 
+    /// Whether the contract gate runs, as it does on the serving instances.
+    #[arg(long, env = "KEYBUST_CONTRACT_GATE", value_enum, default_value_t = ContractGate::On)]
+    contract_gate: ContractGate,
+
     #[command(
         flatten,
         next_help_heading = "Limits (as the serving instances have them)"
@@ -84,6 +90,10 @@ pub struct CheckArgs {
 
     #[command(flatten, next_help_heading = "Registry")]
     registry: RegistryArgs,
+
+    /// Whether the contract gate runs, as it does on the serving instances.
+    #[arg(long, env = "KEYBUST_CONTRACT_GATE", value_enum, default_value_t = ContractGate::On)]
+    contract_gate: ContractGate,
 
     #[command(
         flatten,
@@ -102,20 +112,30 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                 }
                 _ => read(Path::new(&args.component))?,
             };
-            Ok(match check(bytes, args.limits.limits()?).await {
-                Ok((digest, kind)) => {
-                    println!(
-                        "ok: sha256:{digest} fits {} (wasi:http {}) and instantiates",
-                        kind.world(),
-                        kind.as_str()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(reason) => {
-                    eprintln!("refused: {reason}");
-                    ExitCode::FAILURE
-                }
-            })
+            Ok(
+                match check(bytes, args.limits.limits()?, args.contract_gate).await {
+                    Ok((digest, kind, gate)) => {
+                        let behaves = match gate {
+                            Some(passed) => format!(
+                                ", and passes the contract gate ({} rows in {} ms)",
+                                passed.rows,
+                                passed.took.as_millis()
+                            ),
+                            None => ", the contract gate not run (--contract-gate off)".to_owned(),
+                        };
+                        println!(
+                            "ok: sha256:{digest} fits {} (wasi:http {}), instantiates{behaves}",
+                            kind.world(),
+                            kind.as_str()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(reason) => {
+                        eprintln!("refused: {reason}");
+                        ExitCode::FAILURE
+                    }
+                },
+            )
         }
         ComponentCommand::Sign(args) => {
             let reference = OciReference::parse(&args.reference)?;
@@ -140,7 +160,9 @@ pub async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(|key| SigningKey::load(key, password.as_ref()))
                 .transpose()?;
-            if let Err(reason) = check(bytes.clone(), args.limits.limits()?).await {
+            if let Err(reason) =
+                check(bytes.clone(), args.limits.limits()?, args.contract_gate).await
+            {
                 eprintln!("refused: {reason}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -174,8 +196,13 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// The checks a swap makes, under `limits` (the instance memory bound
 /// among them), with unconfigured capabilities (instantiation calls none of
-/// them): its digest when they pass, the reason when not.
-async fn check(bytes: Vec<u8>, limits: Limits) -> Result<(String, WasiHttp), String> {
+/// them, and the contract gate answers in their place): its digest and
+/// what the gate found when they pass, the reason when not.
+async fn check(
+    bytes: Vec<u8>,
+    limits: Limits,
+    gate: ContractGate,
+) -> Result<(String, WasiHttp, Option<contract::Passed>), String> {
     let limits = Arc::new(limits);
     let engine = engine::new_engine(&limits).map_err(|err| err.to_string())?;
     let linker = engine::new_linker(&engine).map_err(|err| err.to_string())?;
@@ -189,5 +216,14 @@ async fn check(bytes: Vec<u8>, limits: Limits) -> Result<(String, WasiHttp), Str
     .map_err(|err| err.to_string())?
     .map_err(|err| err.to_string())?;
     plugin.probe().await.map_err(|err| err.to_string())?;
-    Ok((digest, plugin.wasi_http()))
+    let passed = if gate.is_on() {
+        Some(
+            contract::check(&plugin)
+                .await
+                .map_err(|refusal| format!("refused at the contract gate: {refusal}"))?,
+        )
+    } else {
+        None
+    };
+    Ok((digest, plugin.wasi_http(), passed))
 }

@@ -13,6 +13,9 @@ use tracing::Instrument;
 
 impl wit::Host for CapabilityCall<'_> {
     async fn delete(&mut self, key: String) -> Result<(), wit::CacheError> {
+        if let Some(stand_in) = &self.stand_in {
+            return stand_in.delete(key);
+        }
         match self
             .in_task(Capability::Cache, |capabilities| async move {
                 delete(&capabilities, key).await

@@ -17,6 +17,9 @@ impl wit::Host for CapabilityCall<'_> {
         path: String,
         body: Vec<u8>,
     ) -> Result<wit::ConvexResponse, wit::ConvexError> {
+        if let Some(stand_in) = &self.stand_in {
+            return stand_in.post(path, body);
+        }
         match self
             .in_task(Capability::Convex, |capabilities| async move {
                 post(&capabilities, path, body).await

@@ -4,16 +4,20 @@
 
 use super::Endpoint;
 use crate::capabilities::Capabilities;
+use crate::contract::{ContractGate, GATE_OFF_WARNING};
 use crate::digest::hex_digest;
 use crate::limits::Limits;
-use crate::runtime::LoadError;
+use crate::metrics::{Decision, RolloutStage};
 use crate::runtime::artifacts::{ArtifactCache, ArtifactKey};
 use crate::runtime::engine::{self, EngineError};
+use crate::runtime::store::RequestState;
 use crate::telemetry::IncomingTrace;
-use crate::versions::history::{History, HistoryError};
-use crate::versions::slot::{ComponentSlot, Provenance};
+use crate::versions::history::{History, HistoryError, Start};
+use crate::versions::refused::Refused;
+use crate::versions::slot::{Admission, ComponentSlot, Provenance, SwapError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use wasmtime::component::Linker;
 
 /// How an endpoint is built: where precompiled code goes, and its bounds.
 #[derive(Debug, Clone)]
@@ -37,6 +41,10 @@ pub struct EndpointConfig {
     pub limits: Limits,
     /// What a caller's `traceparent` counts for (`--trust-trace-context`).
     pub incoming_trace: IncomingTrace,
+    /// Whether new versions pass the contract gate before they serve
+    /// (`--contract-gate`); the versions it refuses are recorded in the
+    /// history directory, when there is one.
+    pub contract_gate: ContractGate,
 }
 
 impl Default for EndpointConfig {
@@ -50,6 +58,7 @@ impl Default for EndpointConfig {
             signed_by: None,
             limits: Limits::default(),
             incoming_trace: IncomingTrace::default(),
+            contract_gate: ContractGate::default(),
         }
     }
 }
@@ -114,7 +123,7 @@ pub enum EndpointError {
         /// Where the bytes came from.
         source_name: String,
         /// Why.
-        error: LoadError,
+        error: SwapError,
     },
     /// Another live process holds the state directory.
     #[error(transparent)]
@@ -208,70 +217,153 @@ impl Endpoint {
                 None
             }
         };
-        let new_slot = |bytes: Vec<u8>, provenance: Provenance| {
-            ComponentSlot::new(
-                linker.clone(),
-                artifacts.clone(),
-                capabilities.clone(),
-                limits.clone(),
-                bytes,
-                provenance,
-            )
+        // The refusals live beside the history, under its lock.
+        let refused = match (&history, config.history_dir.as_deref()) {
+            (Some(_), Some(dir)) => Refused::open(dir).unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "the record of refused versions is unreadable: refusals will not survive a restart");
+                Refused::in_memory()
+            }),
+            _ => Refused::in_memory(),
         };
-        let configured_digest = bytes.as_deref().map(hex_digest);
-        let restored = history.as_ref().and_then(|history| {
-            history.restore(
-                &source,
-                configured_digest.as_deref(),
-                config.signed_by.is_some(),
-            )
-        });
-        let mut restored_slot = None;
-        if let Some(start) = restored {
-            let current = start.current.bytes.clone();
-            match new_slot(
-                start.current.bytes,
-                Provenance::checked(start.current.source, start.current.signed),
-            )
-            .await
-            {
-                Ok(slot) => {
-                    if let Some(previous) = start.previous
-                        && let Err(err) = slot
-                            .set_previous(
-                                previous.bytes,
-                                Provenance::checked(previous.source, previous.signed),
-                            )
-                            .await
-                    {
-                        tracing::warn!(error = %err, "the recorded rollback target no longer loads; there is none");
-                    }
-                    restored_slot = Some((slot, current));
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "the last accepted component no longer loads; serving the configured one");
-                }
-            }
+        if !config.contract_gate.is_on() {
+            tracing::warn!("{GATE_OFF_WARNING}");
         }
-        let restored = restored_slot.is_some();
-        let (mut slot, serving) = match restored_slot {
-            Some(restored) => restored,
+        let base = Base {
+            linker,
+            artifacts,
+            capabilities,
+            limits,
+            admission: Admission {
+                gate: config.contract_gate,
+                refused: Arc::new(refused),
+            },
+        };
+        let signed_only = config.signed_by.is_some();
+        let mut bytes = bytes;
+        // A configured version refused before is as good as unreadable:
+        // the last one accepted under the same source serves instead.
+        if base.admission.gate.is_on()
+            && let Some(before) = bytes
+                .as_deref()
+                .and_then(|bytes| base.admission.refused.get(&hex_digest(bytes)))
+        {
+            tracing::warn!(
+                source,
+                reason = before.reason,
+                "the configured component was refused before; looking for the last accepted version"
+            );
+            base.capabilities
+                .metrics()
+                .decided(RolloutStage::Gate, Decision::Refused);
+            bytes = None;
+        }
+        let configured_digest = bytes.as_deref().map(hex_digest);
+        let restore = |digest: Option<&str>| {
+            history
+                .as_ref()
+                .and_then(|history| history.restore(&source, digest, signed_only))
+        };
+        let restored_slot = match restore(configured_digest.as_deref()) {
+            Some(start) => base.start_from(start).await,
+            None => None,
+        };
+        let (mut slot, serving, restored) = match restored_slot {
+            Some((slot, serving)) => (slot, serving, true),
             None => {
                 let bytes = bytes.ok_or_else(|| EndpointError::Unavailable {
                     source_name: source.clone(),
                 })?;
-                let slot = new_slot(bytes.clone(), Provenance::checked(source.clone(), signed))
+                match base
+                    .new_slot(bytes.clone(), Provenance::checked(source.clone(), signed))
                     .await
-                    .map_err(|error| EndpointError::Load {
-                        source_name: source.clone(),
-                        error,
-                    })?;
-                (slot, bytes)
+                {
+                    Ok(slot) => (slot, bytes, false),
+                    // Refused for what it does: the last version accepted
+                    // under the same source serves, if there is one.
+                    Err(error) if error.is_behaviour() => {
+                        let fallback = match restore(None) {
+                            Some(start) => base.start_from(start).await,
+                            None => None,
+                        };
+                        let Some((slot, serving)) = fallback else {
+                            return Err(EndpointError::Load {
+                                source_name: source.clone(),
+                                error,
+                            });
+                        };
+                        tracing::warn!(source, error = %error, "the configured component is refused; the last accepted version serves");
+                        (slot, serving, true)
+                    }
+                    Err(error) => {
+                        return Err(EndpointError::Load {
+                            source_name: source.clone(),
+                            error,
+                        });
+                    }
+                }
             }
         };
         if let Some(history) = history {
             slot.keep_history(history, source, serving, !restored).await;
         }
         Ok(Endpoint::new(slot).with_incoming_trace(config.incoming_trace))
+    }
+}
+
+/// What every version of one endpoint is built with.
+struct Base {
+    linker: Linker<RequestState>,
+    artifacts: Option<ArtifactCache>,
+    capabilities: Arc<Capabilities>,
+    limits: Arc<Limits>,
+    admission: Admission,
+}
+
+impl Base {
+    async fn new_slot(
+        &self,
+        bytes: Vec<u8>,
+        provenance: Provenance,
+    ) -> Result<ComponentSlot, SwapError> {
+        ComponentSlot::new(
+            self.linker.clone(),
+            self.artifacts.clone(),
+            self.capabilities.clone(),
+            self.limits.clone(),
+            bytes,
+            provenance,
+            self.admission.clone(),
+        )
+        .await
+    }
+
+    /// A slot serving what the history recorded, with its rollback target;
+    /// none, with a warning, when the recorded version no longer loads.
+    async fn start_from(&self, start: Start) -> Option<(ComponentSlot, Vec<u8>)> {
+        let current = start.current.bytes.clone();
+        let slot = match self
+            .new_slot(
+                start.current.bytes,
+                Provenance::checked(start.current.source, start.current.signed),
+            )
+            .await
+        {
+            Ok(slot) => slot,
+            Err(err) => {
+                tracing::warn!(error = %err, "the last accepted component no longer loads; serving the configured one");
+                return None;
+            }
+        };
+        if let Some(previous) = start.previous
+            && let Err(err) = slot
+                .set_previous(
+                    previous.bytes,
+                    Provenance::checked(previous.source, previous.signed),
+                )
+                .await
+        {
+            tracing::warn!(error = %err, "the recorded rollback target no longer loads; there is none");
+        }
+        Some((slot, current))
     }
 }

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// The only path the component serves.
-pub const ENDPOINT_PATH: &str = "/api/invalidate-user-api-key-cache";
+/// The only path the component serves (the contract's).
+pub const ENDPOINT_PATH: &str = crate::contract::rows::ENDPOINT_PATH;
 
 /// The serving side: the component slot and what each request goes through
 /// around it (routing, request ids, the access log, metrics).
@@ -89,6 +89,16 @@ impl Endpoint {
         }
         reasons.extend(self.capabilities().unready_reasons());
         reasons
+    }
+
+    /// What does not stop requests but weakens what keybust checks: the
+    /// contract gate turned off. `/readyz` lists them beside its status.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.slot.admission().gate.is_on() {
+            warnings.push(crate::contract::GATE_OFF_WARNING.to_owned());
+        }
+        warnings
     }
 
     /// The capabilities given to the component.
