@@ -17,8 +17,9 @@
 //!   signatures, following a tag, re-reading the component file.
 //! * [`versions`]: which version serves (the slot) and the record of
 //!   accepted and refused ones (the history).
-//! * [`contract`]: the gate a new version passes before it serves: the
-//!   contract's rows, answered with stand-ins for the backends.
+//! * [`contract`] and [`shadow`]: what a new version passes before it
+//!   serves: the contract's rows, answered with stand-ins for the
+//!   backends, then live requests replayed beside the serving version.
 //! * [`runtime`]: one request through a guest: engine, store, the compiled
 //!   version, a fresh or a reused instance, compiled-code artifacts, the
 //!   guest's log.
@@ -137,6 +138,7 @@ pub mod contract;
 pub mod rollout;
 pub mod runtime;
 pub mod serve;
+pub mod shadow;
 pub mod versions;
 
 // The admin listener, and the whole server as one value, on top of them all.

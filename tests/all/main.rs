@@ -32,6 +32,7 @@ mod registry_reads;
 mod reuse;
 mod session;
 mod settings;
+mod shadow;
 mod signatures;
 mod swap;
 mod systemd;

@@ -8,6 +8,8 @@
 //! | `GET /admin/component` | digest, wasi_http, source, loaded_at, previous_digest, and the followed tag beside them (`follow`) |
 //! | `PUT /admin/component` | swap in the body's component, or the one `{"reference": "oci://…"}` names (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
+//! | `GET /admin/rollout` | the candidate in its shadow stage, its counts, the last decision |
+//! | `POST /admin/rollout/promote`, `/abort` | serve the candidate now, or drop it as refused (bearer token) |
 //!
 //! Mutations are taken from loopback peers only, unless
 //! `--admin-allow-remote`; a listener for probes alone (`--metrics-listen`)
@@ -75,7 +77,10 @@ async fn answer(
     let path = request.uri().path().to_owned();
     let mutation = matches!(
         (request.method(), path.as_str()),
-        (&Method::PUT, "/admin/component") | (&Method::POST, "/admin/component/rollback")
+        (&Method::PUT, "/admin/component")
+            | (&Method::POST, "/admin/component/rollback")
+            | (&Method::POST, "/admin/rollout/promote")
+            | (&Method::POST, "/admin/rollout/abort")
     );
     if mutation && let Err(refusal) = authorize(policy, peer, &request) {
         // The upload is not read; drained, so the refusal reaches a client
@@ -100,6 +105,28 @@ async fn answer(
         }
         (&Method::GET, "/admin/component") => (component_json(endpoint, 200, None), None),
         (&Method::PUT, "/admin/component") => put_component(endpoint, policy, request).await,
+        (&Method::GET, "/admin/rollout") => (rollout_json(endpoint, 200), None),
+        (&Method::POST, "/admin/rollout/promote") => match endpoint.slot().candidate() {
+            Some(candidate) => {
+                let digest = candidate.version.digest().to_owned();
+                endpoint
+                    .slot()
+                    .promote(
+                        &candidate,
+                        "promoted by an operator (POST /admin/rollout/promote)",
+                    )
+                    .await;
+                (rollout_json(endpoint, 200), Some(digest))
+            }
+            None => (error(409, "there is no candidate to promote"), None),
+        },
+        (&Method::POST, "/admin/rollout/abort") => match endpoint.slot().abort().await {
+            Some(candidate) => (
+                rollout_json(endpoint, 200),
+                Some(candidate.version.digest().to_owned()),
+            ),
+            None => (error(409, "there is no candidate to abort"), None),
+        },
         (&Method::POST, "/admin/component/rollback") => match endpoint.slot().rollback().await {
             Ok(back) => (
                 component_json(endpoint, 200, None),
@@ -109,7 +136,14 @@ async fn answer(
         },
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/admin/component" | "/admin/component/rollback",
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/admin/component"
+            | "/admin/component/rollback"
+            | "/admin/rollout"
+            | "/admin/rollout/promote"
+            | "/admin/rollout/abort",
         ) => (error(405, "method not allowed"), None),
         _ => (json_response(404, r#"{"error":"Not found"}"#), None),
     }
@@ -167,15 +201,16 @@ fn follow_json(endpoint: &Endpoint) -> serde_json::Value {
     {
         Some(format!(
             "the version the tag names was refused at the {}: {}",
-            if before.stage == "gate" {
-                "contract gate"
-            } else {
-                before.stage.as_str()
-            },
+            crate::versions::slot::stage_name(&before.stage),
             before.reason
         ))
     } else if following.component.is_none() {
         Some("the version the tag names has not been pulled yet".to_owned())
+    } else if slot
+        .candidate()
+        .is_some_and(|candidate| Some(candidate.version.digest()) == following.component.as_deref())
+    {
+        Some("the version the tag names is a candidate in its shadow stage".to_owned())
     } else {
         Some(format!(
             "the serving version (from {}) was put in place by an admin swap or rollback, \
@@ -193,6 +228,20 @@ fn follow_json(endpoint: &Endpoint) -> serde_json::Value {
     })
 }
 
+/// `GET /admin/rollout`: the candidate in progress, its stage and counts,
+/// and how the last one's stage ended.
+fn rollout_json(endpoint: &Endpoint, status: u16) -> hyper::Response<ResponseBody> {
+    let slot = endpoint.slot();
+    let body = json!({
+        "serving_digest": slot.current().digest(),
+        "candidate": slot.candidate().map(|candidate| candidate.status()),
+        "last_decision": slot.last_decision(),
+        "gate": if slot.admission().gate.is_on() { "on" } else { "off" },
+        "shadow": if slot.admission().shadow.enabled { "on" } else { "off" },
+    });
+    json_response(status, Bytes::from(body.to_string()))
+}
+
 fn component_json(
     endpoint: &Endpoint,
     status: u16,
@@ -205,6 +254,10 @@ fn component_json(
         None => serde_json::Value::Null,
     };
     body["follow"] = follow_json(endpoint);
+    body["candidate"] = match slot.candidate() {
+        Some(candidate) => json!(candidate.status()),
+        None => serde_json::Value::Null,
+    };
     if let (Some(extra), Some(map)) = (extra, body.as_object_mut()) {
         map.extend(extra.as_object().cloned().unwrap_or_default());
     }

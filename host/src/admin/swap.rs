@@ -89,7 +89,12 @@ pub(super) async fn put_component(
         Ok(swapped) => (
             component_json(
                 endpoint,
-                200,
+                // A candidate is accepted for its shadow stage, not serving yet.
+                if swapped.candidate.is_some() {
+                    202
+                } else {
+                    200
+                },
                 Some(json!({
                     "compiled": swapped.origin == Some(crate::runtime::artifacts::Origin::Compiled),
                     "already_serving": swapped.already_serving(),

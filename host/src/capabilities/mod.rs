@@ -17,7 +17,7 @@ mod settings;
 pub mod stand_in;
 
 pub use self::settings::{Settings, SettingsArgs};
-pub use self::stand_in::{Effect, StandIn};
+pub use self::stand_in::{Answer, Effect, Effects, StandIn, Tape};
 
 use self::cache::{Cache, CacheError};
 use self::convex::ConvexClient;
@@ -176,11 +176,12 @@ pub trait CapabilitiesView: Send {
         None
     }
 
-    /// What answers this store's guest instead of the capabilities, when
-    /// its run must have no effect (the contract gate's runs). `None`: the
-    /// capabilities answer, as for every request a client sent.
-    fn stand_in(&self) -> Option<Arc<dyn StandIn>> {
-        None
+    /// How this store's guest reaches the backends: through the
+    /// capabilities (as for every request a client sent), through them
+    /// with each call written down (a request a candidate shadows), or
+    /// not at all (the contract gate's runs, a shadow's replay).
+    fn effects(&self) -> Effects {
+        Effects::Live
     }
 }
 
@@ -196,6 +197,7 @@ struct CapabilityCall<'a> {
     capabilities: &'a Arc<Capabilities>,
     span: Option<tracing::Span>,
     stand_in: Option<Arc<dyn StandIn>>,
+    tape: Option<Arc<Tape>>,
 }
 
 impl CapabilityCall<'_> {
@@ -263,9 +265,17 @@ impl<T> Drop for AbortOnDrop<T> {
 pub fn add_to_linker<T: CapabilitiesView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
-    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| CapabilityCall {
-        capabilities: state.capabilities(),
-        span: state.call_span(),
-        stand_in: state.stand_in(),
+    bindings::Capabilities::add_to_linker::<T, HasCapabilities>(linker, |state| {
+        let (stand_in, tape) = match state.effects() {
+            Effects::Live => (None, None),
+            Effects::Recorded(tape) => (None, Some(tape)),
+            Effects::StandIn(stand_in) => (Some(stand_in), None),
+        };
+        CapabilityCall {
+            capabilities: state.capabilities(),
+            span: state.call_span(),
+            stand_in,
+            tape,
+        }
     })
 }

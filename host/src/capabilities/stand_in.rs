@@ -1,7 +1,9 @@
 //! Answers given in place of the backends, for a run whose effects are to
 //! be checked rather than had: the contract gate runs a new version
-//! against scripted answers ([`crate::contract`]), and nothing it asks
-//! reaches Convex, the token issuer or the cache.
+//! against scripted answers ([`crate::contract`]), a shadow replays a
+//! candidate against what the serving version's calls were answered
+//! ([`Tape`]), and nothing either asks reaches Convex, the token issuer or
+//! the cache.
 //!
 //! Every side effect a component can have goes through one of its four
 //! imports, so a run with a [`StandIn`] is a run without side effects, and
@@ -55,4 +57,90 @@ pub trait StandIn: Send + Sync + 'static {
     ) -> Result<convex::ConvexResponse, convex::ConvexError>;
     /// `cache.delete`.
     fn delete(&self, key: String) -> Result<(), cache::CacheError>;
+}
+
+/// What a backend answered one call.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// `session.validate`'s.
+    Validate(Result<String, session::SessionError>),
+    /// `convex.post`'s.
+    Post(Result<convex::ConvexResponse, convex::ConvexError>),
+    /// `cache.delete`'s.
+    Delete(Result<(), cache::CacheError>),
+}
+
+/// The backend calls one request's guest made and what they answered, in
+/// order: recorded while a client's request runs on the serving version,
+/// so that a candidate can be given the same answers for the same calls
+/// (shadow replay) without reaching a backend itself.
+#[derive(Debug, Default)]
+pub struct Tape {
+    /// A `std` mutex: held for a push or a copy, never across an `.await`.
+    calls: std::sync::Mutex<Vec<(Effect, Answer)>>,
+}
+
+impl Tape {
+    /// Notes one call and its answer.
+    pub fn record(&self, effect: Effect, answer: Answer) {
+        self.lock().push((effect, answer));
+    }
+
+    /// The calls so far, with their answers.
+    pub fn calls(&self) -> Vec<(Effect, Answer)> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Effect, Answer)>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How one store's guest reaches the backends.
+#[derive(Clone, Default)]
+pub enum Effects {
+    /// Through the capabilities: a client's request.
+    #[default]
+    Live,
+    /// Through the capabilities, each call and its answer written down.
+    Recorded(std::sync::Arc<Tape>),
+    /// Not at all: a stand-in answers (the contract gate's runs, a
+    /// shadow's replay).
+    StandIn(std::sync::Arc<dyn StandIn>),
+}
+
+impl Effects {
+    /// Whether the guest's calls reach no backend.
+    pub fn is_rehearsal(&self) -> bool {
+        matches!(self, Effects::StandIn(_))
+    }
+}
+
+impl Effect {
+    /// Whether two calls are the same call: the same interface and the
+    /// same arguments, a Convex body compared as JSON when both parse
+    /// (its spacing and key order are a version's business).
+    pub fn same_as(&self, other: &Effect) -> bool {
+        match (self, other) {
+            (
+                Effect::Post { path, body },
+                Effect::Post {
+                    path: other_path,
+                    body: other_body,
+                },
+            ) => {
+                path == other_path
+                    && match (
+                        serde_json::from_slice::<serde_json::Value>(body),
+                        serde_json::from_slice::<serde_json::Value>(other_body),
+                    ) {
+                        (Ok(a), Ok(b)) => a == b,
+                        _ => body == other_body,
+                    }
+            }
+            (a, b) => a == b,
+        }
+    }
 }

@@ -105,6 +105,8 @@ label_values! {
     pub enum RolloutStage {
         /// The contract gate (`crate::contract`).
         Gate => "gate",
+        /// Shadow replay (`crate::shadow`).
+        Shadow => "shadow",
     }
 }
 
@@ -177,6 +179,11 @@ pub(super) struct BuildLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct SwapLabels {
     pub(super) result: SwapResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StageLabels {
+    pub(super) stage: RolloutStage,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

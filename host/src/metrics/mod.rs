@@ -19,7 +19,7 @@ pub use self::labels::{
 
 use self::labels::{
     BuildLabels, CapabilityLabels, CapabilityOutcomeLabels, CauseLabels, ComponentLabels,
-    DecisionLabels, KindLabels, PollLabels, RequestStatus, StatusLabels, SwapLabels,
+    DecisionLabels, KindLabels, PollLabels, RequestStatus, StageLabels, StatusLabels, SwapLabels,
 };
 use self::process::ProcessMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +51,8 @@ pub struct Metrics {
     swaps: Family<SwapLabels, Counter>,
     follow_polls: Family<PollLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    stage: Family<StageLabels, Gauge>,
+    shadowed: Family<PollLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
     reused_instances: Gauge,
@@ -150,6 +152,18 @@ impl Metrics {
             "What the stages a new version passes before it serves decided, by stage and result",
             decisions.clone(),
         );
+        let stage = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "rollout_stage",
+            "1 for the stage a candidate version is in now (none: no candidate)",
+            stage.clone(),
+        );
+        let shadowed = Family::<PollLabels, Counter>::default();
+        registry.register(
+            "shadow_requests",
+            "Requests a candidate shadowed, by result: agreed, diverged, shed (skipped under load), unusable (the serving version failed)",
+            shadowed.clone(),
+        );
         let component = Family::<ComponentLabels, Gauge>::default();
         registry.register(
             "component_info",
@@ -185,6 +199,8 @@ impl Metrics {
             swaps,
             follow_polls,
             decisions,
+            stage,
+            shadowed,
             component,
         }
     }
@@ -305,6 +321,20 @@ impl Metrics {
         self.decisions
             .get_or_create(&DecisionLabels { stage, result })
             .inc();
+    }
+
+    /// Names the stage a candidate is in now, or none.
+    pub fn rollout_stage(&self, stage: Option<RolloutStage>) {
+        self.stage.clear();
+        if let Some(stage) = stage {
+            self.stage.get_or_create(&StageLabels { stage }).set(1);
+        }
+    }
+
+    /// Counts one shadowed request by how it ended (`agreed`, `diverged`,
+    /// `shed`, `unusable`).
+    pub fn shadowed(&self, result: &'static str) {
+        self.shadowed.get_or_create(&PollLabels { result }).inc();
     }
 
     /// Names the digest serving now.

@@ -28,6 +28,9 @@ pub enum PollResult {
     Unchanged,
     /// The tag moved and its new version serves.
     Swapped,
+    /// The tag moved and its new version passed the gate; it runs in the
+    /// shadow of the serving one before it serves.
+    Candidate,
     /// The tag moved to a version that was refused.
     Refused,
     /// The registry could not be asked, or the pull failed, or the new
@@ -41,6 +44,7 @@ impl PollResult {
         match self {
             PollResult::Unchanged => "unchanged",
             PollResult::Swapped => "swapped",
+            PollResult::Candidate => "candidate",
             PollResult::Refused => "refused",
             PollResult::Failed => "failed",
         }
@@ -163,6 +167,10 @@ impl Follower {
         {
             Ok(swapped) => {
                 slot.note_following(following);
+                if swapped.candidate.is_some() {
+                    tracing::info!(reference = %self.reference, manifest = digest, "followed the tag to a new version, which runs in the shadow stage first");
+                    return PollResult::Candidate;
+                }
                 if !swapped.already_serving() {
                     tracing::info!(reference = %self.reference, manifest = digest, "followed the tag to a new version");
                 }

@@ -7,7 +7,7 @@
 //! between the request's side and the store's data.
 
 use super::guest_log::GuestLog;
-use crate::capabilities::StandIn;
+use crate::capabilities::Effects;
 use crate::telemetry::TRACE_TARGET;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -24,13 +24,12 @@ pub(crate) struct Call {
     /// Why the instance failed while serving this request, from its worker.
     failure: OnceLock<wasmtime::Error>,
     failed: Notify,
-    /// What answers this request's capability calls, when its run must
-    /// have no effect.
-    stand_in: Option<Arc<dyn StandIn>>,
+    /// How this request's guest reaches the backends.
+    effects: Effects,
 }
 
 impl Call {
-    pub(super) fn new(stand_in: Option<Arc<dyn StandIn>>) -> Self {
+    pub(super) fn new(effects: Effects) -> Self {
         // Opened here, where the request's span is current; it ends with the
         // request, however long the instance lives.
         let span = tracing::info_span!(
@@ -44,14 +43,13 @@ impl Call {
             log: OnceLock::new(),
             failure: OnceLock::new(),
             failed: Notify::new(),
-            stand_in,
+            effects,
         }
     }
 
-    /// What answers this request's capability calls instead of the
-    /// capabilities, if anything.
-    pub(crate) fn stand_in(&self) -> Option<Arc<dyn StandIn>> {
-        self.stand_in.clone()
+    /// How this request's guest reaches the backends.
+    pub(crate) fn effects(&self) -> &Effects {
+        &self.effects
     }
 
     /// Hands the request what its instance keeps for it: the flag that
@@ -118,7 +116,7 @@ impl Call {
             }
             if let Some(log) = self.log.get() {
                 let _inside = span.enter();
-                log.drain_as(self.stand_in.is_some());
+                log.drain_as(self.effects.is_rehearsal());
             }
         }
     }

@@ -9,7 +9,7 @@ use super::fresh::serve_request;
 use super::reuse::Reuse;
 use super::store::{RequestState, bound_store, new_store};
 use crate::body::ResponseBody;
-use crate::capabilities::{Capabilities, StandIn};
+use crate::capabilities::{Capabilities, Effects, StandIn, Tape};
 use crate::digest::hex_digest;
 use crate::limits::Limits;
 use bytes::Bytes;
@@ -221,7 +221,35 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let result = self.run(request, hold, None).await;
+        self.handle_as(request, hold, Effects::Live).await
+    }
+
+    /// [`Plugin::handle`], with each capability call and its answer
+    /// written on `tape`: a request a candidate shadows.
+    pub async fn handle_recorded<B>(
+        &self,
+        request: hyper::Request<B>,
+        hold: impl Send + 'static,
+        tape: Arc<Tape>,
+    ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        self.handle_as(request, hold, Effects::Recorded(tape)).await
+    }
+
+    async fn handle_as<B>(
+        &self,
+        request: hyper::Request<B>,
+        hold: impl Send + 'static,
+        effects: Effects,
+    ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let result = self.run(request, hold, effects).await;
         match &result {
             Ok(_) => {}
             Err(GuestFailure::BodyTimeout) => {
@@ -250,26 +278,24 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        self.run(request, (), Some(stand_in)).await
+        self.run(request, (), Effects::StandIn(stand_in)).await
     }
 
     async fn run<B>(
         &self,
         request: hyper::Request<B>,
         hold: impl Send + 'static,
-        stand_in: Option<Arc<dyn StandIn>>,
+        effects: Effects,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         match &self.serving {
-            Serving::Handler(reuse) => reuse.serve(request, hold, stand_in).await,
+            Serving::Handler(reuse) => reuse.serve(request, hold, effects).await,
             Serving::Fresh(pre) => {
-                let mut state = RequestState::new(self.capabilities.clone(), &self.limits);
-                if let Some(stand_in) = stand_in {
-                    state = state.with_stand_in(stand_in);
-                }
+                let state = RequestState::new(self.capabilities.clone(), &self.limits)
+                    .with_effects(effects);
                 let mut store = wasmtime::Store::new(&self.engine, state);
                 bound_store(&mut store);
                 serve_request(pre.clone(), store, request, &self.limits, hold).await

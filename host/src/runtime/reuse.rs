@@ -42,7 +42,7 @@ use super::call::{Call, Ended};
 use super::failure::GuestFailure;
 use super::store::{GuestState, RequestState, new_store};
 use crate::body::{ResponseBody, bound_request};
-use crate::capabilities::{Capabilities, StandIn};
+use crate::capabilities::{Capabilities, Effects};
 use crate::limits::Limits;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -103,7 +103,7 @@ impl Reuse {
         &self,
         request: hyper::Request<B>,
         hold: impl Send + 'static,
-        stand_in: Option<Arc<dyn StandIn>>,
+        effects: Effects,
     ) -> Result<hyper::Response<ResponseBody>, GuestFailure>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
@@ -112,7 +112,7 @@ impl Reuse {
         let limits = &self.limits;
         let (request, body_timed_out) = bound_request(request, limits.body_timeout);
         let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
-        let call = Arc::new(Call::new(stand_in));
+        let call = Arc::new(Call::new(effects));
         // Ends the call however this returns, or if the caller drops it (the
         // client went away): the request's spans must not stay open, and
         // its guest output unlogged, until the instance's next request.

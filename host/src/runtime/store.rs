@@ -9,7 +9,7 @@
 
 use super::call::Call;
 use super::guest_log::GuestLog;
-use crate::capabilities::{Capabilities, CapabilitiesView, StandIn};
+use crate::capabilities::{Capabilities, CapabilitiesView, Effects};
 use crate::limits::Limits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,9 +93,9 @@ pub struct RequestState {
     bounds: GuestBounds,
     /// The request a reused instance serves now (`--instance-reuse`).
     call: Option<Arc<Call>>,
-    /// What answers in place of the capabilities, for a run without
-    /// effects (a fresh instance's; a reused one's comes with its call).
-    stand_in: Option<Arc<dyn StandIn>>,
+    /// How the guest reaches the backends (a fresh instance's; a reused
+    /// one's comes with its call).
+    effects: Effects,
 }
 
 impl RequestState {
@@ -118,14 +118,14 @@ impl RequestState {
             guest_log,
             bounds: GuestBounds::new(limits),
             call: None,
-            stand_in: None,
+            effects: Effects::Live,
         }
     }
 
-    /// Has `stand_in` answer this store's guest in place of the
-    /// capabilities: a run whose effects are checked, not had.
-    pub fn with_stand_in(mut self, stand_in: Arc<dyn StandIn>) -> Self {
-        self.stand_in = Some(stand_in);
+    /// Has this store's guest reach the backends as `effects` says: with
+    /// its calls written down, or not at all (a stand-in answers).
+    pub fn with_effects(mut self, effects: Effects) -> Self {
+        self.effects = effects;
         self
     }
 
@@ -188,13 +188,13 @@ impl GuestState for RequestState {
 
     fn instantiated(&mut self, took: std::time::Duration) {
         // A rehearsal's instances are no client's.
-        if self.stand_in.is_none() {
+        if !self.effects.is_rehearsal() {
             self.capabilities.metrics().instantiated(took);
         }
     }
 
     fn finished(&mut self) {
-        self.guest_log.drain_as(self.stand_in.is_some());
+        self.guest_log.drain_as(self.effects.is_rehearsal());
     }
 }
 
@@ -226,10 +226,10 @@ impl CapabilitiesView for RequestState {
         self.call.as_ref().and_then(|call| call.span())
     }
 
-    fn stand_in(&self) -> Option<Arc<dyn StandIn>> {
+    fn effects(&self) -> Effects {
         match &self.call {
-            Some(call) => call.stand_in(),
-            None => self.stand_in.clone(),
+            Some(call) => call.effects().clone(),
+            None => self.effects.clone(),
         }
     }
 }

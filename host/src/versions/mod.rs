@@ -8,6 +8,7 @@
 //! that serves, once it has passed the contract gate
 //! ([`crate::contract`]); nothing here fetches or serves.
 
+pub mod candidate;
 pub mod following;
 pub mod history;
 pub mod refused;

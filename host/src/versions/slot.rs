@@ -19,11 +19,14 @@ use crate::metrics::{Decision, Metrics, RolloutStage};
 use crate::runtime::artifacts::{ArtifactCache, Origin};
 use crate::runtime::plugin::{LoadError, Plugin};
 use crate::runtime::store::RequestState;
+use crate::shadow::ShadowSettings;
+use crate::versions::candidate::{Candidate, Decided};
 use crate::versions::following::Following;
 use crate::versions::history::{Accepted, History};
 use crate::versions::refused::{self, Refused};
 use arc_swap::ArcSwap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Linker;
 
@@ -88,25 +91,33 @@ pub struct Swapped {
     /// Whether compilation was skipped thanks to the artifact cache; `None`
     /// when the bytes were already serving and nothing was swapped.
     pub origin: Option<Origin>,
-    /// From bytes in hand to the new version serving.
+    /// From bytes in hand to the new version serving (or, with a
+    /// candidate, to its shadow stage starting).
     pub took: Duration,
+    /// The version waiting in its shadow stage, when the new bytes did not
+    /// go straight into service: `version` is still the one serving.
+    pub candidate: Option<Arc<Candidate>>,
 }
 
 impl Swapped {
-    /// Whether the bytes were those serving already: a retried upload, or
-    /// the file watch and a SIGHUP reading the same file. Nothing changed,
-    /// and the rollback target is still the version before.
+    /// Whether the bytes were those serving (or waiting as the
+    /// candidate) already: a retried upload, or the file watch and a
+    /// SIGHUP reading the same file. Nothing changed, and the rollback
+    /// target is still the version before.
     pub fn already_serving(&self) -> bool {
         self.origin.is_none()
     }
 }
 
 /// How a new version is judged before it serves: whether the contract
-/// gate runs, and the record of the versions it refused.
+/// gate runs, the shadow stage after it, and the record of the versions
+/// refused.
 #[derive(Clone, Default)]
 pub struct Admission {
     /// `--contract-gate`.
     pub gate: ContractGate,
+    /// `--shadow*`: off by default in the library.
+    pub shadow: ShadowSettings,
     /// The versions refused so far, by digest.
     pub refused: Arc<Refused>,
 }
@@ -133,9 +144,12 @@ impl SwapError {
     }
 }
 
-fn stage_name(stage: &str) -> &str {
+/// How a refusal's stage is said: `gate` is the contract gate.
+pub fn stage_name(stage: &str) -> &str {
     match stage {
         "gate" => "contract gate",
+        "shadow" => "shadow stage",
+        "operator" => "operator's abort",
         other => other,
     }
 }
@@ -177,6 +191,18 @@ pub struct ComponentSlot {
     /// What the follower last saw of its tag, when a tag is followed. A
     /// `std` mutex: held for a copy or a replace only.
     following: Mutex<Option<Following>>,
+    /// The version in its shadow stage, if any. Set and cleared under the
+    /// swap lock; read by every request (lock-free, as `current` is) to
+    /// pick the ones it shadows.
+    candidate: arc_swap::ArcSwapOption<Candidate>,
+    /// Which requests a candidate shadows: request n is picked when
+    /// `floor(n * share)` steps, so exactly the share is, spread evenly.
+    shadow_count: AtomicU64,
+    /// How the last candidate's stage ended.
+    last_decision: Mutex<Option<Decided>>,
+    /// The slot itself, for the task that ends a candidate's window; set
+    /// once the slot is shared ([`ComponentSlot::share`]).
+    me: OnceLock<Weak<ComponentSlot>>,
     /// Where accepted versions are recorded, to survive a restart; the
     /// record is written under the swap lock, so it follows the swaps in
     /// their order.
@@ -264,6 +290,10 @@ impl ComponentSlot {
             previous: Mutex::new(None),
             swapping: tokio::sync::Mutex::new(()),
             following: Mutex::new(None),
+            candidate: arc_swap::ArcSwapOption::empty(),
+            shadow_count: AtomicU64::new(0),
+            last_decision: Mutex::new(None),
+            me: OnceLock::new(),
             history: None,
         })
     }
@@ -379,16 +409,23 @@ impl ComponentSlot {
         let _one_at_a_time = self.swapping.lock().await;
         let started = Instant::now();
         let current = self.current();
-        if hex_digest(&bytes) == current.digest() {
+        let digest = hex_digest(&bytes);
+        let waiting = self.candidate();
+        if digest == current.digest()
+            || waiting
+                .as_ref()
+                .is_some_and(|candidate| candidate.version.digest() == digest)
+        {
             tracing::debug!(
                 digest = current.digest(),
                 source = provenance.source,
-                "component already serving; nothing swapped"
+                "component already serving or waiting; nothing swapped"
             );
             return Ok(Swapped {
                 version: current,
                 origin: None,
                 took: started.elapsed(),
+                candidate: waiting,
             });
         }
         let prepared = prepare(
@@ -409,16 +446,24 @@ impl ComponentSlot {
             }
         };
         let version = Arc::new(version);
-        let old = self.current.swap(version.clone());
-        old.plugin.retire_instances();
-        *self.lock_previous() = Some(old.clone());
-        if let Some(history) = &self.history {
-            history
-                .record(&version, Some(bytes), Some(&old), true)
-                .await;
+        if self.admission.shadow.enabled && self.admission.gate.is_on() {
+            let provenance = Provenance::checked(version.source.clone(), version.signed);
+            let candidate = Arc::new(Candidate::new(
+                version,
+                bytes,
+                provenance,
+                self.admission.shadow,
+            ));
+            self.start_shadow(candidate.clone());
+            return Ok(Swapped {
+                version: current,
+                origin: Some(origin),
+                took: started.elapsed(),
+                candidate: Some(candidate),
+            });
         }
+        self.install(version.clone(), bytes).await;
         let took = started.elapsed();
-        self.metrics.swapped(version.digest());
         tracing::info!(
             digest = version.digest(),
             source = version.source,
@@ -430,7 +475,202 @@ impl ComponentSlot {
             version,
             origin: Some(origin),
             took,
+            candidate: None,
         })
+    }
+
+    /// Makes `version` the serving one; the one it replaces becomes the
+    /// rollback target. Under the swap lock.
+    async fn install(&self, version: Arc<Version>, bytes: Vec<u8>) {
+        let old = self.current.swap(version.clone());
+        old.plugin.retire_instances();
+        *self.lock_previous() = Some(old.clone());
+        if let Some(history) = &self.history {
+            history
+                .record(&version, Some(bytes), Some(&old), true)
+                .await;
+        }
+        self.metrics.swapped(version.digest());
+    }
+
+    /// Lets the slot end a candidate's window by itself: it needs a handle
+    /// on itself for the timer. [`Endpoint::new`](crate::serve::endpoint::Endpoint::new)
+    /// calls it; a slot never shared waits for requests (or an operator)
+    /// to end a window.
+    pub fn share(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// The version in its shadow stage, if any.
+    pub fn candidate(&self) -> Option<Arc<Candidate>> {
+        self.candidate.load_full()
+    }
+
+    /// How the last candidate's stage ended, if one did.
+    pub fn last_decision(&self) -> Option<Decided> {
+        self.last_decision
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// The candidate, when it shadows this request: the share of requests
+    /// it asked for, spread evenly.
+    pub fn shadow_pick(&self) -> Option<Arc<Candidate>> {
+        let candidate = self.candidate.load();
+        let candidate = candidate.as_ref()?;
+        let n = self.shadow_count.fetch_add(1, Ordering::Relaxed) as f64;
+        let share = candidate.share();
+        ((n * share).floor() != ((n + 1.0) * share).floor()).then(|| candidate.clone())
+    }
+
+    /// Puts `candidate` in its shadow stage, in place of any earlier one
+    /// (which is dropped undecided: a newer version superseded it), and
+    /// starts the timer that ends its window. Under the swap lock.
+    fn start_shadow(&self, candidate: Arc<Candidate>) {
+        let earlier = self.candidate.swap(Some(candidate.clone()));
+        if let Some(earlier) = earlier
+            && earlier.decide()
+        {
+            earlier.version.plugin.retire_instances();
+            tracing::info!(
+                digest = earlier.version.digest(),
+                "the candidate in its shadow stage is superseded by a newer version"
+            );
+        }
+        self.metrics.rollout_stage(Some(RolloutStage::Shadow));
+        tracing::info!(
+            digest = candidate.version.digest(),
+            source = candidate.provenance.source,
+            share = candidate.share(),
+            "the new version passed the contract gate and runs in the shadow of the serving one"
+        );
+        if let Some(me) = self.me.get().cloned() {
+            let candidate = candidate.clone();
+            let window = self.admission.shadow.window;
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                let Some(slot) = me.upgrade() else {
+                    return;
+                };
+                let agreed = candidate.agreements();
+                slot.promote(
+                    &candidate,
+                    &format!("its shadow window passed: {agreed} agreeing requests, no divergence"),
+                )
+                .await;
+            });
+        }
+    }
+
+    /// Makes `candidate` the serving version, if it still waits; `why`
+    /// goes to the log and the last decision.
+    pub async fn promote(&self, candidate: &Arc<Candidate>, why: &str) -> bool {
+        let _one_at_a_time = self.swapping.lock().await;
+        if !self.take_candidate(candidate) {
+            return false;
+        }
+        self.install(candidate.version.clone(), candidate.bytes.clone())
+            .await;
+        self.metrics.decided(RolloutStage::Shadow, Decision::Passed);
+        self.metrics.rollout_stage(None);
+        self.note_decision(Decided::now(
+            candidate.version.digest(),
+            "shadow",
+            "promoted",
+            why.to_owned(),
+        ));
+        tracing::info!(
+            digest = candidate.version.digest(),
+            source = candidate.provenance.source,
+            why,
+            "the candidate serves"
+        );
+        true
+    }
+
+    /// Refuses `candidate` at `stage`, if it still waits: it is recorded
+    /// like a gate refusal, so no source takes it again.
+    pub async fn refuse(&self, candidate: &Arc<Candidate>, stage: &str, why: &str) -> bool {
+        let _one_at_a_time = self.swapping.lock().await;
+        if !self.take_candidate(candidate) {
+            return false;
+        }
+        candidate.version.plugin.retire_instances();
+        self.admission.refused.record(
+            candidate.version.digest(),
+            stage,
+            why,
+            &candidate.provenance.source,
+        );
+        self.metrics
+            .decided(RolloutStage::Shadow, Decision::Refused);
+        self.metrics.swap_failed();
+        self.metrics.rollout_stage(None);
+        self.note_decision(Decided::now(
+            candidate.version.digest(),
+            stage,
+            "refused",
+            why.to_owned(),
+        ));
+        tracing::error!(
+            digest = candidate.version.digest(),
+            source = candidate.provenance.source,
+            stage,
+            reason = why,
+            "the candidate is refused; the serving version keeps serving"
+        );
+        true
+    }
+
+    /// An operator's abort (`POST /admin/rollout/abort`): the waiting
+    /// candidate, if any, is dropped and recorded as refused, so that no
+    /// source (a follower's tag still naming it) takes it again.
+    pub async fn abort(&self) -> Option<Arc<Candidate>> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let candidate = self.candidate()?;
+        if !self.take_candidate(&candidate) {
+            return None;
+        }
+        candidate.version.plugin.retire_instances();
+        let why = "aborted by an operator (POST /admin/rollout/abort)";
+        self.admission.refused.record(
+            candidate.version.digest(),
+            "operator",
+            why,
+            &candidate.provenance.source,
+        );
+        self.metrics.rollout_stage(None);
+        self.note_decision(Decided::now(
+            candidate.version.digest(),
+            "operator",
+            "aborted",
+            why.to_owned(),
+        ));
+        tracing::warn!(
+            digest = candidate.version.digest(),
+            "the candidate is aborted by an operator"
+        );
+        Some(candidate)
+    }
+
+    /// Takes `candidate` out of the slot and claims its decision; `false`
+    /// when it is not the waiting one any more, or was decided.
+    fn take_candidate(&self, candidate: &Arc<Candidate>) -> bool {
+        match self.candidate.load_full() {
+            Some(current) if Arc::ptr_eq(&current, candidate) && candidate.decide() => {
+                self.candidate.store(None);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn note_decision(&self, decided: Decided) {
+        *self
+            .last_decision
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(decided);
     }
 
     /// Puts the previous version back; the replaced one becomes "previous".

@@ -98,6 +98,9 @@ impl Keybust {
             .env("KEYBUST_CACHE_DIR", dirs.path().join("cache"))
             .env("KEYBUST_STATE_DIR", dirs.path().join("state"))
             .env("RUST_LOG", "info")
+            // A swap serves at once, as most tests expect; the shadow
+            // stage's own tests turn it back on.
+            .env("KEYBUST_SHADOW", "off")
             .env("KEYBUST_LISTEN", "127.0.0.1:0")
             .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -15,6 +15,7 @@ use keybust::rollout::registry::RegistryArgs;
 use keybust::runtime::artifacts;
 use keybust::serve::endpoint::EndpointConfig;
 use keybust::serve::tls::TlsArgs;
+use keybust::shadow::ShadowArgs;
 use keybust::telemetry::IncomingTrace;
 use keybust::telemetry::export::TelemetryArgs;
 use std::net::SocketAddr;
@@ -144,6 +145,9 @@ pub struct CommonArgs {
     #[arg(long, env = "KEYBUST_CONTRACT_GATE", value_enum, default_value_t = ContractGate::On)]
     pub contract_gate: ContractGate,
 
+    #[command(flatten, next_help_heading = "Rollout: the shadow stage")]
+    pub shadow: ShadowArgs,
+
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: LimitArgs,
 
@@ -176,6 +180,7 @@ impl CommonArgs {
                 IncomingTrace::Link
             },
             contract_gate: self.contract_gate,
+            shadow: self.shadow.settings(),
         })
     }
 }

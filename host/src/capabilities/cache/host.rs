@@ -5,7 +5,7 @@
 
 use super::CacheError;
 use crate::capabilities::bindings::keybust::gateway::cache as wit;
-use crate::capabilities::{Capabilities, CapabilityCall};
+use crate::capabilities::{Answer, Capabilities, CapabilityCall, Effect};
 use crate::metrics::{Capability, Outcome, Unavailable};
 use crate::telemetry::TRACE_TARGET;
 use std::time::Instant;
@@ -16,7 +16,8 @@ impl wit::Host for CapabilityCall<'_> {
         if let Some(stand_in) = &self.stand_in {
             return stand_in.delete(key);
         }
-        match self
+        let noted = self.tape.clone().map(|tape| (tape, key.clone()));
+        let result = match self
             .in_task(Capability::Cache, |capabilities| async move {
                 delete(&capabilities, key).await
             })
@@ -27,7 +28,11 @@ impl wit::Host for CapabilityCall<'_> {
                 self.capabilities.metrics.unavailable(Unavailable::Backend);
                 Err(wit::CacheError::Unavailable)
             }
+        };
+        if let Some((tape, key)) = noted {
+            tape.record(Effect::Delete { key }, Answer::Delete(result));
         }
+        result
     }
 }
 

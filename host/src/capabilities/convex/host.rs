@@ -5,7 +5,7 @@
 
 use super::ConvexError;
 use crate::capabilities::bindings::keybust::gateway::convex as wit;
-use crate::capabilities::{Capabilities, CapabilityCall};
+use crate::capabilities::{Answer, Capabilities, CapabilityCall, Effect};
 use crate::metrics::{Capability, Outcome, Unavailable};
 use crate::telemetry::TRACE_TARGET;
 use std::time::Instant;
@@ -20,7 +20,11 @@ impl wit::Host for CapabilityCall<'_> {
         if let Some(stand_in) = &self.stand_in {
             return stand_in.post(path, body);
         }
-        match self
+        let noted = self
+            .tape
+            .clone()
+            .map(|tape| (tape, path.clone(), body.clone()));
+        let result = match self
             .in_task(Capability::Convex, |capabilities| async move {
                 post(&capabilities, path, body).await
             })
@@ -31,7 +35,11 @@ impl wit::Host for CapabilityCall<'_> {
                 self.capabilities.metrics.unavailable(Unavailable::Backend);
                 Err(wit::ConvexError::Transport)
             }
+        };
+        if let Some((tape, path, body)) = noted {
+            tape.record(Effect::Post { path, body }, Answer::Post(result.clone()));
         }
+        result
     }
 }
 

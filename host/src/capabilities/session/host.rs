@@ -6,7 +6,7 @@
 
 use super::SessionError;
 use crate::capabilities::bindings::keybust::gateway::session as wit;
-use crate::capabilities::{Capabilities, CapabilityCall};
+use crate::capabilities::{Answer, Capabilities, CapabilityCall, Effect};
 use crate::metrics::{Capability, Outcome};
 use crate::telemetry::TRACE_TARGET;
 use std::time::Instant;
@@ -17,11 +17,17 @@ impl wit::Host for CapabilityCall<'_> {
         if let Some(stand_in) = &self.stand_in {
             return stand_in.validate(token);
         }
-        self.in_task(Capability::Session, |capabilities| async move {
-            validate(&capabilities, token).await
-        })
-        .await
-        .unwrap_or(Err(wit::SessionError::Unverifiable))
+        let noted = self.tape.clone().map(|tape| (tape, token.clone()));
+        let result = self
+            .in_task(Capability::Session, |capabilities| async move {
+                validate(&capabilities, token).await
+            })
+            .await
+            .unwrap_or(Err(wit::SessionError::Unverifiable));
+        if let Some((tape, token)) = noted {
+            tape.record(Effect::Validate { token }, Answer::Validate(result.clone()));
+        }
+        result
     }
 }
 

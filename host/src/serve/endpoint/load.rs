@@ -11,6 +11,7 @@ use crate::metrics::{Decision, RolloutStage};
 use crate::runtime::artifacts::{ArtifactCache, ArtifactKey};
 use crate::runtime::engine::{self, EngineError};
 use crate::runtime::store::RequestState;
+use crate::shadow::ShadowSettings;
 use crate::telemetry::IncomingTrace;
 use crate::versions::history::{History, HistoryError, Start};
 use crate::versions::refused::Refused;
@@ -45,6 +46,8 @@ pub struct EndpointConfig {
     /// (`--contract-gate`); the versions it refuses are recorded in the
     /// history directory, when there is one.
     pub contract_gate: ContractGate,
+    /// The shadow stage after the gate (`--shadow*`); off by default here.
+    pub shadow: ShadowSettings,
 }
 
 impl Default for EndpointConfig {
@@ -59,6 +62,7 @@ impl Default for EndpointConfig {
             limits: Limits::default(),
             incoming_trace: IncomingTrace::default(),
             contract_gate: ContractGate::default(),
+            shadow: ShadowSettings::default(),
         }
     }
 }
@@ -235,6 +239,7 @@ impl Endpoint {
             limits,
             admission: Admission {
                 gate: config.contract_gate,
+                shadow: config.shadow,
                 refused: Arc::new(refused),
             },
         };

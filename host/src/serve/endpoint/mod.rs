@@ -5,6 +5,7 @@
 //! history), then hand it `hyper::Request`s.
 
 mod load;
+mod shadow;
 
 pub use load::{Configured, EndpointConfig, EndpointError};
 
@@ -44,6 +45,8 @@ pub struct Endpoint {
     draining: std::sync::atomic::AtomicBool,
     /// What a caller's `traceparent` counts for.
     incoming_trace: IncomingTrace,
+    /// Shadow runs of a candidate, apart from the admission slots.
+    shadow_runs: Arc<tokio::sync::Semaphore>,
 }
 
 impl Endpoint {
@@ -52,11 +55,14 @@ impl Endpoint {
         let admission = Arc::new(tokio::sync::Semaphore::new(
             slot.limits().max_concurrent_requests,
         ));
+        let slot = Arc::new(slot);
+        slot.share();
         Endpoint {
-            slot: Arc::new(slot),
+            slot,
             admission,
             draining: std::sync::atomic::AtomicBool::new(false),
             incoming_trace: IncomingTrace::default(),
+            shadow_runs: shadow::runs(),
         }
     }
 
@@ -189,18 +195,36 @@ impl Endpoint {
         let admitted =
             tokio::time::timeout(queue_timeout, self.admission.clone().acquire_owned()).await;
         let mut response = match admitted {
-            Ok(Ok(permit)) => match version.plugin.handle(request, (permit, record)).await {
-                Ok(response) => return response,
-                Err(failure) => {
-                    let metrics = self.metrics();
-                    match failure {
-                        GuestFailure::BodyTimeout => metrics.body_timed_out(),
-                        GuestFailure::Failed(_) => metrics.guest_failed(GuestFailed::Trap),
-                        GuestFailure::OutOfTime(_) => metrics.guest_failed(GuestFailed::Timeout),
+            Ok(Ok(permit)) => {
+                let handled = match self.shadowing() {
+                    Some(candidate) => {
+                        shadow::serve(
+                            &self.slot,
+                            version,
+                            candidate,
+                            self.shadow_runs.clone(),
+                            request,
+                            (permit, record),
+                        )
+                        .await
                     }
-                    failure.response()
+                    None => version.plugin.handle(request, (permit, record)).await,
+                };
+                match handled {
+                    Ok(response) => return response,
+                    Err(failure) => {
+                        let metrics = self.metrics();
+                        match failure {
+                            GuestFailure::BodyTimeout => metrics.body_timed_out(),
+                            GuestFailure::Failed(_) => metrics.guest_failed(GuestFailed::Trap),
+                            GuestFailure::OutOfTime(_) => {
+                                metrics.guest_failed(GuestFailed::Timeout)
+                            }
+                        }
+                        failure.response()
+                    }
                 }
-            },
+            }
             _ => {
                 self.metrics().unavailable(Unavailable::Shed);
                 let mut busy = json_response(503, r#"{"error":"Service unavailable"}"#);
@@ -215,6 +239,22 @@ impl Endpoint {
             .origins
             .add_cors_headers(&headers, response.headers_mut());
         response
+    }
+}
+
+impl Endpoint {
+    /// The candidate, when it shadows this request: its share of them, and
+    /// none while fewer than a quarter of the admission slots are free
+    /// (shadow work is the first thing given up under load).
+    fn shadowing(&self) -> Option<Arc<crate::versions::candidate::Candidate>> {
+        let candidate = self.slot.shadow_pick()?;
+        let slots = self.slot.limits().max_concurrent_requests;
+        if self.admission.available_permits() < slots / 4 {
+            candidate.shed();
+            self.metrics().shadowed("shed");
+            return None;
+        }
+        Some(candidate)
     }
 }
 

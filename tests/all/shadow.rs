@@ -1,0 +1,247 @@
+//! The shadow stage (README, "Rolling out a new version"): a version that
+//! passed the contract gate runs beside the serving one on live requests,
+//! answering none and reaching no backend, until it has agreed often
+//! enough or long enough; one divergence refuses it.
+
+use crate::support::fleet::{self, serving};
+use crate::support::programs::with_default_mode;
+use crate::support::{Answer, Answered, Backend, Options, Stack, hashes};
+use keybust::digest::hex_digest;
+use keybust::runtime::plugin::EMBEDDED_COMPONENT;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+async fn flawed(mode: &'static str) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || with_default_mode(mode))
+        .await
+        .unwrap()
+}
+
+/// keybust with the shadow stage on, shadowing every request, and `extra`.
+async fn shadowing(extra: &[&str]) -> Stack {
+    let args: Vec<String> = [
+        "--admin-token",
+        fleet::ADMIN_TOKEN,
+        "--shadow",
+        "on",
+        "--shadow-share",
+        "100%",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    Stack::with(
+        Backend::Embedded,
+        Options {
+            args,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn put(stack: &Stack, bytes: Vec<u8>) -> Answer {
+    stack
+        .admin(reqwest::Method::PUT, "/admin/component")
+        .bearer_auth(fleet::ADMIN_TOKEN)
+        .body(bytes)
+        .answer()
+        .await
+}
+
+async fn rollout(stack: &Stack) -> Value {
+    let answer = stack
+        .admin(reqwest::Method::GET, "/admin/rollout")
+        .answer()
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    serde_json::from_str(&answer.body).unwrap()
+}
+
+/// Waits up to `limit` for the serving digest to become `digest`.
+async fn wait_serving(stack: &Stack, digest: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while serving(stack).await["digest"] != digest {
+        assert!(
+            Instant::now() < deadline,
+            "{digest} did not come to serve:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_wrong_only_on_a_shape_the_gate_lacks_is_refused_in_shadow() {
+    let stack = shadowing(&["--shadow-requests", "1000", "--shadow-window", "60s"]).await;
+    let extra = flawed("policy-extra-field").await;
+
+    // The gate has no row with an extra field: it passes, and waits.
+    let answer = put(&stack, extra.clone()).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let status = rollout(&stack).await;
+    assert_eq!(status["candidate"]["digest"], hex_digest(&extra));
+    assert_eq!(status["candidate"]["stage"], "shadow");
+    assert_eq!(
+        serving(&stack).await["candidate"]["digest"],
+        hex_digest(&extra)
+    );
+    stack
+        .wait_for_metric(r#"keybust_rollout_stage{stage="shadow"} 1"#)
+        .await;
+
+    // Ordinary requests: both agree, and clients get the serving answers.
+    let lookups_before = stack.convex.calls().len();
+    for _ in 0..5 {
+        stack
+            .invalidate(hashes::OWNED)
+            .await
+            .assert_json(200, r#"{"ok":true}"#);
+    }
+    stack
+        .wait_for_metric(r#"keybust_shadow_requests_total{result="agreed"} 5"#)
+        .await;
+    // Only the serving version reached Convex: one lookup per request.
+    assert_eq!(stack.convex.calls().len(), lookups_before + 5);
+
+    // A body with one more field: the client still gets the serving
+    // version's answer; the candidate's 500 refuses it.
+    let body = format!(
+        r#"{{"keyHash":"{}","note":"from a newer client"}}"#,
+        hashes::OWNED
+    );
+    stack.post(body).await.assert_json(200, r#"{"ok":true}"#);
+    stack
+        .wait_for_metric(r#"keybust_rollout_decisions_total{stage="shadow",result="refused"} 1"#)
+        .await;
+    let status = rollout(&stack).await;
+    assert!(status["candidate"].is_null(), "{status}");
+    let decision = &status["last_decision"];
+    assert_eq!(decision["result"], "refused");
+    assert_eq!(decision["stage"], "shadow");
+    let reason = decision["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("a JSON object with the fields [keyHash, note]"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("the serving version answered 200, the candidate 500"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains(hashes::OWNED),
+        "the hash is shown: {reason}"
+    );
+    assert_eq!(
+        serving(&stack).await["digest"],
+        hex_digest(EMBEDDED_COMPONENT)
+    );
+    assert!(
+        !stack
+            .metrics()
+            .await
+            .contains("keybust_rollout_stage{stage=\"shadow\"} 1"),
+    );
+
+    // Refused for good: the same bytes are refused at once.
+    let again = put(&stack, extra).await;
+    assert_eq!(again.status, 422, "{}", again.body);
+    assert!(
+        again.body.contains("refused earlier at the shadow stage"),
+        "{}",
+        again.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_version_serves_after_enough_agreeing_requests() {
+    let stack = shadowing(&["--shadow-requests", "5", "--shadow-window", "60s"]).await;
+    let policy = flawed("policy").await;
+    assert_eq!(put(&stack, policy.clone()).await.status, 202);
+    for _ in 0..5 {
+        stack
+            .invalidate(hashes::OWNED)
+            .await
+            .assert_json(200, r#"{"ok":true}"#);
+    }
+    wait_serving(&stack, &hex_digest(&policy), Duration::from_secs(10)).await;
+    let status = rollout(&stack).await;
+    assert!(status["candidate"].is_null(), "{status}");
+    assert_eq!(status["last_decision"]["result"], "promoted");
+    assert!(
+        status["last_decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("agreed with the serving version on 5 requests"),
+        "{status}"
+    );
+    stack
+        .wait_for_metric(r#"keybust_rollout_decisions_total{stage="shadow",result="passed"} 1"#)
+        .await;
+    // The new version serves for real, and the old one is the rollback target.
+    let component = serving(&stack).await;
+    assert_eq!(component["previous_digest"], hex_digest(EMBEDDED_COMPONENT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traffic_the_window_ends_the_stage() {
+    let stack = shadowing(&["--shadow-window", "2s"]).await;
+    let policy = flawed("policy").await;
+    let started = Instant::now();
+    assert_eq!(put(&stack, policy.clone()).await.status, 202);
+    wait_serving(&stack, &hex_digest(&policy), Duration::from_secs(10)).await;
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    stack
+        .keybust
+        .assert_logged("its shadow window passed: 0 agreeing requests, no divergence")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_promotes_or_aborts_the_candidate() {
+    let stack = shadowing(&["--shadow-window", "60s"]).await;
+
+    // Nothing waits: both are 409.
+    for action in ["/admin/rollout/promote", "/admin/rollout/abort"] {
+        let answer = stack
+            .admin(reqwest::Method::POST, action)
+            .bearer_auth(fleet::ADMIN_TOKEN)
+            .answer()
+            .await;
+        assert_eq!(answer.status, 409, "{action}: {}", answer.body);
+    }
+    // Without the token, refused.
+    let answer = stack
+        .admin(reqwest::Method::POST, "/admin/rollout/promote")
+        .answer()
+        .await;
+    assert_eq!(answer.status, 401);
+
+    let aborted = fleet::variant("shadow-aborted");
+    assert_eq!(put(&stack, aborted.clone()).await.status, 202);
+    let answer = stack
+        .admin(reqwest::Method::POST, "/admin/rollout/abort")
+        .bearer_auth(fleet::ADMIN_TOKEN)
+        .answer()
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let status: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(status["last_decision"]["result"], "aborted");
+    assert!(status["candidate"].is_null());
+    let again = put(&stack, aborted).await;
+    assert_eq!(again.status, 422, "{}", again.body);
+
+    let promoted = fleet::variant("shadow-promoted");
+    assert_eq!(put(&stack, promoted.clone()).await.status, 202);
+    let answer = stack
+        .admin(reqwest::Method::POST, "/admin/rollout/promote")
+        .bearer_auth(fleet::ADMIN_TOKEN)
+        .answer()
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&promoted));
+    let logs = stack.keybust.logs();
+    assert!(logs.contains("POST /admin/rollout/promote"), "{logs}");
+    assert!(logs.contains("POST /admin/rollout/abort"), "{logs}");
+}
