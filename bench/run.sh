@@ -13,7 +13,9 @@
 # serve` with a hello-world component (bench/hello), the baseline for the
 # preflight path, with its defaults and with instance reuse. The guest's
 # wasi:http 0.3 build (`p3` feature) runs beside its 0.2 build, with and
-# without reuse, on every path.
+# without reuse, on every path. On the full path, keybust with a candidate
+# in its shadow stage (another build of the same policy, shadowing 10% of
+# requests) runs beside keybust without one: what shadow replay costs.
 # Each round drives them in turn, path by path.
 # Prints req/s, p50, p99, keybust/native, keybust-preflight/wasmtime-serve and
 # peak RSS, and fails if any answer has another status than the path's own.
@@ -185,13 +187,41 @@ start reuse "$bin/keybust" serve --instance-reuse "$reuse"
 start p3 "$bin/keybust" serve --component "$p3_component"
 start p3-reuse "$bin/keybust" serve --component "$p3_component" --instance-reuse "$reuse"
 start native "$bin/examples/bench-native"
-for name in keybust reuse p3 p3-reuse native; do
+start shadow "$bin/keybust" serve --admin-token bench-admin-token --shadow on --shadow-share 10% \
+  --shadow-requests 1000000000 --shadow-window 24h
+for name in keybust reuse p3 p3-reuse native shadow; do
   wait_for "$work/$name.out" "^listening on"
   URL[$name]="$(sed -n 's/^listening on //p' "$work/$name.out")/api/invalidate-user-api-key-cache"
 done
+# The shadow server's candidate: the embedded component under another
+# digest (one more custom section), so the two agree on every request.
+guest_wasm="$bin/keybust-guest/wasm32-wasip2/release/keybust_guest.wasm"
+cp "$guest_wasm" "$work/candidate.wasm"
+printf '\x00\x1c\x0fkeybust-variantbench-shadow' >>"$work/candidate.wasm"
+admin_url="$(sed -n 's/^admin listening on //p' "$work/shadow.out")"
+# GET or PUT on the shadow server's admin API; prints the status and the body.
+admin() { # METHOD PATH [FILE]
+  python3 - "$1" "$admin_url$2" "${3:-}" <<'PY'
+import sys, urllib.request, urllib.error
+method, url, path = sys.argv[1:4]
+data = open(path, "rb").read() if path else None
+request = urllib.request.Request(url, data=data, method=method,
+    headers={"Authorization": "Bearer bench-admin-token"})
+try:
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        print(answer.status, answer.read().decode())
+except urllib.error.HTTPError as answer:
+    print(answer.code, answer.read().decode())
+PY
+}
+put=$(admin PUT /admin/component "$work/candidate.wasm")
+if [ "${put%% *}" != 202 ]; then
+  echo "bench/run.sh: the shadow server did not take the candidate: $put" >&2
+  exit 1
+fi
 # The baseline for the preflight path: `wasmtime serve` (its default
 # settings) answering every request from a hello-world wasi:http component.
-servers=(keybust reuse p3 p3-reuse native)
+servers=(keybust reuse p3 p3-reuse native shadow)
 if [ "$smoke" = 0 ]; then
   port=$(( 20000 + RANDOM % 20000 ))
   start wasmtime "$wasmtime" serve -Scli --addr "127.0.0.1:$port" \
@@ -215,6 +245,7 @@ for path in full 401 422 preflight 404; do
     drive p3 "$path" "$connections"
     drive p3-reuse "$path" "$connections"
     drive native "$path" "$connections"
+    if [ "$path" = full ]; then drive shadow full "$connections"; fi
     if [ "$path" = preflight ] && [ "$smoke" = 0 ]; then
       drive wasmtime hello "$connections"
       drive wasmtime-reuse hello "$connections"
@@ -270,6 +301,16 @@ for count in "${curve[@]}"; do
     "$(rps "${GOOD[native:$key]}")" "$(ms "${P99[native:$key]}")" "${SHED[native:$key]}" "${RSSAT[native@$count]}"
 done
 echo "keybust full-path req/s per round: ${RPS[keybust:full]}; native: ${RPS[native:full]}"
+# The candidate must still be shadowing (not refused), and have compared.
+rollout=$(admin GET /admin/rollout)
+agreed=$(sed -n 's/.*"agreed":\([0-9]*\).*/\1/p' <<<"$rollout")
+if [ -z "$agreed" ] || [ "$agreed" -eq 0 ]; then
+  echo "bench/run.sh: the shadow server's candidate compared nothing, or was refused: $rollout" >&2
+  failed=1
+fi
+shed=$(sed -n 's/.*"shed":\([0-9]*\).*/\1/p' <<<"$rollout")
+echo "full path with a candidate shadowing 10%: $(rps "${RPS[shadow:full]}") r/s, p99 $(ms "${P99[shadow:full]}");" \
+  "shadow / none: $(ratio "${RPS[shadow:full]}" "${RPS[keybust:full]}") (requests compared: ${agreed:-0}, shed: ${shed:-0})"
 if [ "$smoke" = 0 ]; then
   echo "wasmtime serve hello: $(rps "${RPS[wasmtime:hello]}") r/s, p99 $(ms "${P99[wasmtime:hello]}");" \
     "keybust preflight / wasmtime serve hello: $(ratio "${RPS[keybust:preflight]}" "${RPS[wasmtime:hello]}")"

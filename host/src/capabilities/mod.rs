@@ -6,7 +6,10 @@
 //! and what it counts): [`convex`], [`session`], [`cache`] and
 //! [`origins`]. [`Capabilities`] bundles them. It is built once per process
 //! and shared by every request; the guest reaches it only through the four
-//! imported interfaces, so no secret crosses into the guest.
+//! imported interfaces, so no secret crosses into the guest. A store may
+//! have its guest's calls written down, or answered by a stand-in instead
+//! of the backends ([`stand_in`], [`Effects`]): how a new version is
+//! checked without side effects.
 
 pub mod cache;
 pub mod convex;
