@@ -4,8 +4,8 @@
 //! `keybust component check`), and the refusal is remembered across
 //! restarts. The gate itself reaches no backend.
 
-use crate::support::fleet::{self, keybust_component, push, serving};
-use crate::support::programs::with_default_mode;
+use crate::support::fleet::{self, keybust_component, push, put_bytes, serving};
+use crate::support::programs::{behaving_as, with_default_mode};
 use crate::support::registry::OciRegistry;
 use crate::support::{Answer, Answered, Backend, Options, Stack, hashes, test_programs};
 use keybust::contract::rows;
@@ -22,22 +22,6 @@ async fn does_nothing() -> Vec<u8> {
         .unwrap()
 }
 
-/// The endpoint's policy with the flaw `mode` names (tests/programs).
-async fn flawed(mode: &'static str) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || with_default_mode(mode))
-        .await
-        .unwrap()
-}
-
-async fn put(stack: &Stack, bytes: Vec<u8>) -> Answer {
-    stack
-        .admin(reqwest::Method::PUT, "/admin/component")
-        .bearer_auth(fleet::ADMIN_TOKEN)
-        .body(bytes)
-        .answer()
-        .await
-}
-
 fn error_of(answer: &Answer) -> String {
     let body: Value = serde_json::from_str(&answer.body).unwrap();
     body["error"].as_str().unwrap().to_owned()
@@ -48,7 +32,7 @@ async fn a_component_that_does_nothing_is_refused_by_the_admin_api() {
     let stack = fleet::serve_with(&[]).await;
     let nothing = does_nothing().await;
 
-    let answer = put(&stack, nothing.clone()).await;
+    let answer = put_bytes(&stack, nothing.clone()).await;
     assert_eq!(answer.status, 422, "{}", answer.body);
     let error = error_of(&answer);
     assert!(
@@ -69,7 +53,7 @@ async fn a_component_that_does_nothing_is_refused_by_the_admin_api() {
         .assert_json(200, r#"{"ok":true}"#);
 
     // Asked again, it is refused from the record, naming the first refusal.
-    let again = put(&stack, nothing).await;
+    let again = put_bytes(&stack, nothing).await;
     assert_eq!(again.status, 422, "{}", again.body);
     let error = error_of(&again);
     assert!(
@@ -126,7 +110,7 @@ async fn a_component_with_one_wrong_effect_is_refused_at_the_row_it_breaks() {
             "answered 200, not 503",
         ),
     ] {
-        let answer = put(&stack, flawed(mode).await).await;
+        let answer = put_bytes(&stack, behaving_as(mode).await).await;
         assert_eq!(answer.status, 422, "{mode}: {}", answer.body);
         let error = error_of(&answer);
         assert!(
@@ -159,8 +143,8 @@ async fn a_correct_new_version_passes_without_reaching_a_backend() {
     stack.seed(rows::HASH);
     let lookups_before = stack.convex.calls().len();
 
-    let policy = flawed("policy").await;
-    let answer = put(&stack, policy.clone()).await;
+    let policy = behaving_as("policy").await;
+    let answer = put_bytes(&stack, policy.clone()).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(serving(&stack).await["digest"], hex_digest(&policy));
     assert_eq!(
@@ -206,7 +190,7 @@ async fn with_the_gate_off_any_fitting_version_serves_and_readyz_warns() {
         .await;
 
     let nothing = does_nothing().await;
-    let answer = put(&stack, nothing.clone()).await;
+    let answer = put_bytes(&stack, nothing.clone()).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(serving(&stack).await["digest"], hex_digest(&nothing));
 }

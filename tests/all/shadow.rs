@@ -3,19 +3,13 @@
 //! answering none and reaching no backend, until it has agreed often
 //! enough or long enough; one divergence refuses it.
 
-use crate::support::fleet::{self, serving};
-use crate::support::programs::with_default_mode;
-use crate::support::{Answer, Answered, Backend, Options, Stack, hashes};
+use crate::support::fleet::{self, put_bytes, serving};
+use crate::support::programs::behaving_as;
+use crate::support::{Answered, Backend, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-async fn flawed(mode: &'static str) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || with_default_mode(mode))
-        .await
-        .unwrap()
-}
 
 /// keybust with the shadow stage on, shadowing every request, and `extra`.
 async fn shadowing(extra: &[&str]) -> Stack {
@@ -39,15 +33,6 @@ async fn shadowing(extra: &[&str]) -> Stack {
         },
     )
     .await
-}
-
-async fn put(stack: &Stack, bytes: Vec<u8>) -> Answer {
-    stack
-        .admin(reqwest::Method::PUT, "/admin/component")
-        .bearer_auth(fleet::ADMIN_TOKEN)
-        .body(bytes)
-        .answer()
-        .await
 }
 
 async fn rollout(stack: &Stack) -> Value {
@@ -75,10 +60,10 @@ async fn wait_serving(stack: &Stack, digest: &str, limit: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_wrong_only_on_a_shape_the_gate_lacks_is_refused_in_shadow() {
     let stack = shadowing(&["--shadow-requests", "1000", "--shadow-window", "60s"]).await;
-    let extra = flawed("policy-extra-field").await;
+    let extra = behaving_as("policy-extra-field").await;
 
     // The gate has no row with an extra field: it passes, and waits.
-    let answer = put(&stack, extra.clone()).await;
+    let answer = put_bytes(&stack, extra.clone()).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     let status = rollout(&stack).await;
     assert_eq!(status["candidate"]["digest"], hex_digest(&extra));
@@ -145,7 +130,7 @@ async fn a_version_wrong_only_on_a_shape_the_gate_lacks_is_refused_in_shadow() {
     );
 
     // Refused for good: the same bytes are refused at once.
-    let again = put(&stack, extra).await;
+    let again = put_bytes(&stack, extra).await;
     assert_eq!(again.status, 422, "{}", again.body);
     assert!(
         again.body.contains("refused earlier at the shadow stage"),
@@ -157,8 +142,8 @@ async fn a_version_wrong_only_on_a_shape_the_gate_lacks_is_refused_in_shadow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correct_version_serves_after_enough_agreeing_requests() {
     let stack = shadowing(&["--shadow-requests", "5", "--shadow-window", "60s"]).await;
-    let policy = flawed("policy").await;
-    assert_eq!(put(&stack, policy.clone()).await.status, 202);
+    let policy = behaving_as("policy").await;
+    assert_eq!(put_bytes(&stack, policy.clone()).await.status, 202);
     for _ in 0..5 {
         stack
             .invalidate(hashes::OWNED)
@@ -187,9 +172,9 @@ async fn a_correct_version_serves_after_enough_agreeing_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_traffic_the_window_ends_the_stage() {
     let stack = shadowing(&["--shadow-window", "2s"]).await;
-    let policy = flawed("policy").await;
+    let policy = behaving_as("policy").await;
     let started = Instant::now();
-    assert_eq!(put(&stack, policy.clone()).await.status, 202);
+    assert_eq!(put_bytes(&stack, policy.clone()).await.status, 202);
     wait_serving(&stack, &hex_digest(&policy), Duration::from_secs(10)).await;
     assert!(started.elapsed() >= Duration::from_secs(2));
     stack
@@ -219,7 +204,7 @@ async fn an_operator_promotes_or_aborts_the_candidate() {
     assert_eq!(answer.status, 401);
 
     let aborted = fleet::variant("shadow-aborted");
-    assert_eq!(put(&stack, aborted.clone()).await.status, 202);
+    assert_eq!(put_bytes(&stack, aborted.clone()).await.status, 202);
     let answer = stack
         .admin(reqwest::Method::POST, "/admin/rollout/abort")
         .bearer_auth(fleet::ADMIN_TOKEN)
@@ -229,11 +214,11 @@ async fn an_operator_promotes_or_aborts_the_candidate() {
     let status: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(status["last_decision"]["result"], "aborted");
     assert!(status["candidate"].is_null());
-    let again = put(&stack, aborted).await;
+    let again = put_bytes(&stack, aborted).await;
     assert_eq!(again.status, 422, "{}", again.body);
 
     let promoted = fleet::variant("shadow-promoted");
-    assert_eq!(put(&stack, promoted.clone()).await.status, 202);
+    assert_eq!(put_bytes(&stack, promoted.clone()).await.status, 202);
     let answer = stack
         .admin(reqwest::Method::POST, "/admin/rollout/promote")
         .bearer_auth(fleet::ADMIN_TOKEN)

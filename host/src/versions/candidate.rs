@@ -2,7 +2,7 @@
 //! the serving one ([`crate::shadow`]) before it may serve: its counts,
 //! and the decision that ends its stage.
 
-use super::slot::{Provenance, Version};
+use super::version::{Provenance, Version};
 use crate::shadow::ShadowSettings;
 use serde::Serialize;
 use std::sync::Arc;

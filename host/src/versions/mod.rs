@@ -13,3 +13,4 @@ pub mod following;
 pub mod history;
 pub mod refused;
 pub mod slot;
+pub mod version;

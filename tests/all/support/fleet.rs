@@ -52,6 +52,16 @@ pub fn manifest_digest(pushed: &str) -> String {
         .to_owned()
 }
 
+/// `PUT /admin/component` of `bytes`, with the admin token.
+pub async fn put_bytes(stack: &Stack, bytes: Vec<u8>) -> Answer {
+    stack
+        .admin(reqwest::Method::PUT, "/admin/component")
+        .bearer_auth(ADMIN_TOKEN)
+        .body(bytes)
+        .answer()
+        .await
+}
+
 /// `PUT /admin/component` of `{"reference": reference}`.
 pub async fn put_reference(stack: &Stack, reference: &str) -> Answer {
     stack

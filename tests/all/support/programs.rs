@@ -45,6 +45,14 @@ pub fn with_default_mode(mode: &str) -> Vec<u8> {
     bytes
 }
 
+/// [`with_default_mode`], off the async threads: the first call builds
+/// the test programs.
+pub async fn behaving_as(mode: &'static str) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || with_default_mode(mode))
+        .await
+        .unwrap()
+}
+
 /// The test programs' wasi:http 0.3 build, compiled once per test binary.
 pub fn test_programs_p3() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();

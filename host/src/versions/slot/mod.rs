@@ -12,77 +12,27 @@
 //! gate refused is recorded ([`Refused`]) and refused again at once.
 
 use crate::capabilities::Capabilities;
-use crate::contract::{self, ContractGate};
 use crate::digest::hex_digest;
 use crate::limits::Limits;
-use crate::metrics::{Decision, Metrics, RolloutStage};
+use crate::metrics::Metrics;
 use crate::runtime::artifacts::{ArtifactCache, Origin};
-use crate::runtime::plugin::{LoadError, Plugin};
 use crate::runtime::store::RequestState;
-use crate::shadow::ShadowSettings;
 use crate::versions::candidate::{Candidate, Decided};
 use crate::versions::following::Following;
 use crate::versions::history::{Accepted, History};
-use crate::versions::refused::{self, Refused};
+pub use crate::versions::version::{Provenance, Version};
+pub use admission::{Admission, SwapError, stage_name};
+
+mod admission;
+mod candidates;
+mod prepare;
+
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prepare::prepare;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use wasmtime::component::Linker;
-
-/// One loaded version of the component.
-pub struct Version {
-    /// The compiled, pre-instantiated component.
-    pub plugin: Plugin,
-    /// Where its bytes came from: `embedded`, a file path, or `admin`.
-    pub source: String,
-    /// When it was loaded.
-    pub loaded_at: SystemTime,
-    /// Whether it was pulled with its signature checked (`--verify-key`):
-    /// only such versions (and the embedded one) are restored from the
-    /// history when signatures are required.
-    pub signed: bool,
-}
-
-impl Version {
-    /// SHA-256 of the component's bytes.
-    pub fn digest(&self) -> &str {
-        self.plugin.digest()
-    }
-}
-
-/// What is known about a version's bytes besides the bytes themselves:
-/// where they came from, and whether their signature was checked on the
-/// way in. It travels with the bytes into the slot, the history and the
-/// admin API, so no call needs a twin that differs by one flag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provenance {
-    /// Its label: `embedded`, a file path, `admin`, an `oci://` reference.
-    pub source: String,
-    /// Whether they were pulled with their cosign signature checked
-    /// (`--verify-key`): when signatures are required, only such versions
-    /// (and the embedded one) are restored from the history.
-    pub signed: bool,
-}
-
-impl Provenance {
-    /// Bytes nobody checked a signature of: a file, an upload, the
-    /// embedded build.
-    pub fn unchecked(source: impl Into<String>) -> Self {
-        Provenance {
-            source: source.into(),
-            signed: false,
-        }
-    }
-
-    /// Bytes as `signed` says: pulled with their signature checked, or not.
-    pub fn checked(source: impl Into<String>, signed: bool) -> Self {
-        Provenance {
-            source: source.into(),
-            signed,
-        }
-    }
-}
 
 /// What a successful swap did.
 pub struct Swapped {
@@ -106,51 +56,6 @@ impl Swapped {
     /// target is still the version before.
     pub fn already_serving(&self) -> bool {
         self.origin.is_none()
-    }
-}
-
-/// How a new version is judged before it serves: whether the contract
-/// gate runs, the shadow stage after it, and the record of the versions
-/// refused.
-#[derive(Clone, Default)]
-pub struct Admission {
-    /// `--contract-gate`.
-    pub gate: ContractGate,
-    /// `--shadow*`: off by default in the library.
-    pub shadow: ShadowSettings,
-    /// The versions refused so far, by digest.
-    pub refused: Arc<Refused>,
-}
-
-/// Why a version does not serve.
-#[derive(Debug, thiserror::Error)]
-pub enum SwapError {
-    /// It does not compile, fit the world, or instantiate.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// It fits, but the contract gate refused it for what it does.
-    #[error("refused at the contract gate: {0}")]
-    Contract(#[from] contract::Refusal),
-    /// The contract gate refused it before (this run or an earlier one):
-    /// it is not run again.
-    #[error("refused earlier at the {} (it came from {}): {}", stage_name(&.0.stage), .0.source, .0.reason)]
-    RefusedBefore(refused::Refusal),
-}
-
-impl SwapError {
-    /// Whether it was refused for what it does, not for what it is.
-    pub fn is_behaviour(&self) -> bool {
-        !matches!(self, SwapError::Load(_))
-    }
-}
-
-/// How a refusal's stage is said: `gate` is the contract gate.
-pub fn stage_name(stage: &str) -> &str {
-    match stage {
-        "gate" => "contract gate",
-        "shadow" => "shadow stage",
-        "operator" => "operator's abort",
-        other => other,
     }
 }
 
@@ -493,186 +398,6 @@ impl ComponentSlot {
         self.metrics.swapped(version.digest());
     }
 
-    /// Lets the slot end a candidate's window by itself: it needs a handle
-    /// on itself for the timer. [`Endpoint::new`](crate::serve::endpoint::Endpoint::new)
-    /// calls it; a slot never shared waits for requests (or an operator)
-    /// to end a window.
-    pub fn share(self: &Arc<Self>) {
-        let _ = self.me.set(Arc::downgrade(self));
-    }
-
-    /// The version in its shadow stage, if any.
-    pub fn candidate(&self) -> Option<Arc<Candidate>> {
-        self.candidate.load_full()
-    }
-
-    /// How the last candidate's stage ended, if one did.
-    pub fn last_decision(&self) -> Option<Decided> {
-        self.last_decision
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
-    }
-
-    /// The candidate, when it shadows this request: the share of requests
-    /// it asked for, spread evenly.
-    pub fn shadow_pick(&self) -> Option<Arc<Candidate>> {
-        let candidate = self.candidate.load();
-        let candidate = candidate.as_ref()?;
-        let n = self.shadow_count.fetch_add(1, Ordering::Relaxed) as f64;
-        let share = candidate.share();
-        ((n * share).floor() != ((n + 1.0) * share).floor()).then(|| candidate.clone())
-    }
-
-    /// Puts `candidate` in its shadow stage, in place of any earlier one
-    /// (which is dropped undecided: a newer version superseded it), and
-    /// starts the timer that ends its window. Under the swap lock.
-    fn start_shadow(&self, candidate: Arc<Candidate>) {
-        let earlier = self.candidate.swap(Some(candidate.clone()));
-        if let Some(earlier) = earlier
-            && earlier.decide()
-        {
-            earlier.version.plugin.retire_instances();
-            tracing::info!(
-                digest = earlier.version.digest(),
-                "the candidate in its shadow stage is superseded by a newer version"
-            );
-        }
-        self.metrics.rollout_stage(Some(RolloutStage::Shadow));
-        tracing::info!(
-            digest = candidate.version.digest(),
-            source = candidate.provenance.source,
-            share = candidate.share(),
-            "the new version passed the contract gate and runs in the shadow of the serving one"
-        );
-        if let Some(me) = self.me.get().cloned() {
-            let candidate = candidate.clone();
-            let window = self.admission.shadow.window;
-            tokio::spawn(async move {
-                tokio::time::sleep(window).await;
-                let Some(slot) = me.upgrade() else {
-                    return;
-                };
-                let agreed = candidate.agreements();
-                slot.promote(
-                    &candidate,
-                    &format!("its shadow window passed: {agreed} agreeing requests, no divergence"),
-                )
-                .await;
-            });
-        }
-    }
-
-    /// Makes `candidate` the serving version, if it still waits; `why`
-    /// goes to the log and the last decision.
-    pub async fn promote(&self, candidate: &Arc<Candidate>, why: &str) -> bool {
-        let _one_at_a_time = self.swapping.lock().await;
-        if !self.take_candidate(candidate) {
-            return false;
-        }
-        self.install(candidate.version.clone(), candidate.bytes.clone())
-            .await;
-        self.metrics.decided(RolloutStage::Shadow, Decision::Passed);
-        self.metrics.rollout_stage(None);
-        self.note_decision(Decided::now(
-            candidate.version.digest(),
-            "shadow",
-            "promoted",
-            why.to_owned(),
-        ));
-        tracing::info!(
-            digest = candidate.version.digest(),
-            source = candidate.provenance.source,
-            why,
-            "the candidate serves"
-        );
-        true
-    }
-
-    /// Refuses `candidate` at `stage`, if it still waits: it is recorded
-    /// like a gate refusal, so no source takes it again.
-    pub async fn refuse(&self, candidate: &Arc<Candidate>, stage: &str, why: &str) -> bool {
-        let _one_at_a_time = self.swapping.lock().await;
-        if !self.take_candidate(candidate) {
-            return false;
-        }
-        candidate.version.plugin.retire_instances();
-        self.admission.refused.record(
-            candidate.version.digest(),
-            stage,
-            why,
-            &candidate.provenance.source,
-        );
-        self.metrics
-            .decided(RolloutStage::Shadow, Decision::Refused);
-        self.metrics.swap_failed();
-        self.metrics.rollout_stage(None);
-        self.note_decision(Decided::now(
-            candidate.version.digest(),
-            stage,
-            "refused",
-            why.to_owned(),
-        ));
-        tracing::error!(
-            digest = candidate.version.digest(),
-            source = candidate.provenance.source,
-            stage,
-            reason = why,
-            "the candidate is refused; the serving version keeps serving"
-        );
-        true
-    }
-
-    /// An operator's abort (`POST /admin/rollout/abort`): the waiting
-    /// candidate, if any, is dropped and recorded as refused, so that no
-    /// source (a follower's tag still naming it) takes it again.
-    pub async fn abort(&self) -> Option<Arc<Candidate>> {
-        let _one_at_a_time = self.swapping.lock().await;
-        let candidate = self.candidate()?;
-        if !self.take_candidate(&candidate) {
-            return None;
-        }
-        candidate.version.plugin.retire_instances();
-        let why = "aborted by an operator (POST /admin/rollout/abort)";
-        self.admission.refused.record(
-            candidate.version.digest(),
-            "operator",
-            why,
-            &candidate.provenance.source,
-        );
-        self.metrics.rollout_stage(None);
-        self.note_decision(Decided::now(
-            candidate.version.digest(),
-            "operator",
-            "aborted",
-            why.to_owned(),
-        ));
-        tracing::warn!(
-            digest = candidate.version.digest(),
-            "the candidate is aborted by an operator"
-        );
-        Some(candidate)
-    }
-
-    /// Takes `candidate` out of the slot and claims its decision; `false`
-    /// when it is not the waiting one any more, or was decided.
-    fn take_candidate(&self, candidate: &Arc<Candidate>) -> bool {
-        match self.candidate.load_full() {
-            Some(current) if Arc::ptr_eq(&current, candidate) && candidate.decide() => {
-                self.candidate.store(None);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn note_decision(&self, decided: Decided) {
-        *self
-            .last_decision
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some(decided);
-    }
-
     /// Puts the previous version back; the replaced one becomes "previous".
     pub async fn rollback(&self) -> Result<Arc<Version>, RollbackError> {
         let _one_at_a_time = self.swapping.lock().await;
@@ -691,89 +416,4 @@ impl ComponentSlot {
         tracing::info!(digest = back.digest(), "rolled back");
         Ok(back)
     }
-}
-
-/// Compiles, checks and instantiates `bytes` once; with `admission`, puts
-/// them through the contract gate too (unless it is off), or refuses them
-/// at once when the gate refused them before.
-async fn prepare(
-    linker: &Arc<Linker<RequestState>>,
-    artifacts: Option<&ArtifactCache>,
-    capabilities: &Arc<Capabilities>,
-    limits: &Arc<Limits>,
-    bytes: Vec<u8>,
-    provenance: Provenance,
-    admission: Option<(&Admission, &Metrics)>,
-) -> Result<(Version, Origin, Vec<u8>), SwapError> {
-    let admission = admission.filter(|(admission, _)| admission.gate.is_on());
-    if let Some((admission, metrics)) = admission
-        && let Some(before) = admission.refused.get(&hex_digest(&bytes))
-    {
-        metrics.decided(RolloutStage::Gate, Decision::Refused);
-        return Err(SwapError::RefusedBefore(before));
-    }
-    let limits = limits.clone();
-    let capabilities = capabilities.clone();
-    let compile_linker = linker.clone();
-    let artifacts = artifacts.cloned();
-    // Compiling takes hundreds of milliseconds of CPU: keep it off the
-    // threads that serve requests. The bytes come back for the history.
-    let (loaded, bytes) = tokio::task::spawn_blocking(move || {
-        let loaded = Plugin::load(
-            &compile_linker,
-            artifacts.as_ref(),
-            &bytes,
-            capabilities,
-            limits,
-        );
-        (loaded, bytes)
-    })
-    .await
-    .map_err(|err| {
-        LoadError::Compile(wasmtime::Error::from(err).context("compilation did not finish"))
-    })?;
-    let (plugin, origin) = loaded?;
-    plugin.probe().await?;
-    if let Some((admission, metrics)) = admission {
-        match contract::check(&plugin).await {
-            Ok(passed) => {
-                metrics.decided(RolloutStage::Gate, Decision::Passed);
-                tracing::info!(
-                    digest = plugin.digest(),
-                    rows = passed.rows,
-                    took_ms = passed.took.as_secs_f64() * 1000.0,
-                    "the new version passed the contract gate"
-                );
-            }
-            Err(refusal) => {
-                metrics.decided(RolloutStage::Gate, Decision::Refused);
-                tracing::error!(
-                    digest = plugin.digest(),
-                    source = provenance.source,
-                    stage = "gate",
-                    rule = refusal.rule,
-                    reason = %refusal,
-                    "the new version is refused at the contract gate"
-                );
-                admission.refused.record(
-                    plugin.digest(),
-                    "gate",
-                    &refusal.to_string(),
-                    &provenance.source,
-                );
-                plugin.retire_instances();
-                return Err(SwapError::Contract(refusal));
-            }
-        }
-    }
-    Ok((
-        Version {
-            plugin,
-            source: provenance.source,
-            loaded_at: SystemTime::now(),
-            signed: provenance.signed,
-        },
-        origin,
-        bytes,
-    ))
 }
