@@ -170,6 +170,33 @@ async fn a_correct_new_version_passes_without_reaching_a_backend() {
         .await;
 }
 
+/// The gate's runs, at start and at a swap, each take an instance of
+/// their own, dropped after: with `--instance-reuse`, none is kept for the
+/// clients' requests (which would then run where a rehearsal ran), and
+/// none is counted as a client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gates_runs_leave_no_instance_behind_for_clients() {
+    let stack = fleet::serve_with(&["--instance-reuse", "100"]).await;
+    let next = fleet::variant("gate-reuse");
+    assert_eq!(put_bytes(&stack, next).await.status, 200);
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains("\nkeybust_reused_instances 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nkeybust_instantiate_duration_seconds_count 0\n"),
+        "{metrics}"
+    );
+    stack
+        .invalidate(hashes::OWNED)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    stack
+        .wait_for_metric("keybust_instantiate_duration_seconds_count 1")
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_gate_off_any_fitting_version_serves_and_readyz_warns() {
     let stack = fleet::serve_with(&["--contract-gate", "off"]).await;

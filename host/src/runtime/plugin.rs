@@ -77,6 +77,19 @@ pub struct Plugin {
     capabilities: Arc<Capabilities>,
     limits: Arc<Limits>,
     serving: Serving,
+    rehearsals: Rehearsals,
+}
+
+/// How a rehearsal's requests (the contract gate's, a shadow's) reach an
+/// instance: always one of their own, dropped after the request, never a
+/// kept one that clients' requests would meet afterwards.
+#[derive(Clone)]
+enum Rehearsals {
+    /// wasi:http 0.2: a fresh instance in keybust's own store.
+    Fresh(wasmtime_wasi_http::p2::bindings::ProxyPre<RequestState>),
+    /// wasi:http 0.3: through a handler of their own, one request per
+    /// instance, not counted in the metrics.
+    Handler(Arc<Reuse>),
 }
 
 /// How a plugin's requests reach an instance.
@@ -140,6 +153,20 @@ impl Plugin {
                 engine.clone(),
                 capabilities.clone(),
                 limits.clone(),
+                true,
+            ))),
+        };
+        let rehearsals = match &*pre {
+            ProxyPre::P2(p2) => Rehearsals::Fresh(p2.clone()),
+            _ => Rehearsals::Handler(Arc::new(Reuse::new(
+                pre.clone(),
+                engine.clone(),
+                capabilities.clone(),
+                Arc::new(Limits {
+                    instance_reuse: 1,
+                    ..(*limits).clone()
+                }),
+                false,
             ))),
         };
         Ok((
@@ -150,6 +177,7 @@ impl Plugin {
                 capabilities,
                 limits,
                 serving,
+                rehearsals,
             },
             origin,
         ))
@@ -191,6 +219,9 @@ impl Plugin {
     /// `--instance-reuse`.
     pub fn retire_instances(&self) {
         if let Serving::Handler(reuse) = &self.serving {
+            reuse.retire();
+        }
+        if let Rehearsals::Handler(reuse) = &self.rehearsals {
             reuse.retire();
         }
     }
@@ -268,7 +299,9 @@ impl Plugin {
     /// Runs one request with `stand_in` answering every capability call
     /// in place of the capabilities: nothing the guest asks reaches a
     /// backend, and nothing is counted or logged as a failure. Under the
-    /// same bounds as [`Plugin::handle`]; what the contract gate runs.
+    /// same bounds as [`Plugin::handle`], always in an instance of its own
+    /// that no client's request meets afterwards (whatever
+    /// `--instance-reuse` says): what the contract gate and a shadow run.
     pub async fn rehearse<B>(
         &self,
         request: hyper::Request<B>,
@@ -291,15 +324,19 @@ impl Plugin {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        match &self.serving {
-            Serving::Handler(reuse) => reuse.serve(request, hold, effects).await,
-            Serving::Fresh(pre) => {
-                let state = RequestState::new(self.capabilities.clone(), &self.limits)
-                    .with_effects(effects);
-                let mut store = wasmtime::Store::new(&self.engine, state);
-                bound_store(&mut store);
-                serve_request(pre.clone(), store, request, &self.limits, hold).await
+        // A rehearsal never meets a kept instance; a client's request
+        // takes the serving path.
+        let pre = match (&effects, &self.rehearsals, &self.serving) {
+            (Effects::StandIn(_), Rehearsals::Handler(reuse), _)
+            | (Effects::Live | Effects::Recorded(_), _, Serving::Handler(reuse)) => {
+                return reuse.serve(request, hold, effects).await;
             }
-        }
+            (Effects::StandIn(_), Rehearsals::Fresh(pre), _) | (_, _, Serving::Fresh(pre)) => pre,
+        };
+        let state =
+            RequestState::new(self.capabilities.clone(), &self.limits).with_effects(effects);
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        bound_store(&mut store);
+        serve_request(pre.clone(), store, request, &self.limits, hold).await
     }
 }

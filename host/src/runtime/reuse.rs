@@ -69,11 +69,15 @@ pub(crate) struct Reuse {
 }
 
 impl Reuse {
+    /// The kept instances of `pre`. `counted`: whether their
+    /// instantiations count in the metrics (not a rehearsal's, which no
+    /// client sent).
     pub(crate) fn new(
         pre: Arc<ProxyPre<RequestState>>,
         engine: wasmtime::Engine,
         capabilities: Arc<Capabilities>,
         limits: Arc<Limits>,
+        counted: bool,
     ) -> Self {
         let retirement = Arc::new(Retirement::default());
         Reuse {
@@ -83,6 +87,7 @@ impl Reuse {
                 capabilities,
                 limits: limits.clone(),
                 retirement: retirement.clone(),
+                counted,
             }),
             limits,
             retirement,
@@ -247,6 +252,8 @@ struct Workers {
     capabilities: Arc<Capabilities>,
     limits: Arc<Limits>,
     retirement: Arc<Retirement>,
+    /// Whether instantiations count in the metrics.
+    counted: bool,
 }
 
 impl HandlerState for Workers {
@@ -267,10 +274,12 @@ impl HandlerState for Workers {
         .await
         .map_err(|_| wasmtime::format_err!("instantiation did not finish in time"))??;
         let metrics = self.capabilities.metrics();
-        metrics.instantiated(started.elapsed());
+        if self.counted {
+            metrics.instantiated(started.elapsed());
+        }
         // A 0.3 component's instances come through here with N = 1 too;
         // only instances that may serve more than one request are counted.
-        if self.limits.instance_reuse > 1 {
+        if self.counted && self.limits.instance_reuse > 1 {
             metrics.reused_instance_started();
         }
         Ok(Instance {

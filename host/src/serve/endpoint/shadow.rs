@@ -23,6 +23,11 @@ pub(super) fn runs() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(1))
 }
 
+/// How long a shadow run waits for the one before it to end before it is
+/// given up (`shed`): long enough for back-to-back requests from one
+/// client, short enough that waiting runs cannot pile up.
+const RUN_WAIT: Duration = Duration::from_millis(250);
+
 /// The largest answer body a shadow run reads.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
 
@@ -63,7 +68,7 @@ where
             slot.metrics().shadowed("unusable");
             return;
         };
-        let Ok(_run) = runs.try_acquire() else {
+        let Ok(Ok(_run)) = tokio::time::timeout(RUN_WAIT, runs.acquire()).await else {
             candidate.shed();
             slot.metrics().shadowed("shed");
             return;

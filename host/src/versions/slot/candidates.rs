@@ -88,16 +88,17 @@ impl ComponentSlot {
         if !self.take_candidate(candidate) {
             return false;
         }
-        self.install(candidate.version.clone(), candidate.bytes.clone())
-            .await;
-        self.metrics.decided(RolloutStage::Shadow, Decision::Passed);
-        self.metrics.rollout_stage(None);
+        // Noted first: whoever sees the new version serving sees why.
         self.note_decision(Decided::now(
             candidate.version.digest(),
             "shadow",
             "promoted",
             why.to_owned(),
         ));
+        self.metrics.decided(RolloutStage::Shadow, Decision::Passed);
+        self.metrics.rollout_stage(None);
+        self.install(candidate.version.clone(), candidate.bytes.clone())
+            .await;
         tracing::info!(
             digest = candidate.version.digest(),
             source = candidate.provenance.source,
