@@ -14,8 +14,9 @@ use super::bindings::keybust::gateway::{cache, convex, session};
 /// One call a guest made that reaches a backend, with its arguments: what
 /// a version *does*, as opposed to what it answers. The origin checks are
 /// not among them: they are a lookup in the host's settings, with no
-/// effect, and a version may make as many as it likes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// effect, and a version may make as many as it likes. Its `Debug` leaves
+/// the token and the body out.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `session.validate(token)`.
     Validate {
@@ -37,7 +38,7 @@ pub enum Effect {
 }
 
 /// What a guest's imports answer during a run that must not reach a
-/// backend. Installed per store ([`super::CapabilitiesView::stand_in`]):
+/// backend. Installed per store ([`super::CapabilitiesView::effects`]):
 /// every call of the four interfaces goes here instead of to the shared
 /// [`super::Capabilities`], and is neither counted in metrics nor traced
 /// as a backend call. The answers are synchronous: they are scripted or
@@ -115,6 +116,20 @@ impl Effects {
     /// Whether the guest's calls reach no backend.
     pub fn is_rehearsal(&self) -> bool {
         matches!(self, Effects::StandIn(_))
+    }
+}
+
+impl std::fmt::Debug for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Effect::Validate { .. } => f.write_str("Validate { token: <token> }"),
+            Effect::Post { path, body } => f
+                .debug_struct("Post")
+                .field("path", path)
+                .field("body_bytes", &body.len())
+                .finish(),
+            Effect::Delete { key } => f.debug_struct("Delete").field("key", key).finish(),
+        }
     }
 }
 

@@ -55,11 +55,22 @@ pub fn divergence(serving: &Observed, candidate: &Observed) -> Option<String> {
             .zip(&candidate.calls)
             .all(|(a, b)| a.same_as(b));
     if !same_calls {
-        let hash = looked_up_hash(&serving.calls);
+        let secrets = Secrets {
+            hash: looked_up_hash(&serving.calls),
+            tokens: serving
+                .calls
+                .iter()
+                .chain(&candidate.calls)
+                .filter_map(|call| match call {
+                    Effect::Validate { token } if !token.is_empty() => Some(token.clone()),
+                    _ => None,
+                })
+                .collect(),
+        };
         let list = |calls: &[Effect]| {
             calls
                 .iter()
-                .map(|call| show(call, hash.as_deref()))
+                .map(|call| show(call, &secrets))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -84,25 +95,65 @@ fn looked_up_hash(calls: &[Effect]) -> Option<String> {
     })
 }
 
-/// A call as a log line may show it: no token, no hash.
-pub fn show(call: &Effect, hash: Option<&str>) -> String {
+/// What a shown call must not say: the key hash looked up, and the
+/// tokens the guests were given (a candidate may pass one on, to Convex
+/// or as a cache key).
+struct Secrets {
+    hash: Option<String>,
+    tokens: Vec<String>,
+}
+
+/// A call as a log line may show it: no token, no hash, and of a Convex
+/// body only its shape (its field names, a hash as `<hash>`, every other
+/// value as `<value>`).
+fn show(call: &Effect, secrets: &Secrets) -> String {
     match call {
         Effect::Validate { .. } => "session.validate(<token>)".to_owned(),
         Effect::Post { path, body } => format!(
             "convex.post({}, {})",
-            hide(path, hash),
-            hide(&String::from_utf8_lossy(body), hash)
+            hide(path, secrets),
+            body_shape(body, secrets)
         ),
-        Effect::Delete { key } => format!("cache.delete({})", hide(key, hash)),
+        Effect::Delete { key } => format!("cache.delete({})", hide(key, secrets)),
     }
 }
 
-/// `text` cut to a line's worth, with every run of 64 hex digits (what a
-/// key hash looks like) replaced: `<hash>` for the one looked up,
-/// `<another hash>` for any other.
-fn hide(text: &str, hash: Option<&str>) -> String {
+/// A Convex body's shape: `{"keyHash":<hash>}`, never a value.
+fn body_shape(body: &[u8], secrets: &Secrets) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(fields)) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .take(8)
+                .map(|(name, value)| {
+                    let value = match value.as_str() {
+                        Some(text) if is_hash(text) => hide(text, secrets),
+                        _ => "<value>".to_owned(),
+                    };
+                    format!("\"{}\":{value}", hide(name, secrets))
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Ok(_) => "<JSON that is not an object>".to_owned(),
+        Err(_) => format!("<{} bytes, not JSON>", body.len()),
+    }
+}
+
+fn is_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// `text` cut to a line's worth, with every token replaced by `<token>`
+/// and every run of 64 hex digits (what a key hash looks like) by
+/// `<hash>` for the one looked up, `<another hash>` for any other.
+fn hide(text: &str, secrets: &Secrets) -> String {
+    let mut text = text.to_owned();
+    for token in &secrets.tokens {
+        text = text.replace(token.as_str(), "<token>");
+    }
     let mut out = String::new();
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(start) = rest.find(|c: char| c.is_ascii_hexdigit()) {
         out.push_str(&rest[..start]);
         let run = rest[start..]
@@ -110,7 +161,7 @@ fn hide(text: &str, hash: Option<&str>) -> String {
             .map_or(rest.len() - start, |len| len);
         let digits = &rest[start..start + run];
         if run >= 64 {
-            out.push_str(if Some(digits) == hash {
+            out.push_str(if Some(digits) == secrets.hash.as_deref() {
                 "<hash>"
             } else {
                 "<another hash>"
@@ -150,6 +201,17 @@ pub fn shape(head: &http::request::Parts, body: &[u8]) -> String {
         Some(value) if value.starts_with("Bearer ") => "a bearer token",
         Some(_) => "another Authorization",
     };
+    let secrets = Secrets {
+        hash: None,
+        tokens: head
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .filter(|token| !token.is_empty())
+            .map(|token| vec![token.to_owned()])
+            .unwrap_or_default(),
+    };
     let body = if body.is_empty() {
         "no body".to_owned()
     } else {
@@ -158,7 +220,7 @@ pub fn shape(head: &http::request::Parts, body: &[u8]) -> String {
                 let names: Vec<String> = fields
                     .keys()
                     .take(8)
-                    .map(|name| hide(name, None).chars().take(32).collect())
+                    .map(|name| hide(name, &secrets).chars().take(32).collect())
                     .collect();
                 format!("a JSON object with the fields [{}]", names.join(", "))
             }
@@ -215,16 +277,36 @@ mod tests {
                 },
             ],
         };
+        // A candidate that passes the token on, and the body's values.
         let candidate = Observed {
             status: 500,
             cors: true,
-            calls: vec![Effect::Validate {
-                token: "secret-token".into(),
-            }],
+            calls: vec![
+                Effect::Validate {
+                    token: "secret-token".into(),
+                },
+                Effect::Post {
+                    path: "/api/internal-get-key-owner".into(),
+                    body: br#"{"keyHash":"secret-token","note":"a value from the body"}"#.to_vec(),
+                },
+                Effect::Delete {
+                    key: "user-api-key:secret-token".into(),
+                },
+            ],
         };
         let said = divergence(&serving, &candidate).unwrap();
         assert!(said.contains("answered 200, the candidate 500"), "{said}");
         assert!(said.contains("cache.delete(user-api-key:<hash>)"), "{said}");
+        assert!(
+            said.contains("cache.delete(user-api-key:<token>)"),
+            "{said}"
+        );
+        assert!(said.contains(r#"{"keyHash":<hash>}"#), "{said}");
+        assert!(
+            said.contains(r#"{"keyHash":<value>,"note":<value>}"#),
+            "{said}"
+        );
+        assert!(!said.contains("a value from the body"), "{said}");
         assert!(
             !said.contains(HASH) && !said.contains("secret-token"),
             "{said}"
