@@ -199,7 +199,8 @@ async fn the_gates_runs_leave_no_instance_behind_for_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_gate_off_any_fitting_version_serves_and_readyz_warns() {
-    let stack = fleet::serve_with(&["--contract-gate", "off"]).await;
+    // The shadow stage asked for too: it goes with the gate.
+    let stack = fleet::serve_with(&["--contract-gate", "off", "--shadow", "on"]).await;
     let ready = stack.admin(reqwest::Method::GET, "/readyz").answer().await;
     assert_eq!(ready.status, 200, "{}", ready.body);
     let body: Value = serde_json::from_str(&ready.body).unwrap();
@@ -215,6 +216,16 @@ async fn with_the_gate_off_any_fitting_version_serves_and_readyz_warns() {
         .keybust
         .assert_logged("the contract gate is off (--contract-gate off)")
         .await;
+
+    let rollout = stack
+        .admin(reqwest::Method::GET, "/admin/rollout")
+        .answer()
+        .await;
+    let rollout: Value = serde_json::from_str(&rollout.body).unwrap();
+    assert_eq!(
+        (&rollout["gate"], &rollout["shadow"]),
+        (&"off".into(), &"off".into())
+    );
 
     let nothing = does_nothing().await;
     let answer = put_bytes(&stack, nothing.clone()).await;

@@ -3,8 +3,9 @@
 //! answering none and reaching no backend, until it has agreed often
 //! enough or long enough; one divergence refuses it.
 
-use crate::support::fleet::{self, put_bytes, serving};
+use crate::support::fleet::{self, push, put_bytes, serving};
 use crate::support::programs::behaving_as;
+use crate::support::registry::OciRegistry;
 use crate::support::{Answered, Backend, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
@@ -29,6 +30,7 @@ async fn shadowing(extra: &[&str]) -> Stack {
         Backend::Embedded,
         Options {
             args,
+            env: vec![("DOCKER_CONFIG", "/nonexistent".to_owned())],
             ..Options::default()
         },
     )
@@ -141,7 +143,22 @@ async fn a_version_wrong_only_on_a_shape_the_gate_lacks_is_refused_in_shadow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correct_version_serves_after_enough_agreeing_requests() {
-    let stack = shadowing(&["--shadow-requests", "5", "--shadow-window", "60s"]).await;
+    promoted_after_agreeing(&[]).await;
+}
+
+/// On kept instances the serving version's calls are recorded through its
+/// request's link to the instance, not the store: the candidate must
+/// still be answered, and agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_reused_instances_the_serving_versions_calls_are_recorded_too() {
+    promoted_after_agreeing(&["--instance-reuse", "10"]).await;
+}
+
+/// Sends five requests a correct candidate agrees on, and sees it serve.
+async fn promoted_after_agreeing(extra: &[&str]) {
+    let mut args = vec!["--shadow-requests", "5", "--shadow-window", "60s"];
+    args.extend_from_slice(extra);
+    let stack = shadowing(&args).await;
     let policy = behaving_as("policy").await;
     assert_eq!(put_bytes(&stack, policy.clone()).await.status, 202);
     for _ in 0..5 {
@@ -229,4 +246,55 @@ async fn an_operator_promotes_or_aborts_the_candidate() {
     let logs = stack.keybust.logs();
     assert!(logs.contains("POST /admin/rollout/promote"), "{logs}");
     assert!(logs.contains("POST /admin/rollout/abort"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_tag_brings_its_new_version_through_the_shadow_stage() {
+    let registry = tokio::task::spawn_blocking(OciRegistry::start)
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let tag = registry.reference("keybust/shadow:stable");
+    let v1 = fleet::variant("shadow-follow-v1");
+    push(files.path(), &v1, &tag);
+    let args = [
+        "--component",
+        tag.as_str(),
+        "--follow-interval",
+        "1s",
+        "--shadow-window",
+        "3s",
+    ];
+    let stack = shadowing(&args).await;
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&v1));
+
+    let v2 = fleet::variant("shadow-follow-v2");
+    push(files.path(), &v2, &tag);
+    stack
+        .wait_for_metric(r#"keybust_follow_polls_total{result="candidate"} 1"#)
+        .await;
+    let component = serving(&stack).await;
+    if component["digest"] == hex_digest(&v1) {
+        // Still waiting: the admin API says why the tag and the serving
+        // version differ.
+        let follow = &component["follow"];
+        assert_eq!(follow["in_step"], false, "{component}");
+        assert!(
+            follow["why"]
+                .as_str()
+                .unwrap()
+                .contains("a candidate in its shadow stage"),
+            "{component}"
+        );
+    }
+    wait_serving(&stack, &hex_digest(&v2), Duration::from_secs(15)).await;
+    assert_eq!(serving(&stack).await["follow"]["in_step"], true);
+    // Taken once: the follower does not bring it again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        stack
+            .metrics()
+            .await
+            .contains("keybust_follow_polls_total{result=\"candidate\"} 1\n")
+    );
 }

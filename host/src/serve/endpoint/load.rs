@@ -239,7 +239,12 @@ impl Endpoint {
             limits,
             admission: Admission {
                 gate: config.contract_gate,
-                shadow: config.shadow,
+                // A contract changed on purpose (the gate off) would
+                // diverge in shadow too: the stage is skipped with it.
+                shadow: ShadowSettings {
+                    enabled: config.shadow.enabled && config.contract_gate.is_on(),
+                    ..config.shadow
+                },
                 refused: Arc::new(refused),
             },
         };

@@ -9,7 +9,14 @@
 //! once, and (unless `--contract-gate off`) put through the contract gate
 //! ([`crate::contract`]) before the swap; if any step fails, the current
 //! version keeps serving and the caller gets the reason. A version the
-//! gate refused is recorded ([`Refused`]) and refused again at once.
+//! gate refused is recorded ([`Refused`](crate::versions::refused::Refused))
+//! and refused again at once. With the shadow stage on, a version that
+//! passed waits as a candidate before it serves (`candidates.rs`).
+//!
+//! One concept, the slot, in one file with its parts beside it: how a
+//! version is made (`prepare.rs`) and judged (`admission.rs`), a
+//! candidate's stage (`candidates.rs`), the history's record
+//! (`record.rs`).
 
 use crate::capabilities::Capabilities;
 use crate::digest::hex_digest;
@@ -19,16 +26,18 @@ use crate::runtime::artifacts::{ArtifactCache, Origin};
 use crate::runtime::store::RequestState;
 use crate::versions::candidate::{Candidate, Decided};
 use crate::versions::following::Following;
-use crate::versions::history::{Accepted, History};
+use crate::versions::history::History;
 pub use crate::versions::version::{Provenance, Version};
 pub use admission::{Admission, SwapError, stage_name};
 
 mod admission;
 mod candidates;
 mod prepare;
+mod record;
 
 use arc_swap::ArcSwap;
 use prepare::prepare;
+use record::Recorder;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -112,51 +121,6 @@ pub struct ComponentSlot {
     /// record is written under the swap lock, so it follows the swaps in
     /// their order.
     history: Option<Arc<Recorder>>,
-}
-
-/// The history and the `--component` value it is kept under.
-struct Recorder {
-    history: History,
-    configured: String,
-}
-
-impl Recorder {
-    /// Records `current` (with its `bytes`, when they may not be stored
-    /// yet) and `previous`, off the async threads. A failure is logged: the
-    /// swap stands, but a restart would not bring it back.
-    async fn record(
-        self: &Arc<Self>,
-        current: &Version,
-        bytes: Option<Vec<u8>>,
-        previous: Option<&Version>,
-        just_read: bool,
-    ) {
-        let recorder = self.clone();
-        let accepted = |version: &Version| {
-            Accepted::now(version.digest(), &version.source).signed(version.signed)
-        };
-        let current = accepted(current);
-        let previous = previous.map(accepted);
-        let written = tokio::task::spawn_blocking(move || {
-            recorder.history.record(
-                &recorder.configured,
-                current,
-                bytes.as_deref(),
-                previous,
-                just_read,
-            )
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "the component history cannot be written: a restart would not serve this version");
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "the component history was not written");
-            }
-        }
-    }
 }
 
 impl ComponentSlot {
@@ -351,7 +315,7 @@ impl ComponentSlot {
             }
         };
         let version = Arc::new(version);
-        if self.admission.shadow.enabled && self.admission.gate.is_on() {
+        if self.admission.shadow.enabled {
             let provenance = Provenance::checked(version.source.clone(), version.signed);
             let candidate = Arc::new(Candidate::new(
                 version,
