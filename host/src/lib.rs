@@ -17,9 +17,11 @@
 //!   signatures, following a tag, re-reading the component file.
 //! * [`versions`]: which version serves (the slot) and the record of
 //!   accepted and refused ones (the history).
-//! * [`contract`] and [`shadow`]: what a new version passes before it
-//!   serves: the contract's rows, answered with stand-ins for the
-//!   backends, then live requests replayed beside the serving version.
+//! * [`contract`], [`shadow`] and [`canary`]: what a new version passes
+//!   before it serves every client: the contract's rows, answered with
+//!   stand-ins for the backends; live requests replayed beside the serving
+//!   version; then a growing share of real requests, compared with the
+//!   serving version's.
 //! * [`runtime`]: one request through a guest: engine, store, the compiled
 //!   version, a fresh or a reused instance, compiled-code artifacts, the
 //!   guest's log.
@@ -134,6 +136,7 @@ pub mod watch;
 pub mod capabilities;
 
 // The layers, from one request up to the process.
+pub mod canary;
 pub mod contract;
 pub mod rollout;
 pub mod runtime;

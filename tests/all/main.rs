@@ -14,6 +14,7 @@ mod support;
 
 mod access_log;
 mod cache;
+mod canary;
 mod clients;
 mod contract_gate;
 mod cosign_bundles;

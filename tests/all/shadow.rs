@@ -3,7 +3,7 @@
 //! answering none and reaching no backend, until it has agreed often
 //! enough or long enough; one divergence refuses it.
 
-use crate::support::fleet::{self, push, put_bytes, serving};
+use crate::support::fleet::{self, push, put_bytes, rollout, serving, wait_serving};
 use crate::support::programs::behaving_as;
 use crate::support::registry::OciRegistry;
 use crate::support::{Answered, Backend, Options, Stack, hashes};
@@ -35,28 +35,6 @@ async fn shadowing(extra: &[&str]) -> Stack {
         },
     )
     .await
-}
-
-async fn rollout(stack: &Stack) -> Value {
-    let answer = stack
-        .admin(reqwest::Method::GET, "/admin/rollout")
-        .answer()
-        .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    serde_json::from_str(&answer.body).unwrap()
-}
-
-/// Waits up to `limit` for the serving digest to become `digest`.
-async fn wait_serving(stack: &Stack, digest: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while serving(stack).await["digest"] != digest {
-        assert!(
-            Instant::now() < deadline,
-            "{digest} did not come to serve:\n{}",
-            stack.keybust.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //! | `GET /admin/component` | digest, wasi_http, source, loaded_at, previous_digest, and the followed tag beside them (`follow`) |
 //! | `PUT /admin/component` | swap in the body's component, or the one `{"reference": "oci://…"}` names (bearer token) |
 //! | `POST /admin/component/rollback` | back to the previous version (bearer token) |
-//! | `GET /admin/rollout` | the candidate in its shadow stage, its counts, the last decision |
+//! | `GET /admin/rollout` | the candidate earning its traffic, its stage and counts, the last decision |
 //! | `POST /admin/rollout/promote`, `/abort` | serve the candidate now, or drop it as refused (bearer token) |
 //!
 //! Mutations are taken from loopback peers only, unless
@@ -206,11 +206,14 @@ fn follow_json(endpoint: &Endpoint) -> serde_json::Value {
         ))
     } else if following.component.is_none() {
         Some("the version the tag names has not been pulled yet".to_owned())
-    } else if slot
+    } else if let Some(candidate) = slot
         .candidate()
-        .is_some_and(|candidate| Some(candidate.version.digest()) == following.component.as_deref())
+        .filter(|candidate| Some(candidate.version.digest()) == following.component.as_deref())
     {
-        Some("the version the tag names is a candidate in its shadow stage".to_owned())
+        Some(format!(
+            "the version the tag names is a candidate in its {} stage",
+            candidate.stage().as_str()
+        ))
     } else {
         Some(format!(
             "the serving version (from {}) was put in place by an admin swap or rollback, \
@@ -234,12 +237,28 @@ fn rollout_json(endpoint: &Endpoint, status: u16) -> hyper::Response<ResponseBod
     let slot = endpoint.slot();
     let body = json!({
         "serving_digest": slot.current().digest(),
-        "candidate": slot.candidate().map(|candidate| candidate.status()),
+        "candidate": slot.candidate_status(),
         "last_decision": slot.last_decision(),
         "gate": if slot.admission().gate.is_on() { "on" } else { "off" },
         "shadow": if slot.admission().shadow.enabled { "on" } else { "off" },
+        "canary": canary_json(slot.admission()),
     });
     json_response(status, Bytes::from(body.to_string()))
+}
+
+/// The canary's settings, or `off` without steps.
+fn canary_json(admission: &crate::versions::slot::Admission) -> serde_json::Value {
+    let canary = &admission.canary;
+    if !canary.enabled() {
+        return json!("off");
+    }
+    json!({
+        "steps": canary.steps,
+        "step_duration_ms": canary.step_duration.as_millis() as u64,
+        "failure_margin": canary.margins.failure_rate,
+        "latency_margin_ms": canary.margins.latency.as_millis() as u64,
+        "min_requests": canary.margins.min_requests,
+    })
 }
 
 fn component_json(
@@ -254,10 +273,7 @@ fn component_json(
         None => serde_json::Value::Null,
     };
     body["follow"] = follow_json(endpoint);
-    body["candidate"] = match slot.candidate() {
-        Some(candidate) => json!(candidate.status()),
-        None => serde_json::Value::Null,
-    };
+    body["candidate"] = json!(slot.candidate_status());
     if let (Some(extra), Some(map)) = (extra, body.as_object_mut()) {
         map.extend(extra.as_object().cloned().unwrap_or_default());
     }

@@ -107,6 +107,35 @@ label_values! {
         Gate => "gate",
         /// Shadow replay (`crate::shadow`).
         Shadow => "shadow",
+        /// The weighted canary (`crate::canary`).
+        Canary => "canary",
+    }
+}
+
+label_values! {
+    /// Which version served a request, as `keybust_version_requests_total`
+    /// names it: roles, not digests, so the series stay few and an alert
+    /// compares the two across swaps.
+    pub enum VersionRole {
+        /// The version serving clients.
+        Serving => "serving",
+        /// A candidate in a canary step.
+        Candidate => "candidate",
+    }
+}
+
+label_values! {
+    /// How a request a version served ended, for its counts.
+    pub enum Served {
+        /// An answer below 500.
+        Answered => "ok",
+        /// A 5xx answer from the component (a backend it could not reach,
+        /// its own error).
+        ServerError => "error",
+        /// The component trapped (500 from the host).
+        Trap => "trap",
+        /// The component ran out of time (504 from the host).
+        Timeout => "timeout",
     }
 }
 
@@ -190,6 +219,12 @@ pub(super) struct StageLabels {
 pub(super) struct DecisionLabels {
     pub(super) stage: RolloutStage,
     pub(super) result: Decision,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct VersionLabels {
+    pub(super) version: VersionRole,
+    pub(super) result: Served,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -13,13 +13,14 @@ mod labels;
 mod process;
 
 pub use self::labels::{
-    CLIENT_CLOSED, Capability, Decision, GuestFailed, Outcome, RolloutStage, SwapResult,
-    Unavailable,
+    CLIENT_CLOSED, Capability, Decision, GuestFailed, Outcome, RolloutStage, Served, SwapResult,
+    Unavailable, VersionRole,
 };
 
 use self::labels::{
     BuildLabels, CapabilityLabels, CapabilityOutcomeLabels, CauseLabels, ComponentLabels,
     DecisionLabels, KindLabels, PollLabels, RequestStatus, StageLabels, StatusLabels, SwapLabels,
+    VersionLabels,
 };
 use self::process::ProcessMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +54,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     stage: Family<StageLabels, Gauge>,
     shadowed: Family<PollLabels, Counter>,
+    by_version: Family<VersionLabels, Counter>,
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
     reused_instances: Gauge,
@@ -164,6 +166,12 @@ impl Metrics {
             "Requests a candidate shadowed, by result: agreed, diverged, shed (skipped under load), unusable (the serving version failed)",
             shadowed.clone(),
         );
+        let by_version = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "version_requests",
+            "Requests a component ran to an answer, by the version's role (serving; candidate, in a canary step) and result: ok (below 500), error (a 5xx from the component), trap, timeout",
+            by_version.clone(),
+        );
         let component = Family::<ComponentLabels, Gauge>::default();
         registry.register(
             "component_info",
@@ -201,6 +209,7 @@ impl Metrics {
             decisions,
             stage,
             shadowed,
+            by_version,
             component,
         }
     }
@@ -335,6 +344,13 @@ impl Metrics {
     /// `shed`, `unusable`).
     pub fn shadowed(&self, result: &'static str) {
         self.shadowed.get_or_create(&PollLabels { result }).inc();
+    }
+
+    /// Counts one request `version` ran to an answer, by how it ended.
+    pub fn version_request(&self, version: VersionRole, result: Served) {
+        self.by_version
+            .get_or_create(&VersionLabels { version, result })
+            .inc();
     }
 
     /// Names the digest serving now.

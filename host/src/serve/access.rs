@@ -8,7 +8,8 @@
 //! head; a record dropped without one belongs to a client that went away
 //! first, and is written with the status `client closed`.
 
-use crate::metrics::{CLIENT_CLOSED, Metrics};
+use crate::canary::tally::Tally;
+use crate::metrics::{CLIENT_CLOSED, GuestFailed, Metrics, Served, VersionRole};
 use crate::telemetry::{self, IncomingTrace, TRACE_TARGET};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,16 @@ pub struct AccessRecord {
     trace_id: Option<String>,
     /// The status and the time to the response head, once known.
     answered: Mutex<Option<(u16, Duration)>>,
+    /// The version that ran the request, once it was admitted.
+    guest: Mutex<Option<GuestRun>>,
+}
+
+/// Which version ran a request, for its counts.
+struct GuestRun {
+    role: VersionRole,
+    /// Its canary step's counts, during a canary.
+    tally: Option<Arc<Tally>>,
+    failed: Option<GuestFailed>,
 }
 
 impl AccessRecord {
@@ -67,7 +78,32 @@ impl AccessRecord {
             span,
             trace_id,
             answered: Mutex::new(None),
+            guest: Mutex::new(None),
         })
+    }
+
+    /// Notes the version that runs the request, and the canary step's
+    /// counts it goes into, if any: the request is counted for it once
+    /// it is over.
+    pub fn runs_on(&self, role: VersionRole, tally: Option<Arc<Tally>>) {
+        *self.lock_guest() = Some(GuestRun {
+            role,
+            tally,
+            failed: None,
+        });
+    }
+
+    /// Notes that the guest failed (the host answered for it).
+    pub fn guest_failed(&self, kind: GuestFailed) {
+        if let Some(run) = self.lock_guest().as_mut() {
+            run.failed = Some(kind);
+        }
+    }
+
+    fn lock_guest(&self) -> std::sync::MutexGuard<'_, Option<GuestRun>> {
+        self.guest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// The request's server span: the work done for it runs inside.
@@ -107,6 +143,23 @@ impl Drop for AccessRecord {
         match answered {
             Some((status, took)) => {
                 self.metrics.request(status, took);
+                let guest = self
+                    .guest
+                    .get_mut()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .take();
+                if let Some(run) = guest {
+                    let served = match run.failed {
+                        Some(GuestFailed::Trap) => Served::Trap,
+                        Some(GuestFailed::Timeout) => Served::Timeout,
+                        None if status >= 500 => Served::ServerError,
+                        None => Served::Answered,
+                    };
+                    self.metrics.version_request(run.role, served);
+                    if let Some(tally) = run.tally {
+                        tally.count(served, took);
+                    }
+                }
                 tracing::info!(
                     target: ACCESS_TARGET,
                     method = %self.method,

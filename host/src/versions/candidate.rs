@@ -1,13 +1,16 @@
-//! A version that passed the contract gate and now runs in the shadow of
-//! the serving one ([`crate::shadow`]) before it may serve: its counts,
-//! and the decision that ends its stage.
+//! A version that passed the contract gate and now earns its traffic
+//! before it serves every client: in the shadow of the serving one
+//! ([`crate::shadow`]), then through weighted steps ([`crate::canary`]).
+//! Its counts, its stage, and the decision that ends it.
 
 use super::version::{Provenance, Version};
+use crate::canary::step::{Step, StepStatus};
 use crate::shadow::ShadowSettings;
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A version waiting to serve.
 pub struct Candidate {
@@ -17,7 +20,7 @@ pub struct Candidate {
     pub(super) bytes: Vec<u8>,
     /// Where it came from.
     pub provenance: Provenance,
-    /// When its shadow stage began.
+    /// When it became a candidate.
     pub since: SystemTime,
     started: Instant,
     settings: ShadowSettings,
@@ -26,6 +29,28 @@ pub struct Candidate {
     /// Set once, by whichever decision comes first (promotion, refusal,
     /// abort, a newer candidate): later reports change nothing.
     decided: AtomicBool,
+    /// Its canary step, once it is past the shadow stage; replaced (under
+    /// the slot's swap lock) at each step, read by every request.
+    step: ArcSwapOption<Step>,
+}
+
+/// The stage a candidate is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// It runs beside the serving version, answering no client.
+    Shadow,
+    /// It serves its step's share of clients.
+    Canary,
+}
+
+impl Stage {
+    /// As the admin API and the log name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Shadow => "shadow",
+            Stage::Canary => "canary",
+        }
+    }
 }
 
 impl Candidate {
@@ -45,7 +70,27 @@ impl Candidate {
             agreed: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             decided: AtomicBool::new(false),
+            step: ArcSwapOption::empty(),
         }
+    }
+
+    /// The stage it is in.
+    pub fn stage(&self) -> Stage {
+        if self.step.load().is_some() {
+            Stage::Canary
+        } else {
+            Stage::Shadow
+        }
+    }
+
+    /// Its canary step, once it has one.
+    pub fn step(&self) -> Option<Arc<Step>> {
+        self.step.load_full()
+    }
+
+    /// Begins `step`, in place of the one before. Under the swap lock.
+    pub(super) fn begin_step(&self, step: Step) {
+        self.step.store(Some(Arc::new(step)));
     }
 
     /// The share of live requests it shadows.
@@ -84,13 +129,15 @@ impl Candidate {
         self.decided.load(Ordering::Acquire)
     }
 
-    /// What `GET /admin/rollout` shows of it.
-    pub fn status(&self) -> CandidateStatus {
+    /// What `GET /admin/rollout` shows of it; `steps` and `step_duration`
+    /// are the canary's settings.
+    pub fn status(&self, steps: usize, step_duration: Duration) -> CandidateStatus {
         let elapsed = self.started.elapsed();
         CandidateStatus {
             digest: self.version.digest().to_owned(),
             source: self.provenance.source.clone(),
-            stage: "shadow",
+            stage: self.stage().as_str(),
+            canary: self.step().map(|step| step.status(steps, step_duration)),
             since: humantime::format_rfc3339_millis(self.since).to_string(),
             agreed: self.agreements(),
             needed: self.settings.requests,
@@ -108,9 +155,11 @@ pub struct CandidateStatus {
     pub digest: String,
     /// Where it came from.
     pub source: String,
-    /// The stage it is in.
+    /// The stage it is in: `shadow` or `canary`.
     pub stage: &'static str,
-    /// When the stage began.
+    /// Its canary step and the counts over it, once it has one.
+    pub canary: Option<StepStatus>,
+    /// When it became a candidate.
     pub since: String,
     /// Requests it agreed on with the serving version.
     pub agreed: u64,
@@ -129,7 +178,7 @@ pub struct CandidateStatus {
 pub struct Decided {
     /// The version's digest.
     pub digest: String,
-    /// The stage that decided (`gate`, `shadow`, `operator`).
+    /// The stage that decided (`gate`, `shadow`, `canary`, `operator`).
     pub stage: String,
     /// `promoted`, `refused` or `aborted`.
     pub result: &'static str,

@@ -8,6 +8,7 @@ use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-fleet";
 
@@ -81,6 +82,29 @@ pub async fn serving(stack: &Stack) -> Value {
         .await
         .unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// `GET /admin/rollout`, as JSON.
+pub async fn rollout(stack: &Stack) -> Value {
+    let answer = stack
+        .admin(reqwest::Method::GET, "/admin/rollout")
+        .answer()
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    serde_json::from_str(&answer.body).unwrap()
+}
+
+/// Waits up to `limit` for the serving digest to become `digest`.
+pub async fn wait_serving(stack: &Stack, digest: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while serving(stack).await["digest"] != digest {
+        assert!(
+            Instant::now() < deadline,
+            "{digest} did not come to serve:\n{}",
+            stack.keybust.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// keybust with the admin token and `args`.

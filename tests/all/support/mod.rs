@@ -15,6 +15,7 @@ pub mod hostile_registry;
 pub mod http;
 pub mod in_process;
 pub mod issuer;
+pub mod load;
 pub mod logs;
 pub mod misbehaving_registry;
 pub mod otlp;

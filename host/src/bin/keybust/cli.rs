@@ -7,6 +7,7 @@ use crate::component::ComponentCommand;
 use crate::logging::LogFormat;
 use clap::{Parser, Subcommand};
 use keybust::admin::AdminArgs;
+use keybust::canary::CanaryArgs;
 use keybust::capabilities::SettingsArgs;
 use keybust::config::parse_duration;
 use keybust::contract::ContractGate;
@@ -148,6 +149,9 @@ pub struct CommonArgs {
     #[command(flatten, next_help_heading = "Rollout: the shadow stage")]
     pub shadow: ShadowArgs,
 
+    #[command(flatten, next_help_heading = "Rollout: the weighted canary")]
+    pub canary: CanaryArgs,
+
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: LimitArgs,
 
@@ -181,6 +185,7 @@ impl CommonArgs {
             },
             contract_gate: self.contract_gate,
             shadow: self.shadow.settings(),
+            canary: self.canary.settings(),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! as accepted under the same source).
 
 use super::Endpoint;
+use crate::canary::CanarySettings;
 use crate::capabilities::Capabilities;
 use crate::contract::{ContractGate, GATE_OFF_WARNING};
 use crate::digest::hex_digest;
@@ -48,6 +49,9 @@ pub struct EndpointConfig {
     pub contract_gate: ContractGate,
     /// The shadow stage after the gate (`--shadow*`); off by default here.
     pub shadow: ShadowSettings,
+    /// The weighted canary after the shadow stage (`--rollout-*`); no
+    /// steps by default.
+    pub canary: CanarySettings,
 }
 
 impl Default for EndpointConfig {
@@ -63,6 +67,7 @@ impl Default for EndpointConfig {
             incoming_trace: IncomingTrace::default(),
             contract_gate: ContractGate::default(),
             shadow: ShadowSettings::default(),
+            canary: CanarySettings::default(),
         }
     }
 }
@@ -245,6 +250,7 @@ impl Endpoint {
                     enabled: config.shadow.enabled && config.contract_gate.is_on(),
                     ..config.shadow
                 },
+                canary: config.canary.clone(),
                 refused: Arc::new(refused),
             },
         };

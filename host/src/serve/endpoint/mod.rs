@@ -11,11 +11,11 @@ pub use load::{Configured, EndpointConfig, EndpointError};
 
 use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
-use crate::metrics::{GuestFailed, Metrics, Unavailable};
+use crate::metrics::{GuestFailed, Metrics, Unavailable, VersionRole};
 use crate::runtime::GuestFailure;
 use crate::serve::access::{AccessRecord, REQUEST_ID};
 use crate::telemetry::IncomingTrace;
-use crate::versions::slot::{ComponentSlot, Version};
+use crate::versions::slot::{ComponentSlot, Picked};
 use bytes::Bytes;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -127,20 +127,19 @@ impl Endpoint {
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        // The request runs to its end on the version current now.
-        let version = self.slot.current();
+        // The request runs to its end on the version picked now: the
+        // serving one, or a candidate in a canary step.
+        let picked = self.slot.pick();
         let route = (request.uri().path() == ENDPOINT_PATH).then_some(ENDPOINT_PATH);
         let record = AccessRecord::start(
             &request,
             route,
-            version.digest(),
+            picked.version.digest(),
             self.metrics().clone(),
             self.incoming_trace,
         );
         let span = record.span().clone();
-        self.answer(&version, request, record)
-            .instrument(span)
-            .await
+        self.answer(picked, request, record).instrument(span).await
     }
 }
 
@@ -148,7 +147,7 @@ impl Endpoint {
     /// [`Endpoint::route`] inside the request's server span.
     async fn answer<B>(
         &self,
-        version: &Version,
+        picked: Picked,
         request: hyper::Request<B>,
         record: Arc<AccessRecord>,
     ) -> hyper::Response<ResponseBody>
@@ -167,8 +166,7 @@ impl Endpoint {
             );
             json_response(400, r#"{"error":"Bad request"}"#)
         } else {
-            self.admit_and_handle(version, request, record.clone())
-                .await
+            self.admit_and_handle(picked, request, record.clone()).await
         };
         record.answered(response.status().as_u16());
         response
@@ -182,7 +180,7 @@ impl Endpoint {
     /// slot and the access record stay with the guest until it finishes.
     async fn admit_and_handle<B>(
         &self,
-        version: &Version,
+        picked: Picked,
         request: hyper::Request<B>,
         record: Arc<AccessRecord>,
     ) -> hyper::Response<ResponseBody>
@@ -196,11 +194,22 @@ impl Endpoint {
             tokio::time::timeout(queue_timeout, self.admission.clone().acquire_owned()).await;
         let mut response = match admitted {
             Ok(Ok(permit)) => {
-                let handled = match self.shadowing() {
+                let Picked {
+                    version,
+                    role,
+                    tally,
+                } = picked;
+                record.runs_on(role, tally);
+                let watch = record.clone();
+                let shadowing = match role {
+                    VersionRole::Serving => self.shadowing(),
+                    VersionRole::Candidate => None,
+                };
+                let handled = match shadowing {
                     Some(candidate) => {
                         shadow::serve(
                             &self.slot,
-                            version,
+                            &version,
                             candidate,
                             self.shadow_runs.clone(),
                             request,
@@ -214,12 +223,17 @@ impl Endpoint {
                     Ok(response) => return response,
                     Err(failure) => {
                         let metrics = self.metrics();
-                        match failure {
-                            GuestFailure::BodyTimeout => metrics.body_timed_out(),
-                            GuestFailure::Failed(_) => metrics.guest_failed(GuestFailed::Trap),
-                            GuestFailure::OutOfTime(_) => {
-                                metrics.guest_failed(GuestFailed::Timeout)
+                        let kind = match failure {
+                            GuestFailure::BodyTimeout => None,
+                            GuestFailure::Failed(_) => Some(GuestFailed::Trap),
+                            GuestFailure::OutOfTime(_) => Some(GuestFailed::Timeout),
+                        };
+                        match kind {
+                            Some(kind) => {
+                                metrics.guest_failed(kind);
+                                watch.guest_failed(kind);
                             }
+                            None => metrics.body_timed_out(),
                         }
                         failure.response()
                     }

@@ -9,7 +9,7 @@ use crate::runtime::GuestFailure;
 use crate::shadow::compare::{self, Observed};
 use crate::shadow::copy::{self, RequestCopy};
 use crate::shadow::replay::Replay;
-use crate::versions::candidate::Candidate;
+use crate::versions::candidate::{Candidate, Stage};
 use crate::versions::slot::{ComponentSlot, Version};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -143,14 +143,15 @@ async fn judge(
             let why = format!(
                 "it diverged from the serving version on a request ({shape}): {divergence}"
             );
-            slot.refuse(candidate, "shadow", &why).await;
+            slot.refuse(candidate, Stage::Shadow, &why).await;
         }
         None => {
             slot.metrics().shadowed("agreed");
             if candidate.agreed() {
                 let agreed = candidate.agreements();
-                slot.promote(
+                slot.passed(
                     candidate,
+                    Stage::Shadow,
                     &format!("it agreed with the serving version on {agreed} requests"),
                 )
                 .await;

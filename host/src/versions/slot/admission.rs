@@ -1,5 +1,6 @@
 //! How a new version is judged before it serves, and why it may not.
 
+use crate::canary::CanarySettings;
 use crate::contract::{self, ContractGate};
 use crate::runtime::plugin::LoadError;
 use crate::shadow::ShadowSettings;
@@ -7,14 +8,16 @@ use crate::versions::refused::{self, Refused};
 use std::sync::Arc;
 
 /// How a new version is judged before it serves: whether the contract
-/// gate runs, the shadow stage after it, and the record of the versions
-/// refused.
+/// gate runs, the shadow stage and the weighted canary after it, and the
+/// record of the versions refused.
 #[derive(Clone, Default)]
 pub struct Admission {
     /// `--contract-gate`.
     pub gate: ContractGate,
     /// `--shadow*`: off by default in the library.
     pub shadow: ShadowSettings,
+    /// `--rollout-*`: no steps by default.
+    pub canary: CanarySettings,
     /// The versions refused so far, by digest.
     pub refused: Arc<Refused>,
 }
@@ -46,6 +49,7 @@ pub fn stage_name(stage: &str) -> &str {
     match stage {
         "gate" => "contract gate",
         "shadow" => "shadow stage",
+        "canary" => "weighted canary",
         "operator" => "operator's abort",
         other => other,
     }

@@ -1,27 +1,45 @@
-//! The slot's side of a candidate's shadow stage: starting it, picking
-//! the requests it shadows, and ending it (promoted, refused, aborted).
-//! Every decision is made under the swap lock and claimed once on the
-//! candidate, so a timer, a shadow run and an operator cannot decide
-//! twice.
+//! The slot's side of a candidate's stages: starting them, picking the
+//! requests it shadows, and ending them (passed, refused, aborted). The
+//! weighted steps are in `canary.rs`. Every decision is made under the
+//! swap lock and claimed once on the candidate, so a timer, a shadow run
+//! and an operator cannot decide twice.
 
 use super::ComponentSlot;
+use crate::canary::step::Step;
 use crate::metrics::{Decision, RolloutStage};
-use crate::versions::candidate::{Candidate, Decided};
+use crate::versions::candidate::{Candidate, CandidateStatus, Decided, Stage};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+impl Stage {
+    /// As `keybust_rollout_*` names it.
+    pub(super) fn metric(self) -> RolloutStage {
+        match self {
+            Stage::Shadow => RolloutStage::Shadow,
+            Stage::Canary => RolloutStage::Canary,
+        }
+    }
+}
+
 impl ComponentSlot {
-    /// Lets the slot end a candidate's window by itself: it needs a handle
-    /// on itself for the timer. [`Endpoint::new`](crate::serve::endpoint::Endpoint::new)
+    /// Lets the slot end a candidate's stages by itself: it needs a handle
+    /// on itself for their timers. [`Endpoint::new`](crate::serve::endpoint::Endpoint::new)
     /// calls it; a slot never shared waits for requests (or an operator)
-    /// to end a window.
+    /// to end a shadow window, and its canary steps never end.
     pub fn share(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
     }
 
-    /// The version in its shadow stage, if any.
+    /// The version earning its traffic, if any.
     pub fn candidate(&self) -> Option<Arc<Candidate>> {
         self.candidate.load_full()
+    }
+
+    /// What the admin API shows of the candidate, if there is one.
+    pub fn candidate_status(&self) -> Option<CandidateStatus> {
+        let canary = &self.admission.canary;
+        self.candidate()
+            .map(|candidate| candidate.status(canary.steps.len(), canary.step_duration))
     }
 
     /// How the last candidate's stage ended, if one did.
@@ -33,19 +51,26 @@ impl ComponentSlot {
     }
 
     /// The candidate, when it shadows this request: the share of requests
-    /// it asked for, spread evenly.
+    /// it asked for, spread evenly, while it is in its shadow stage.
     pub fn shadow_pick(&self) -> Option<Arc<Candidate>> {
         let candidate = self.candidate.load();
         let candidate = candidate.as_ref()?;
+        if candidate.stage() != Stage::Shadow {
+            return None;
+        }
         let n = self.shadow_count.fetch_add(1, Ordering::Relaxed) as f64;
         let share = candidate.share();
         ((n * share).floor() != ((n + 1.0) * share).floor()).then(|| candidate.clone())
     }
 
-    /// Puts `candidate` in its shadow stage, in place of any earlier one
-    /// (which is dropped undecided: a newer version superseded it), and
-    /// starts the timer that ends its window. Under the swap lock.
-    pub(super) fn start_shadow(&self, candidate: Arc<Candidate>) {
+    /// Makes `candidate` the one earning its traffic, in place of any
+    /// earlier one (which is dropped undecided: a newer version superseded
+    /// it), and starts its first stage: the shadow, else the canary's
+    /// first step. Under the swap lock.
+    pub(super) fn start_candidate(&self, candidate: Arc<Candidate>) {
+        if !self.admission.shadow.enabled {
+            candidate.begin_step(Step::new(0, self.admission.canary.steps[0]));
+        }
         let earlier = self.candidate.swap(Some(candidate.clone()));
         if let Some(earlier) = earlier
             && earlier.decide()
@@ -53,10 +78,20 @@ impl ComponentSlot {
             earlier.version.plugin.retire_instances();
             tracing::info!(
                 digest = earlier.version.digest(),
-                "the candidate in its shadow stage is superseded by a newer version"
+                "the candidate earning its traffic is superseded by a newer version"
             );
         }
-        self.metrics.rollout_stage(Some(RolloutStage::Shadow));
+        self.metrics.rollout_stage(Some(candidate.stage().metric()));
+        if candidate.stage() == Stage::Canary {
+            tracing::info!(
+                digest = candidate.version.digest(),
+                source = candidate.provenance.source,
+                "the new version passed the contract gate; {}",
+                self.step_begins(0)
+            );
+            self.run_steps(candidate);
+            return;
+        }
         tracing::info!(
             digest = candidate.version.digest(),
             source = candidate.provenance.source,
@@ -64,7 +99,6 @@ impl ComponentSlot {
             "the new version passed the contract gate and runs in the shadow of the serving one"
         );
         if let Some(me) = self.me.get().cloned() {
-            let candidate = candidate.clone();
             let window = self.admission.shadow.window;
             tokio::spawn(async move {
                 tokio::time::sleep(window).await;
@@ -72,8 +106,9 @@ impl ComponentSlot {
                     return;
                 };
                 let agreed = candidate.agreements();
-                slot.promote(
+                slot.passed(
                     &candidate,
+                    Stage::Shadow,
                     &format!("its shadow window passed: {agreed} agreeing requests, no divergence"),
                 )
                 .await;
@@ -81,27 +116,57 @@ impl ComponentSlot {
         }
     }
 
-    /// Makes `candidate` the serving version, if it still waits; `why`
-    /// goes to the log and the last decision.
+    /// Notes that `candidate` passed `stage`, if it is still there: it
+    /// goes on to the canary's steps when it passed the shadow and steps
+    /// are set, else it serves. `why` goes to the log and the decision.
+    pub async fn passed(&self, candidate: &Arc<Candidate>, stage: Stage, why: &str) -> bool {
+        let _one_at_a_time = self.swapping.lock().await;
+        if !self.is_waiting(candidate) || candidate.stage() != stage {
+            return false;
+        }
+        self.metrics.decided(stage.metric(), Decision::Passed);
+        if stage == Stage::Shadow && self.admission.canary.enabled() {
+            candidate.begin_step(Step::new(0, self.admission.canary.steps[0]));
+            self.metrics.rollout_stage(Some(RolloutStage::Canary));
+            tracing::info!(
+                digest = candidate.version.digest(),
+                why,
+                "the candidate passed its shadow stage; {}",
+                self.step_begins(0)
+            );
+            self.run_steps(candidate.clone());
+            return true;
+        }
+        self.serve_candidate(candidate, stage.as_str(), why).await
+    }
+
+    /// An operator's promotion (`POST /admin/rollout/promote`): the
+    /// waiting candidate serves now, whatever its stage.
     pub async fn promote(&self, candidate: &Arc<Candidate>, why: &str) -> bool {
         let _one_at_a_time = self.swapping.lock().await;
+        self.serve_candidate(candidate, "operator", why).await
+    }
+
+    /// Makes `candidate` the serving version, if it still waits. Under
+    /// the swap lock.
+    async fn serve_candidate(&self, candidate: &Arc<Candidate>, stage: &str, why: &str) -> bool {
         if !self.take_candidate(candidate) {
             return false;
         }
         // Noted first: whoever sees the new version serving sees why.
         self.note_decision(Decided::now(
             candidate.version.digest(),
-            "shadow",
+            stage,
             "promoted",
             why.to_owned(),
         ));
-        self.metrics.decided(RolloutStage::Shadow, Decision::Passed);
         self.metrics.rollout_stage(None);
         self.install(candidate.version.clone(), candidate.bytes.clone())
             .await;
         tracing::info!(
             digest = candidate.version.digest(),
             source = candidate.provenance.source,
+            stage,
             why,
             "the candidate serves"
         );
@@ -110,32 +175,32 @@ impl ComponentSlot {
 
     /// Refuses `candidate` at `stage`, if it still waits: it is recorded
     /// like a gate refusal, so no source takes it again.
-    pub async fn refuse(&self, candidate: &Arc<Candidate>, stage: &str, why: &str) -> bool {
+    pub async fn refuse(&self, candidate: &Arc<Candidate>, stage: Stage, why: &str) -> bool {
         let _one_at_a_time = self.swapping.lock().await;
         if !self.take_candidate(candidate) {
             return false;
         }
+        let stage_name = stage.as_str();
         candidate.version.plugin.retire_instances();
         self.admission.refused.record(
             candidate.version.digest(),
-            stage,
+            stage_name,
             why,
             &candidate.provenance.source,
         );
-        self.metrics
-            .decided(RolloutStage::Shadow, Decision::Refused);
+        self.metrics.decided(stage.metric(), Decision::Refused);
         self.metrics.swap_failed();
         self.metrics.rollout_stage(None);
         self.note_decision(Decided::now(
             candidate.version.digest(),
-            stage,
+            stage_name,
             "refused",
             why.to_owned(),
         ));
         tracing::error!(
             digest = candidate.version.digest(),
             source = candidate.provenance.source,
-            stage,
+            stage = stage_name,
             reason = why,
             "the candidate is refused; the serving version keeps serving"
         );
@@ -173,15 +238,23 @@ impl ComponentSlot {
         Some(candidate)
     }
 
+    /// Whether `candidate` is the one waiting, undecided. Under the swap
+    /// lock.
+    pub(super) fn is_waiting(&self, candidate: &Arc<Candidate>) -> bool {
+        self.candidate
+            .load()
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, candidate) && !candidate.is_decided())
+    }
+
     /// Takes `candidate` out of the slot and claims its decision; `false`
     /// when it is not the waiting one any more, or was decided.
     fn take_candidate(&self, candidate: &Arc<Candidate>) -> bool {
-        match self.candidate.load_full() {
-            Some(current) if Arc::ptr_eq(&current, candidate) && candidate.decide() => {
-                self.candidate.store(None);
-                true
-            }
-            _ => false,
+        if self.is_waiting(candidate) && candidate.decide() {
+            self.candidate.store(None);
+            true
+        } else {
+            false
         }
     }
 

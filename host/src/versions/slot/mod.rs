@@ -10,12 +10,14 @@
 //! ([`crate::contract`]) before the swap; if any step fails, the current
 //! version keeps serving and the caller gets the reason. A version the
 //! gate refused is recorded ([`Refused`](crate::versions::refused::Refused))
-//! and refused again at once. With the shadow stage on, a version that
-//! passed waits as a candidate before it serves (`candidates.rs`).
+//! and refused again at once. With the shadow stage or the canary on, a
+//! version that passed waits as a candidate before it serves every client
+//! (`candidates.rs`, `canary.rs`).
 //!
 //! One concept, the slot, in one file with its parts beside it: how a
 //! version is made (`prepare.rs`) and judged (`admission.rs`), a
-//! candidate's stage (`candidates.rs`), the history's record
+//! candidate's stages (`candidates.rs`) and weighted steps (`canary.rs`),
+//! the history's record
 //! (`record.rs`).
 
 use crate::capabilities::Capabilities;
@@ -29,8 +31,10 @@ use crate::versions::following::Following;
 use crate::versions::history::History;
 pub use crate::versions::version::{Provenance, Version};
 pub use admission::{Admission, SwapError, stage_name};
+pub use canary::Picked;
 
 mod admission;
+mod canary;
 mod candidates;
 mod prepare;
 mod record;
@@ -51,9 +55,9 @@ pub struct Swapped {
     /// when the bytes were already serving and nothing was swapped.
     pub origin: Option<Origin>,
     /// From bytes in hand to the new version serving (or, with a
-    /// candidate, to its shadow stage starting).
+    /// candidate, to its first stage starting).
     pub took: Duration,
-    /// The version waiting in its shadow stage, when the new bytes did not
+    /// The version earning its traffic, when the new bytes did not
     /// go straight into service: `version` is still the one serving.
     pub candidate: Option<Arc<Candidate>>,
 }
@@ -105,9 +109,9 @@ pub struct ComponentSlot {
     /// What the follower last saw of its tag, when a tag is followed. A
     /// `std` mutex: held for a copy or a replace only.
     following: Mutex<Option<Following>>,
-    /// The version in its shadow stage, if any. Set and cleared under the
-    /// swap lock; read by every request (lock-free, as `current` is) to
-    /// pick the ones it shadows.
+    /// The version earning its traffic (shadow, canary), if any. Set and
+    /// cleared under the swap lock; read by every request (lock-free, as
+    /// `current` is) to pick the ones it shadows or serves.
     candidate: arc_swap::ArcSwapOption<Candidate>,
     /// Which requests a candidate shadows: request n is picked when
     /// `floor(n * share)` steps, so exactly the share is, spread evenly.
@@ -315,7 +319,7 @@ impl ComponentSlot {
             }
         };
         let version = Arc::new(version);
-        if self.admission.shadow.enabled {
+        if self.admission.shadow.enabled || self.admission.canary.enabled() {
             let provenance = Provenance::checked(version.source.clone(), version.signed);
             let candidate = Arc::new(Candidate::new(
                 version,
@@ -323,7 +327,7 @@ impl ComponentSlot {
                 provenance,
                 self.admission.shadow,
             ));
-            self.start_shadow(candidate.clone());
+            self.start_candidate(candidate.clone());
             return Ok(Swapped {
                 version: current,
                 origin: Some(origin),
