@@ -10,6 +10,7 @@ use crate::support::{Answered, Backend, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// keybust with the shadow stage on, shadowing every request, and `extra`.
@@ -275,4 +276,88 @@ async fn a_followed_tag_brings_its_new_version_through_the_shadow_stage() {
             .await
             .contains("keybust_follow_polls_total{result=\"candidate\"} 1\n")
     );
+}
+
+/// keybust serving the file `component`, its state in `state`, shadowing
+/// every request for a minute before a candidate may serve.
+async fn shadowing_file(component: &Path, state: &Path) -> Stack {
+    let options = Options {
+        args: [
+            "--admin-token",
+            fleet::ADMIN_TOKEN,
+            "--shadow",
+            "on",
+            "--shadow-share",
+            "100%",
+            "--shadow-requests",
+            "1000",
+            "--shadow-window",
+            "60s",
+            "--component",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .chain([component.display().to_string()])
+        .collect(),
+        env: vec![
+            ("DOCKER_CONFIG", "/nonexistent".to_owned()),
+            ("KEYBUST_STATE_DIR", state.display().to_string()),
+        ],
+        ..Options::default()
+    };
+    Stack::with(Backend::Embedded, options).await
+}
+
+/// Writes `bytes` to `path` as deploy tools do: a new file renamed over it.
+fn deploy(path: &Path, bytes: &[u8]) {
+    let partial = path.with_extension("wasm.partial");
+    std::fs::write(&partial, bytes).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
+/// A version waiting when keybust stops is still a candidate when it
+/// starts again: the file's new bytes, or an upload, go through the stages
+/// again, never straight into service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_is_still_a_candidate_after_a_restart() {
+    let files = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let path = files.path().join("endpoint.wasm");
+    let (v1, v2, v3) = (
+        fleet::variant("restart-v1"),
+        fleet::variant("restart-v2"),
+        fleet::variant("restart-v3"),
+    );
+    deploy(&path, &v1);
+    let stack = shadowing_file(&path, state.path()).await;
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&v1));
+
+    // The file's new bytes wait as the candidate; a restart keeps them so.
+    deploy(&path, &v2);
+    stack.keybust.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rollout(&stack).await["candidate"]["digest"] != hex_digest(&v2) {
+        assert!(Instant::now() < deadline, "{}", stack.keybust.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stack);
+    let stack = shadowing_file(&path, state.path()).await;
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&v1));
+    let status = rollout(&stack).await;
+    assert_eq!(status["candidate"]["digest"], hex_digest(&v2), "{status}");
+    assert_eq!(status["candidate"]["stage"], "shadow", "{status}");
+
+    // An upload waiting as the candidate (the file still holds v2, the
+    // last one it held): a restart brings the upload back as the candidate.
+    assert_eq!(put_bytes(&stack, v3.clone()).await.status, 202);
+    drop(stack);
+    let stack = shadowing_file(&path, state.path()).await;
+    assert_eq!(serving(&stack).await["digest"], hex_digest(&v1));
+    let status = rollout(&stack).await;
+    assert_eq!(status["candidate"]["digest"], hex_digest(&v3), "{status}");
+    assert_eq!(status["candidate"]["source"], "admin", "{status}");
+    stack
+        .keybust
+        .assert_logged("the version waiting as the candidate when keybust stopped")
+        .await;
 }

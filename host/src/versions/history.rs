@@ -19,7 +19,14 @@
 //! * the configured source otherwise: a new `--component` value, or new
 //!   content under the same one (a file replaced or a new build with a new
 //!   embedded component while the process was down), is the operator's
-//!   newer word.
+//!   newer word. When new versions earn their traffic first (the shadow
+//!   stage or the canary is on), new content under the same value is a
+//!   new version like any other: the recorded version serves, and the new
+//!   content waits as the candidate.
+//!
+//! The candidate waiting when the process stopped is recorded too (its
+//! bytes, and the configured source's content when it came from there):
+//! at start it goes through the stages again, never straight into service.
 
 use crate::digest::hex_digest;
 use crate::private_files::{
@@ -115,6 +122,9 @@ struct State {
     current: Option<Accepted>,
     /// The rollback target.
     previous: Option<Accepted>,
+    /// The version waiting as the candidate, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    candidate: Option<Accepted>,
 }
 
 /// A version to load at start: its bytes and where they came from.
@@ -133,6 +143,12 @@ pub struct Start {
     pub current: Restored,
     /// The rollback target, when one was recorded and its bytes are intact.
     pub previous: Option<Restored>,
+    /// The candidate recorded when the process stopped, to go through the
+    /// stages again.
+    pub candidate: Option<Restored>,
+    /// Whether the configured source's content is new since it was last
+    /// read, and waits as the candidate (in place of a recorded one).
+    pub configured_waits: bool,
 }
 
 /// The history directory and the state it holds; see the module docs.
@@ -144,6 +160,9 @@ pub struct History {
     /// The identity of the key signatures are checked with now; stamped on
     /// signed records, and asked of them at restore.
     key: Option<String>,
+    /// Whether new content under the configured source waits as the
+    /// candidate at start (the shadow stage or the canary is on).
+    new_versions_wait: bool,
     /// Held for as long as the history is open: one process per directory.
     _lock: DirLock,
 }
@@ -180,8 +199,18 @@ impl History {
             dir: dir.to_owned(),
             state: Mutex::new(state),
             key: None,
+            new_versions_wait: false,
             _lock: lock,
         })
+    }
+
+    /// New versions earn their traffic before they serve (the shadow
+    /// stage or the canary is on): at start, new content under the
+    /// configured source waits as the candidate while the recorded version
+    /// serves, as it would had it arrived while the process ran.
+    pub fn new_versions_wait(mut self, wait: bool) -> Self {
+        self.new_versions_wait = wait;
+        self
     }
 
     /// Signatures are checked with the key whose identity is `key`
@@ -218,17 +247,21 @@ impl History {
             }
             return None;
         }
+        let mut configured_waits = false;
         if configured_digest.is_none() {
             tracing::warn!(
                 configured,
                 "the configured component cannot be read now: serving the last accepted version"
             );
         } else if state.configured_digest.as_deref() != configured_digest {
-            tracing::info!(
-                configured,
-                "the configured component changed since the last run: serving it, not the recorded version"
-            );
-            return None;
+            if !self.new_versions_wait {
+                tracing::info!(
+                    configured,
+                    "the configured component changed since the last run: serving it, not the recorded version"
+                );
+                return None;
+            }
+            configured_waits = true;
         }
         let trusted = |entry: &&Accepted| {
             let trusted =
@@ -248,12 +281,47 @@ impl History {
             .as_ref()
             .filter(trusted)
             .and_then(|entry| self.read(entry));
+        let candidate = state
+            .candidate
+            .as_ref()
+            .filter(|_| !configured_waits)
+            .filter(|entry| entry.digest != recorded.digest)
+            .filter(trusted)
+            .and_then(|entry| self.read(entry));
         tracing::info!(
             digest = recorded.digest,
             source = current.source,
             "serving the last accepted component"
         );
-        Some(Start { current, previous })
+        Some(Start {
+            current,
+            previous,
+            candidate,
+            configured_waits,
+        })
+    }
+
+    /// Records `candidate` (with its bytes) as the version waiting, or
+    /// none. `configured` is the `--component` value: a candidate read
+    /// from it notes what it holds now, so that a restart takes it for
+    /// known, not new.
+    pub fn record_candidate(
+        &self,
+        configured: &str,
+        candidate: Option<(Accepted, &[u8])>,
+    ) -> Result<(), HistoryError> {
+        let mut state = self.lock();
+        let mut next = state.clone();
+        next.candidate = None;
+        if let Some((entry, bytes)) = candidate {
+            let entry = self.stamp(entry);
+            self.write_blob(&entry.digest, bytes)?;
+            if entry.source == configured && next.configured.as_deref() == Some(configured) {
+                next.configured_digest = Some(entry.digest.clone());
+            }
+            next.candidate = Some(entry);
+        }
+        self.write_state(&mut state, next)
     }
 
     /// Records that `current` serves now (its `bytes` are stored unless
@@ -269,20 +337,10 @@ impl History {
         previous: Option<Accepted>,
         just_read: bool,
     ) -> Result<(), HistoryError> {
-        let stamp = |mut entry: Accepted| {
-            entry.key = entry.signed.then(|| self.key.clone()).flatten();
-            entry
-        };
-        let (current, previous) = (stamp(current), previous.map(stamp));
+        let (current, previous) = (self.stamp(current), previous.map(|entry| self.stamp(entry)));
         let mut state = self.lock();
         if let Some(bytes) = bytes {
-            let blob = self.blob(&current.digest);
-            if !blob.exists() {
-                write_private(&blob, bytes).map_err(|source| HistoryError::Io {
-                    path: blob.display().to_string(),
-                    source,
-                })?;
-            }
+            self.write_blob(&current.digest, bytes)?;
         }
         let mut next = state.clone();
         if next.configured.as_deref() != Some(configured) {
@@ -292,8 +350,36 @@ impl History {
         if just_read && current.source == configured {
             next.configured_digest = Some(current.digest.clone());
         }
+        // The candidate that now serves waits no more.
+        if next.candidate.as_ref().map(|entry| &entry.digest) == Some(&current.digest) {
+            next.candidate = None;
+        }
         next.current = Some(current);
         next.previous = previous;
+        self.write_state(&mut state, next)
+    }
+
+    /// Stamps a signed entry with the key it was checked with.
+    fn stamp(&self, mut entry: Accepted) -> Accepted {
+        entry.key = entry.signed.then(|| self.key.clone()).flatten();
+        entry
+    }
+
+    /// Stores a version's bytes under their digest, unless kept already.
+    fn write_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), HistoryError> {
+        let blob = self.blob(digest);
+        if blob.exists() {
+            return Ok(());
+        }
+        write_private(&blob, bytes).map_err(|source| HistoryError::Io {
+            path: blob.display().to_string(),
+            source,
+        })
+    }
+
+    /// Replaces `state.json` with `next` (atomically), then `state`, and
+    /// removes the blobs no longer named.
+    fn write_state(&self, state: &mut State, next: State) -> Result<(), HistoryError> {
         let path = self.dir.join(STATE_FILE);
         let json = serde_json::to_vec_pretty(&next).expect("the state serializes");
         write_private(&path, &json).map_err(|source| HistoryError::Io {
@@ -301,7 +387,7 @@ impl History {
             source,
         })?;
         *state = next;
-        self.remove_unnamed_blobs(&state);
+        self.remove_unnamed_blobs(state);
         Ok(())
     }
 
@@ -346,7 +432,7 @@ impl History {
 
     /// Removes the blobs the state no longer names (best effort).
     fn remove_unnamed_blobs(&self, state: &State) {
-        let named: Vec<String> = [&state.current, &state.previous]
+        let named: Vec<String> = [&state.current, &state.previous, &state.candidate]
             .into_iter()
             .flatten()
             .map(|entry| format!("sha256-{}.wasm", entry.digest))

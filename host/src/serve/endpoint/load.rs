@@ -14,7 +14,7 @@ use crate::runtime::engine::{self, EngineError};
 use crate::runtime::store::RequestState;
 use crate::shadow::ShadowSettings;
 use crate::telemetry::IncomingTrace;
-use crate::versions::history::{History, HistoryError, Start};
+use crate::versions::history::{History, HistoryError, Restored, Start};
 use crate::versions::refused::Refused;
 use crate::versions::slot::{Admission, ComponentSlot, Provenance, SwapError};
 use std::path::{Path, PathBuf};
@@ -254,6 +254,8 @@ impl Endpoint {
                 refused: Arc::new(refused),
             },
         };
+        let waits = base.admission.shadow.enabled || base.admission.canary.enabled();
+        let history = history.map(|history| history.new_versions_wait(waits));
         let signed_only = config.signed_by.is_some();
         let mut bytes = bytes;
         // A configured version refused before is as good as unreadable:
@@ -279,8 +281,22 @@ impl Endpoint {
                 .as_ref()
                 .and_then(|history| history.restore(&source, digest, signed_only))
         };
+        // What waits as the candidate once the endpoint serves: the one
+        // recorded when the process stopped, or the configured source's
+        // new content.
+        let mut waiting = None;
         let restored_slot = match restore(configured_digest.as_deref()) {
-            Some(start) => base.start_from(start).await,
+            Some(mut start) => {
+                waiting = match (start.configured_waits, start.candidate.take()) {
+                    (true, _) => bytes.clone().map(|bytes| Restored {
+                        bytes,
+                        source: source.clone(),
+                        signed,
+                    }),
+                    (false, candidate) => candidate,
+                };
+                base.start_from(start).await
+            }
             None => None,
         };
         let (mut slot, serving, restored) = match restored_slot {
@@ -322,7 +338,28 @@ impl Endpoint {
         if let Some(history) = history {
             slot.keep_history(history, source, serving, !restored).await;
         }
-        Ok(Endpoint::new(slot).with_incoming_trace(config.incoming_trace))
+        let endpoint = Endpoint::new(slot).with_incoming_trace(config.incoming_trace);
+        if restored && let Some(waiting) = waiting {
+            start_candidate(&endpoint, waiting).await;
+        }
+        Ok(endpoint)
+    }
+}
+
+/// Puts the version that waited when the process stopped (or the
+/// configured source's new content) through the stages again, while the
+/// recorded version serves. A refusal is logged: the recorded version
+/// serves on.
+async fn start_candidate(endpoint: &Endpoint, waiting: Restored) {
+    let digest = hex_digest(&waiting.bytes);
+    tracing::info!(
+        digest,
+        source = waiting.source,
+        "the version waiting as the candidate when keybust stopped (or new in the configured source) goes through the stages again"
+    );
+    let provenance = Provenance::checked(waiting.source, waiting.signed);
+    if let Err(err) = endpoint.slot().replace(waiting.bytes, provenance).await {
+        tracing::warn!(digest, error = %err, "the waiting version is refused; the last accepted version serves");
     }
 }
 

@@ -264,3 +264,81 @@ fn only_the_named_blobs_are_kept() {
     expected.sort();
     assert_eq!(blobs, expected);
 }
+
+#[test]
+fn a_waiting_candidate_survives_a_restart_until_it_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap().new_versions_wait(true);
+    let file = "/k.wasm";
+    history
+        .record(file, accepted(b"v1", file), Some(b"v1"), None, true)
+        .unwrap();
+    // The file's new content waits: noted as what the file holds.
+    history
+        .record_candidate(file, Some((accepted(b"v2", file), b"v2")))
+        .unwrap();
+    drop(history);
+    let reopened = History::open(dir.path()).unwrap().new_versions_wait(true);
+    let start = reopened
+        .restore(file, Some(&hex_digest(b"v2")), false)
+        .expect("the recorded version serves");
+    assert_eq!(start.current.bytes, b"v1");
+    assert_eq!(start.candidate.expect("still waiting").bytes, b"v2");
+    assert!(!start.configured_waits);
+
+    // Decided: it serves, and waits no more.
+    reopened
+        .record(
+            file,
+            accepted(b"v2", file),
+            Some(b"v2"),
+            Some(accepted(b"v1", file)),
+            true,
+        )
+        .unwrap();
+    let start = reopened
+        .restore(file, Some(&hex_digest(b"v2")), false)
+        .unwrap();
+    assert_eq!(start.current.bytes, b"v2");
+    assert!(start.candidate.is_none());
+
+    // An upload waits, then is refused: forgotten, its bytes removed.
+    reopened
+        .record_candidate(file, Some((accepted(b"v3", "admin"), b"v3")))
+        .unwrap();
+    assert!(
+        dir.path()
+            .join(format!("sha256-{}.wasm", hex_digest(b"v3")))
+            .exists()
+    );
+    reopened.record_candidate(file, None).unwrap();
+    assert!(
+        !dir.path()
+            .join(format!("sha256-{}.wasm", hex_digest(b"v3")))
+            .exists()
+    );
+    let start = reopened
+        .restore(file, Some(&hex_digest(b"v2")), false)
+        .unwrap();
+    assert!(start.candidate.is_none());
+}
+
+#[test]
+fn new_content_in_the_configured_source_waits_when_new_versions_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    let tag = "oci://127.0.0.1:5000/k:stable";
+    history
+        .record(tag, accepted(b"v1", tag), Some(b"v1"), None, true)
+        .unwrap();
+    drop(history);
+    // Moved while the process was down.
+    let moved = Some(hex_digest(b"v2"));
+    let waiting = History::open(dir.path()).unwrap().new_versions_wait(true);
+    let start = waiting.restore(tag, moved.as_deref(), false).unwrap();
+    assert_eq!(start.current.bytes, b"v1");
+    assert!(start.configured_waits);
+    drop(waiting);
+    let serving = History::open(dir.path()).unwrap();
+    assert!(serving.restore(tag, moved.as_deref(), false).is_none());
+}

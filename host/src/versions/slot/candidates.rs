@@ -182,6 +182,7 @@ impl ComponentSlot {
         }
         let stage_name = stage.as_str();
         candidate.version.plugin.retire_instances();
+        self.forget_candidate().await;
         self.admission.refused.record(
             candidate.version.digest(),
             stage_name,
@@ -217,6 +218,7 @@ impl ComponentSlot {
             return None;
         }
         candidate.version.plugin.retire_instances();
+        self.forget_candidate().await;
         let why = "aborted by an operator (POST /admin/rollout/abort)";
         self.admission.refused.record(
             candidate.version.digest(),
@@ -255,6 +257,14 @@ impl ComponentSlot {
             true
         } else {
             false
+        }
+    }
+
+    /// Records that no candidate waits, for a restart. Under the swap
+    /// lock.
+    async fn forget_candidate(&self) {
+        if let Some(history) = &self.history {
+            history.record_candidate(None).await;
         }
     }
 

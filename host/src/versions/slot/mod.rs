@@ -328,6 +328,11 @@ impl ComponentSlot {
                 self.admission.shadow,
             ));
             self.start_candidate(candidate.clone());
+            if let Some(history) = &self.history {
+                history
+                    .record_candidate(Some((&candidate.version, candidate.bytes.clone())))
+                    .await;
+            }
             return Ok(Swapped {
                 version: current,
                 origin: Some(origin),
