@@ -3,10 +3,10 @@
 //! step's end with the serving version; worse, it is rolled back and
 //! recorded as refused.
 
-use crate::support::fleet::{self, put_bytes, rollout, serving, wait_serving};
+use crate::support::Stack;
+use crate::support::fleet::{put_bytes, rollout, serve_with, serving, wait_serving};
 use crate::support::load::Load;
 use crate::support::programs::behaving_as;
-use crate::support::{Backend, Options, Stack};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use std::sync::Arc;
@@ -15,22 +15,9 @@ use std::time::{Duration, Instant};
 /// keybust with the admin token, `--rollout-*` as `extra` says, and the
 /// shadow stage as `shadow` says.
 async fn canary(shadow: &str, extra: &[&str]) -> Arc<Stack> {
-    let args: Vec<String> = ["--admin-token", fleet::ADMIN_TOKEN, "--shadow", shadow]
-        .iter()
-        .chain(extra)
-        .map(|arg| (*arg).to_owned())
-        .collect();
-    Arc::new(
-        Stack::with(
-            Backend::Embedded,
-            Options {
-                args,
-                env: vec![("DOCKER_CONFIG", "/nonexistent".to_owned())],
-                ..Options::default()
-            },
-        )
-        .await,
-    )
+    let mut args = vec!["--shadow", shadow];
+    args.extend_from_slice(extra);
+    Arc::new(serve_with(&args).await)
 }
 
 /// The metric line's value, 0 when it is not there.

@@ -6,7 +6,7 @@
 use crate::support::fleet::{self, push, put_bytes, rollout, serving, wait_serving};
 use crate::support::programs::behaving_as;
 use crate::support::registry::OciRegistry;
-use crate::support::{Answered, Backend, Options, Stack, hashes};
+use crate::support::{Answered, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
@@ -15,27 +15,14 @@ use std::time::{Duration, Instant};
 
 /// keybust with the shadow stage on, shadowing every request, and `extra`.
 async fn shadowing(extra: &[&str]) -> Stack {
-    let args: Vec<String> = [
-        "--admin-token",
-        fleet::ADMIN_TOKEN,
-        "--shadow",
-        "on",
-        "--shadow-share",
-        "100%",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|arg| (*arg).to_owned())
-    .collect();
-    Stack::with(
-        Backend::Embedded,
-        Options {
-            args,
-            env: vec![("DOCKER_CONFIG", "/nonexistent".to_owned())],
-            ..Options::default()
-        },
-    )
-    .await
+    shadowing_with(extra, Vec::new()).await
+}
+
+/// The same, with `env` besides.
+async fn shadowing_with(extra: &[&str], env: Vec<(&'static str, String)>) -> Stack {
+    let mut args = vec!["--shadow", "on", "--shadow-share", "100%"];
+    args.extend_from_slice(extra);
+    fleet::serve_with_env(&args, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,31 +268,17 @@ async fn a_followed_tag_brings_its_new_version_through_the_shadow_stage() {
 /// keybust serving the file `component`, its state in `state`, shadowing
 /// every request for a minute before a candidate may serve.
 async fn shadowing_file(component: &Path, state: &Path) -> Stack {
-    let options = Options {
-        args: [
-            "--admin-token",
-            fleet::ADMIN_TOKEN,
-            "--shadow",
-            "on",
-            "--shadow-share",
-            "100%",
-            "--shadow-requests",
-            "1000",
-            "--shadow-window",
-            "60s",
-            "--component",
-        ]
-        .iter()
-        .map(|arg| (*arg).to_owned())
-        .chain([component.display().to_string()])
-        .collect(),
-        env: vec![
-            ("DOCKER_CONFIG", "/nonexistent".to_owned()),
-            ("KEYBUST_STATE_DIR", state.display().to_string()),
-        ],
-        ..Options::default()
-    };
-    Stack::with(Backend::Embedded, options).await
+    let component = component.display().to_string();
+    let args = [
+        "--shadow-requests",
+        "1000",
+        "--shadow-window",
+        "60s",
+        "--component",
+        &component,
+    ];
+    let env = vec![("KEYBUST_STATE_DIR", state.display().to_string())];
+    shadowing_with(&args, env).await
 }
 
 /// Writes `bytes` to `path` as deploy tools do: a new file renamed over it.

@@ -1,13 +1,14 @@
 //! Swapping the component in place: the admin API, the watched file and
 //! SIGHUP, under load, with bad components refused.
 
+use crate::support::load::Load;
 use crate::support::{self, Answer, Answered, Backend, Options, Stack, hashes};
 use keybust::digest::hex_digest;
 use keybust::runtime::plugin::EMBEDDED_COMPONENT;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const ADMIN_TOKEN: &str = "test-admin-token-5be0";
@@ -218,23 +219,7 @@ async fn fifty_swaps_under_load_drop_nothing() {
     let stack = Arc::new(Stack::with(Backend::Redis, options).await);
     wait_for_digest(&stack, &digests[0]).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..32 {
-        let (stack, stop, sent) = (stack.clone(), stop.clone(), sent.clone());
-        clients.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let answer = stack.invalidate(hashes::OWNED).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if answer.status != 200 || answer.body != r#"{"ok":true}"# {
-                    failures.push(format!("{} {}", answer.status, answer.body));
-                }
-            }
-            failures
-        }));
-    }
+    let load = Load::start(&stack, 32);
 
     let started = Instant::now();
     // serving: index into `builds`; file: what the file holds.
@@ -263,12 +248,7 @@ async fn fifty_swaps_under_load_drop_nothing() {
     while started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for client in clients {
-        failures.extend(client.await.unwrap());
-    }
-    let sent = sent.load(Ordering::Relaxed);
+    let (sent, failures) = load.stop().await;
     assert!(
         failures.is_empty(),
         "{} of {sent} requests failed: {:?}",

@@ -82,7 +82,7 @@ pub struct ShadowArgs {
 
     /// After this long without a divergence, the candidate serves, however
     /// few requests it has seen.
-    #[arg(long, env = "KEYBUST_SHADOW_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "KEYBUST_SHADOW_WINDOW", default_value = "30s", value_parser = parse_window)]
     pub shadow_window: Duration,
 }
 
@@ -96,6 +96,19 @@ impl ShadowArgs {
             window: self.shadow_window,
         }
     }
+}
+
+/// A window of at least a second: a shorter one would end the stage
+/// before a request could arrive, and skip it without saying so
+/// (`--shadow off` says so).
+fn parse_window(value: &str) -> Result<Duration, String> {
+    let window = parse_duration(value).map_err(|err| err.to_string())?;
+    if window < Duration::from_secs(1) {
+        return Err(format!(
+            "a shadow window lasts at least 1s, not {value} (--shadow off skips the stage)"
+        ));
+    }
+    Ok(window)
 }
 
 /// A share: `10%`, or a fraction from 0 to 1 (`0.1`).
@@ -115,7 +128,15 @@ pub fn parse_share(value: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_share;
+    use super::{parse_share, parse_window};
+    use std::time::Duration;
+
+    #[test]
+    fn a_window_too_short_for_a_request_is_refused() {
+        assert!(parse_window("0s").is_err());
+        assert!(parse_window("200ms").is_err());
+        assert_eq!(parse_window("2s"), Ok(Duration::from_secs(2)));
+    }
 
     #[test]
     fn shares_are_percentages_or_fractions_above_nothing() {

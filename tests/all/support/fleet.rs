@@ -109,13 +109,19 @@ pub async fn wait_serving(stack: &Stack, digest: &str, limit: Duration) {
 
 /// keybust with the admin token and `args`.
 pub async fn serve_with(args: &[&str]) -> Stack {
+    serve_with_env(args, Vec::new()).await
+}
+
+/// keybust with the admin token, `args`, and `env` besides.
+pub async fn serve_with_env(args: &[&str], env: Vec<(&'static str, String)>) -> Stack {
     let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
     args.extend(["--admin-token".to_owned(), ADMIN_TOKEN.to_owned()]);
-    let options = Options {
+    let mut options = Options {
         args,
         env: vec![("DOCKER_CONFIG", "/nonexistent".to_owned())],
         ..Options::default()
     };
+    options.env.extend(env);
     Stack::with(Backend::Embedded, options).await
 }
 
