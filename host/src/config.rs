@@ -84,7 +84,9 @@ pub fn parse_lookup<A: Args + FromArgMatches>(
         };
         if arg.get_action().takes_values() {
             argv.push(format!("--{long}={value}"));
-        } else if is_truthy(&value) {
+        } else if parse_switch(&value).map_err(|why| {
+            ConfigError::invalid("settings", format!("{}: {why}", env.to_string_lossy()))
+        })? {
             argv.push(format!("--{long}"));
         }
     }
@@ -105,14 +107,18 @@ pub fn parse_env<A: Args + FromArgMatches>() -> Result<A, ConfigError> {
     A::from_arg_matches(&matches).map_err(|err| ConfigError::invalid("settings", clap_reason(&err)))
 }
 
-/// How an on/off setting reads an environment value, as clap's
-/// `FalseyValueParser` does: anything but empty, `0`, `false`, `no`, `off`
-/// and `n` is on.
-fn is_truthy(value: &str) -> bool {
-    !matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "" | "0" | "false" | "no" | "off" | "n" | "f"
-    )
+/// An on/off setting's value: `true`/`false`, `1`/`0`, `yes`/`no` or
+/// `on`/`off` (any case; empty is off, as an unset variable). Any other
+/// word is refused: read as "anything not false-like is on", a typo such
+/// as `disabled` turned a setting on.
+pub fn parse_switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "" | "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "{value:?} is not on or off (true/false, 1/0, yes/no, on/off)"
+        )),
+    }
 }
 
 /// What clap says went wrong, without the value (which may be a secret).
@@ -237,6 +243,19 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_switch_is_one_of_eight_words_or_nothing() {
+        for on in ["true", "1", "yes", "on", "ON", " Yes "] {
+            assert_eq!(super::parse_switch(on), Ok(true), "{on}");
+        }
+        for off in ["false", "0", "no", "off", ""] {
+            assert_eq!(super::parse_switch(off), Ok(false), "{off}");
+        }
+        for neither in ["disabled", "enabled", "n", "y", "2"] {
+            assert!(super::parse_switch(neither).is_err(), "{neither}");
+        }
+    }
 
     #[test]
     fn plain_http_only_to_loopback_unless_allowed() {

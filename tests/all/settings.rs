@@ -1,6 +1,7 @@
 //! The settings the README documents are the ones `keybust serve --help`
 //! lists, flag for flag and environment twin for twin, both ways.
 
+use crate::support;
 use crate::support::help::{is_env, is_flag, listed};
 use std::collections::BTreeSet;
 
@@ -50,4 +51,26 @@ fn every_setting_in_the_readme_is_in_help_and_back() {
         Vec::<&String>::new(),
         "environment names documented but not listed, or listed but not documented"
     );
+}
+
+/// An on/off setting takes only true/false, 1/0, yes/no or on/off: any
+/// other word stops keybust at start. `disabled` once turned the
+/// insecure-backends mode on (anything not "false-like" counted as on).
+#[test]
+fn an_on_off_setting_refuses_a_word_it_does_not_know() {
+    for name in [
+        "KEYBUST_ALLOW_INSECURE_BACKENDS",
+        "KEYBUST_ADMIN_ALLOW_REMOTE",
+        "KEYBUST_TRUST_TRACE_CONTEXT",
+    ] {
+        let mut command = std::process::Command::new(support::process::binary());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("KEYBUST_LISTEN", "127.0.0.1:0")
+            .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+            .env(name, "disabled");
+        let said = support::process::refused(command);
+        assert!(said.contains("is not on or off"), "{name}: {said}");
+    }
 }

@@ -28,7 +28,7 @@ pub struct AdminArgs {
 
     /// Take admin mutations from peers beyond loopback (then put TLS or a
     /// private network in front).
-    #[arg(long, env = "KEYBUST_ADMIN_ALLOW_REMOTE", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "KEYBUST_ADMIN_ALLOW_REMOTE", value_parser = crate::config::parse_switch)]
     pub admin_allow_remote: bool,
 
     /// Address for a listener that serves only /healthz, /readyz and

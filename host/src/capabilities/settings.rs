@@ -43,7 +43,7 @@ pub struct SettingsArgs {
     /// Allow plain http:// to Convex, the token issuer and Upstash, and plain redis:// to Redis,
     /// beyond loopback (a man in the middle could read the shared secret, forge sessions, or
     /// answer a cache delete it never passed on); without it such a URL stops keybust at start.
-    #[arg(long, env = "KEYBUST_ALLOW_INSECURE_BACKENDS", value_parser = clap::builder::FalseyValueParser::new(), help_heading = "Backend deadlines")]
+    #[arg(long, env = "KEYBUST_ALLOW_INSECURE_BACKENDS", value_parser = crate::config::parse_switch, help_heading = "Backend deadlines")]
     allow_insecure_backends: bool,
 }
 

@@ -68,7 +68,7 @@ pub struct TelemetryArgs {
     /// Continue a caller's trace (its traceparent and tracestate) as the parent of each request's
     /// span: for a public listener behind a gateway or mesh that sets them. Off, each request starts
     /// a trace of its own, the sampler decides afresh, and the caller's span is only a link.
-    #[arg(long, env = "KEYBUST_TRUST_TRACE_CONTEXT", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "KEYBUST_TRUST_TRACE_CONTEXT", value_parser = crate::config::parse_switch)]
     pub trust_trace_context: bool,
 
     /// Where traces go: `otlp` or `none`
