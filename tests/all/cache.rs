@@ -440,13 +440,7 @@ fn plain_redis_beyond_loopback_stops_startup() {
             "redis://127.0.0.1:1,redis://:hunter2@0.0.0.0:2",
         ),
     ] {
-        let mut command = std::process::Command::new(support::process::binary());
-        command
-            .arg("serve")
-            .env_clear()
-            .env("KEYBUST_LISTEN", "127.0.0.1:0")
-            .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-            .env(name, value);
+        let command = support::process::serve_command(&[(name, value)]);
         let said = support::process::refused(command);
         assert!(
             said.contains(&format!(

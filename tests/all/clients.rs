@@ -290,13 +290,8 @@ async fn connections_past_the_limit_wait_for_a_free_one() {
 fn the_open_file_limit_is_raised_and_the_connection_cap_fits_it() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(support::process::binary());
+    let mut command = support::process::serve_command(&[("KEYBUST_MAX_CONNECTIONS", "100000")]);
     command
-        .arg("serve")
-        .env_clear()
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_MAX_CONNECTIONS", "100000")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between

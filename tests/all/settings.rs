@@ -63,13 +63,7 @@ fn an_on_off_setting_refuses_a_word_it_does_not_know() {
         "KEYBUST_ADMIN_ALLOW_REMOTE",
         "KEYBUST_TRUST_TRACE_CONTEXT",
     ] {
-        let mut command = std::process::Command::new(support::process::binary());
-        command
-            .arg("serve")
-            .env_clear()
-            .env("KEYBUST_LISTEN", "127.0.0.1:0")
-            .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-            .env(name, "disabled");
+        let command = support::process::serve_command(&[(name, "disabled")]);
         let said = support::process::refused(command);
         assert!(said.contains("is not on or off"), "{name}: {said}");
     }

@@ -35,16 +35,25 @@ pub fn binary() -> std::path::PathBuf {
 /// start; its stderr.
 pub fn refused_start(args: &[&str]) -> String {
     let state = tempfile::tempdir().unwrap();
-    let mut command = Command::new(binary());
+    let mut command = serve_command(&[]);
     command
-        .arg("serve")
         .args(args)
-        .env_clear()
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_STATE_DIR", state.path())
         .env("DOCKER_CONFIG", "/nonexistent");
     refused(command)
+}
+
+/// `keybust serve` with nothing in its environment but loopback
+/// listeners on free ports and `env`.
+pub fn serve_command(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .env_clear()
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied());
+    command
 }
 
 /// Runs `command`, which must exit with a failure within a minute (a
