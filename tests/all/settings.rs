@@ -68,3 +68,18 @@ fn an_on_off_setting_refuses_a_word_it_does_not_know() {
         assert!(said.contains("is not on or off"), "{name}: {said}");
     }
 }
+
+/// A sampling fraction outside 0 to 1 stops keybust at start, even while
+/// no traces are exported: it was taken silently then, and refused only
+/// on the day an exporter was turned on.
+#[test]
+fn a_sampling_fraction_outside_0_to_1_is_refused() {
+    for value in ["5", "-0.5", "most"] {
+        let command = support::process::serve_command(&[("OTEL_TRACES_SAMPLER_ARG", value)]);
+        let said = support::process::refused(command);
+        assert!(
+            said.contains("OTEL_TRACES_SAMPLER_ARG is a fraction from 0 to 1"),
+            "{value}: {said}"
+        );
+    }
+}

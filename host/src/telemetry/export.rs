@@ -139,8 +139,20 @@ pub struct TelemetryArgs {
     pub sampler: SamplerChoice,
 
     /// The fraction of traces the ratio samplers record, 0 to 1 [default: 1].
-    #[arg(long = "otel-traces-sampler-arg", env = "OTEL_TRACES_SAMPLER_ARG")]
+    #[arg(long = "otel-traces-sampler-arg", env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_sampler_arg)]
     pub sampler_arg: Option<f64>,
+}
+
+/// A sampling fraction, refused outside 0 to 1 whether or not traces are
+/// exported now: a value that only fails once an exporter is turned on
+/// would fail on the day it is needed.
+fn parse_sampler_arg(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!(
+            "OTEL_TRACES_SAMPLER_ARG is a fraction from 0 to 1, not {value:?}"
+        )),
+    }
 }
 
 /// Why tracing could not be set up.

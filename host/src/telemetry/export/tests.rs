@@ -67,12 +67,18 @@ fn headers_are_decoded_and_bad_ones_refused_without_their_value() {
 
 #[test]
 fn the_sampler_ratio_must_be_a_fraction() {
-    let args = parse(&[
+    // Refused as it is read, whatever the sampler.
+    let refused = Cli::try_parse_from([
+        "keybust",
         "--otel-traces-sampler",
         "traceidratio",
         "--otel-traces-sampler-arg",
         "1.5",
     ]);
+    assert!(refused.is_err());
+    // And by the sampler, for arguments made without the parser.
+    let mut args = parse(&["--otel-traces-sampler", "traceidratio"]);
+    args.sampler_arg = Some(1.5);
     assert!(args.sampler().is_err());
     let args = parse(&[
         "--otel-traces-sampler",
