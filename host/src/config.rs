@@ -47,6 +47,16 @@ pub enum ConfigError {
         /// What is wrong with it (never the value itself).
         reason: String,
     },
+    /// Two variables each fine alone, which cannot be used together.
+    #[error("{first} and {second} are both set: {reason}")]
+    Conflict {
+        /// One variable.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+        /// Why not both (never a value).
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -55,6 +65,16 @@ impl ConfigError {
     pub fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             name,
+            reason: reason.into(),
+        }
+    }
+
+    /// `first` and `second` are both set but cannot be used together, for
+    /// `reason` (which must not quote either value).
+    pub fn conflict(first: &'static str, second: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Conflict {
+            first,
+            second,
             reason: reason.into(),
         }
     }

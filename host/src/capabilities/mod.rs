@@ -19,7 +19,7 @@ pub mod session;
 mod settings;
 pub mod stand_in;
 
-pub use self::settings::{Settings, SettingsArgs};
+pub use self::settings::{InEffect, Settings, SettingsArgs};
 pub use self::stand_in::{Answer, Effect, Effects, StandIn, Tape};
 
 use self::cache::{Cache, CacheError};

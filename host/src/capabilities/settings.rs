@@ -79,6 +79,83 @@ impl Settings {
     }
 }
 
+/// Where the settings point, as the start line shows it: a key prefix
+/// that does not match what the gateway writes, or a cache other than the
+/// gateway's, keeps an instance Ready while it invalidates nothing, and
+/// this is the one place an operator sees them. Hosts only: never a
+/// password, token or shared secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InEffect {
+    /// `redis`, `redis-cluster`, `upstash`, `embedded` or `none`.
+    pub cache: &'static str,
+    /// The cache backend's `host:port`s, comma-separated; empty for the
+    /// in-process store and for none.
+    pub cache_hosts: String,
+    /// Prepended to every key deleted.
+    pub key_prefix: String,
+    /// Convex's `host:port`, if configured.
+    pub convex: Option<String>,
+    /// The token issuer's URL, if configured.
+    pub issuer: Option<String>,
+}
+
+impl Settings {
+    /// What these settings put in effect; see [`InEffect`].
+    pub fn in_effect(&self) -> InEffect {
+        use super::cache::CacheBackendSettings as Backend;
+        let (cache, cache_hosts) = match &self.cache.backend {
+            Backend::Redis { url } => ("redis", host_port(url.expose(), 6379)),
+            Backend::RedisCluster { nodes } => (
+                "redis-cluster",
+                nodes
+                    .expose()
+                    .split(',')
+                    .map(|node| host_port(node.trim(), 6379))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Backend::Upstash { url, .. } => ("upstash", host_port(url, 443)),
+            Backend::Embedded => ("embedded", String::new()),
+            Backend::Unset => ("none", String::new()),
+        };
+        InEffect {
+            cache,
+            cache_hosts,
+            key_prefix: self.cache.prefix.clone(),
+            convex: self
+                .convex
+                .site_url
+                .as_deref()
+                .map(|url| host_port(url, 443)),
+            issuer: self.session.issuer.as_deref().map(without_credentials),
+        }
+    }
+}
+
+/// `host:port` of `url` (`default_port` when it names none); `?` when it
+/// does not parse, which the settings' own checks have already refused.
+fn host_port(url: &str, default_port: u16) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(url) => {
+            let port = url.port_or_known_default().unwrap_or(default_port);
+            format!("{}:{port}", url.host_str().unwrap_or("?"))
+        }
+        Err(_) => "?".to_owned(),
+    }
+}
+
+/// `url` without a user name or password.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.as_str().trim_end_matches('/').to_owned()
+        }
+        Err(_) => "?".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +243,39 @@ mod tests {
             vars.push(("KEYBUST_ALLOW_INSECURE_BACKENDS", "false"));
             assert!(settings(&vars).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn what_is_in_effect_names_hosts_and_no_secret() {
+        let s = settings(&[
+            (
+                "REDIS_CLUSTER_NODES",
+                "rediss://:pw@10.0.0.1:7000, redis://127.0.0.1",
+            ),
+            ("KEYBUST_ALLOW_INSECURE_BACKENDS", "on"),
+            ("CONVEX_SITE_URL", "https://x.convex.site/"),
+            ("CONVEX_SERVER_SHARED_SECRET", "hunter2"),
+            (
+                "CLERK_JWT_ISSUER_DOMAIN",
+                "https://user:pw@clerk.example.com/",
+            ),
+            ("KEYBUST_CACHE_PREFIX", "p:"),
+        ])
+        .unwrap();
+        let shown = s.in_effect();
+        assert_eq!(
+            shown,
+            InEffect {
+                cache: "redis-cluster",
+                cache_hosts: "10.0.0.1:7000,127.0.0.1:6379".into(),
+                key_prefix: "p:".into(),
+                convex: Some("x.convex.site:443".into()),
+                issuer: Some("https://clerk.example.com".into()),
+            }
+        );
+        assert!(!format!("{shown:?}").contains("pw"));
+        let none = settings(&[]).unwrap().in_effect();
+        assert_eq!((none.cache, none.convex, none.issuer), ("none", None, None));
     }
 
     #[test]

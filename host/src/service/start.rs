@@ -11,7 +11,6 @@ use crate::metrics::Metrics;
 use crate::rollout::reload;
 use crate::rollout::source::ComponentSource;
 use crate::serve::endpoint::{Configured, Endpoint};
-use crate::serve::server;
 use crate::serve::tls::{Certificates, Listener};
 use crate::versions::slot::ComponentSlot;
 use std::net::SocketAddr;
@@ -97,11 +96,19 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
     let endpoint =
         Arc::new(Endpoint::load_configured(capabilities, configured.0, &endpoint_config).await?);
     let serving = endpoint.slot().current();
+    let in_effect = settings.in_effect();
     tracing::info!(
-        source = serving.source,
+        version = env!("CARGO_PKG_VERSION"),
+        git = env!("KEYBUST_GIT_SHA"),
+        component = serving.source,
         digest = serving.digest(),
         wasi_http = serving.plugin.wasi_http().as_str(),
-        "component loaded"
+        cache = in_effect.cache,
+        cache_hosts = in_effect.cache_hosts,
+        key_prefix = ?in_effect.key_prefix,
+        convex = in_effect.convex.as_deref().unwrap_or("none"),
+        issuer = in_effect.issuer.as_deref().unwrap_or("none"),
+        "in effect"
     );
     #[cfg(feature = "registry")]
     if let (Some((reference, interval)), Some(registry)) = (followed, &registry) {
@@ -151,7 +158,7 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
             .and_then(|certificates| certificates.acceptor(listener))
     };
     let public = Listening {
-        listener: open(listeners.public.take(), listen).await?,
+        listener: open(listeners.public.take(), listen, "--listen").await?,
         tls: acceptor(Listener::Public),
     };
     let mut planes = Vec::new();
@@ -162,10 +169,10 @@ pub(super) async fn build(config: ServiceConfig) -> Result<Service, ServiceError
         if policy.registry.is_none() {
             policy.registry = registry.clone();
         }
-        let listener = open(listeners.admin.take(), admin.listen).await?;
+        let listener = open(listeners.admin.take(), admin.listen, "--admin-listen").await?;
         let metrics = match (listeners.metrics.take(), admin.metrics_listen) {
             (Some(passed), _) => Some(passed),
-            (None, Some(addr)) => Some(open(None, addr).await?),
+            (None, Some(addr)) => Some(open(None, addr, "--metrics-listen").await?),
             (None, None) => None,
         };
         planes.push((
@@ -204,13 +211,21 @@ fn not_a_tag() -> ServiceError {
     )
 }
 
-/// The passed socket, or a new one on `addr`.
-async fn open(passed: Option<TcpListener>, addr: SocketAddr) -> Result<TcpListener, ServiceError> {
+/// The passed socket, or a new one on `addr`, which `setting` names.
+async fn open(
+    passed: Option<TcpListener>,
+    addr: SocketAddr,
+    setting: &'static str,
+) -> Result<TcpListener, ServiceError> {
     match passed {
         Some(listener) => Ok(listener),
-        None => server::bind(addr)
+        None => TcpListener::bind(addr)
             .await
-            .map_err(|source| ServiceError::Listen { addr, source }),
+            .map_err(|source| ServiceError::Listen {
+                addr,
+                setting,
+                source,
+            }),
     }
 }
 

@@ -81,25 +81,25 @@ fn default_allowed_keys() -> Regex {
 /// The cache settings, as flags with environment twins.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CacheArgs {
-    /// The cache backend [default: Redis when REDIS_URL is set, else Upstash
-    /// when UPSTASH_* are, else none: the endpoint is unready]; `embedded`
-    /// chooses the in-process store on purpose.
+    /// The cache backend [default: the one the settings below name, else
+    /// none: the endpoint is unready]; `embedded` chooses the in-process
+    /// store on purpose, and then no backend may be named.
     #[arg(long, env = "KEYBUST_CACHE", value_enum)]
     pub cache: Option<CacheChoice>,
 
     /// Redis over RESP: redis:// or rediss:// (may carry a password; prefer
-    /// the environment variable). Wins over Upstash.
+    /// the environment variable). Not with Upstash.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// A Redis Cluster: comma-separated redis:// or rediss:// URLs of seed
     /// nodes (any few of its masters; the rest are discovered). Not with
-    /// REDIS_URL. Wins over Upstash.
+    /// REDIS_URL or Upstash.
     #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true)]
     pub redis_cluster_nodes: Option<String>,
 
-    /// Upstash REST endpoint; used with --upstash-redis-rest-token when
-    /// neither REDIS_URL nor REDIS_CLUSTER_NODES is set.
+    /// Upstash REST endpoint, with --upstash-redis-rest-token; not with a
+    /// Redis setting.
     #[arg(long, env = "UPSTASH_REDIS_REST_URL")]
     pub upstash_redis_rest_url: Option<String>,
 
@@ -127,16 +127,68 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The variables that name a backend's connection and are set, in a
+    /// fixed order: one backend's settings at most may be given.
+    fn connections_set(&self) -> Vec<&'static str> {
+        [
+            ("REDIS_URL", &self.redis_url),
+            ("REDIS_CLUSTER_NODES", &self.redis_cluster_nodes),
+            ("UPSTASH_REDIS_REST_URL", &self.upstash_redis_rest_url),
+            ("UPSTASH_REDIS_REST_TOKEN", &self.upstash_redis_rest_token),
+        ]
+        .into_iter()
+        .filter(|(_, value)| non_empty((*value).clone()).is_some())
+        .map(|(name, _)| name)
+        .collect()
+    }
+
+    /// Refuses settings for two backends at once. Picking one silently
+    /// (Redis over Upstash, or the in-process store over a configured
+    /// Redis) gave a Ready instance that invalidated nothing the gateway
+    /// reads, so both are named and keybust does not start.
+    fn check_one_backend(&self) -> Result<(), ConfigError> {
+        let set = self.connections_set();
+        let backend = |name: &str| match name {
+            "REDIS_URL" => "redis",
+            "REDIS_CLUSTER_NODES" => "redis-cluster",
+            _ => "upstash",
+        };
+        if let Some(pair) = set
+            .iter()
+            .flat_map(|a| set.iter().map(move |b| (*a, *b)))
+            .find(|(a, b)| backend(a) != backend(b))
+        {
+            return Err(ConfigError::conflict(
+                pair.0,
+                pair.1,
+                "they configure two cache backends; set one",
+            ));
+        }
+        if self.cache == Some(CacheChoice::Embedded)
+            && let Some(name) = set.first()
+        {
+            return Err(ConfigError::conflict(
+                "KEYBUST_CACHE",
+                name,
+                "KEYBUST_CACHE=embedded keeps keys in this process only, which the \
+                 configured backend's readers never see; unset one",
+            ));
+        }
+        Ok(())
+    }
+
     /// The backend the connection settings name: Redis, else Upstash, else
     /// none.
     fn backend(&self, plain: PlainHttp) -> Result<CacheBackendSettings, ConfigError> {
+        self.check_one_backend()?;
         let is_redis_url = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
         match (
             non_empty(self.redis_url.clone()),
             non_empty(self.redis_cluster_nodes.clone()),
         ) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
+                return Err(ConfigError::conflict(
+                    "REDIS_URL",
                     "REDIS_CLUSTER_NODES",
                     "set REDIS_URL for one Redis or REDIS_CLUSTER_NODES for a cluster, not both",
                 ));
@@ -289,11 +341,7 @@ mod tests {
 
     #[test]
     fn backend_choice() {
-        let s = settings(&[
-            ("REDIS_URL", "redis://127.0.0.1:1"),
-            ("UPSTASH_REDIS_REST_URL", "http://x"),
-        ])
-        .unwrap();
+        let s = settings(&[("REDIS_URL", "redis://127.0.0.1:1")]).unwrap();
         assert!(matches!(s.backend, CacheBackendSettings::Redis { .. }));
         let s = settings(&[
             ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9/"),
@@ -308,18 +356,52 @@ mod tests {
             CacheBackendSettings::Unset
         ));
         assert!(matches!(
-            settings(&[
-                ("KEYBUST_CACHE", "embedded"),
-                ("REDIS_URL", "redis://127.0.0.1:1")
-            ])
-            .unwrap()
-            .backend,
+            settings(&[("KEYBUST_CACHE", "embedded")]).unwrap().backend,
             CacheBackendSettings::Embedded
         ));
         assert!(settings(&[("KEYBUST_CACHE", "redis")]).is_err());
         assert!(settings(&[("KEYBUST_CACHE", "upstash"), ("REDIS_URL", "rediss://h")]).is_err());
         assert!(settings(&[("UPSTASH_REDIS_REST_URL", "http://x")]).is_err());
         assert!(settings(&[("REDIS_URL", "http://x")]).is_err());
+    }
+
+    #[test]
+    fn two_backends_at_once_are_refused_naming_both() {
+        let upstash = [
+            ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9"),
+            ("UPSTASH_REDIS_REST_TOKEN", "t"),
+        ];
+        for (vars, first, second) in [
+            (
+                vec![("REDIS_URL", "redis://127.0.0.1:1"), upstash[0]],
+                "REDIS_URL",
+                "UPSTASH_REDIS_REST_URL",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "redis://127.0.0.1:1"), upstash[1]],
+                "REDIS_CLUSTER_NODES",
+                "UPSTASH_REDIS_REST_TOKEN",
+            ),
+            (
+                vec![("KEYBUST_CACHE", "embedded"), upstash[0], upstash[1]],
+                "KEYBUST_CACHE",
+                "UPSTASH_REDIS_REST_URL",
+            ),
+            (
+                vec![("KEYBUST_CACHE", "embedded"), ("REDIS_URL", "redis://h:1")],
+                "KEYBUST_CACHE",
+                "REDIS_URL",
+            ),
+        ] {
+            match settings(&vars) {
+                Err(ConfigError::Conflict {
+                    first: a,
+                    second: b,
+                    ..
+                }) => assert_eq!((a, b), (first, second), "{vars:?}"),
+                other => panic!("{vars:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
