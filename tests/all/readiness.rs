@@ -290,3 +290,69 @@ async fn health_and_readiness() {
         200
     );
 }
+
+/// A cache backend that stays down is logged once when it goes down, with
+/// its cause (also in `/readyz`'s reasons), and once when it answers
+/// again: not a WARN per background check (1,800 lines an hour at the
+/// default interval, here one every 100 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_backend_that_stays_down_is_logged_once_with_its_cause() {
+    // A port with nothing listening: every check is refused.
+    let mut redis = Redis::start();
+    redis.stop();
+    let options = Options {
+        env: vec![
+            ("REDIS_URL", redis.url()),
+            ("KEYBUST_CACHE_TIMEOUT", "300ms".into()),
+            ("KEYBUST_CACHE_CHECK_INTERVAL", "100ms".into()),
+        ],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let url = stack.keybust.admin_url("/readyz");
+    let body = wait_for_readiness(&url, 503).await;
+    assert!(
+        body["reasons"].to_string().contains("refused"),
+        "the reason does not say the connection was refused: {body}"
+    );
+    // About 30 failed checks.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart();
+    wait_for_readiness(&url, 200).await;
+    let logs = stack.keybust.logs();
+    let down: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("keybust::capabilities::cache"))
+        .collect();
+    assert_eq!(down.len(), 1, "{down:#?}");
+    assert!(down[0].contains("refused"), "no cause in: {}", down[0]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stack.keybust.logs().contains("cache backend answers again") {
+        assert!(Instant::now() < deadline, "{}", stack.keybust.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An Upstash front that refuses connections is reported with that cause,
+/// not only as "error sending request" (the HTTP client's own words, which
+/// keep the cause in their sources).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstash_is_reported_with_its_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let options = Options {
+        env: vec![
+            ("UPSTASH_REDIS_REST_URL", url),
+            ("UPSTASH_REDIS_REST_TOKEN", "upstash-token".into()),
+            ("KEYBUST_CACHE_CHECK_INTERVAL", "100ms".into()),
+        ],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let body = wait_for_readiness(&stack.keybust.admin_url("/readyz"), 503).await;
+    assert!(
+        body["reasons"].to_string().contains("refused"),
+        "the reason does not say the connection was refused: {body}"
+    );
+}

@@ -117,3 +117,20 @@ pub(crate) async fn read_bounded(
     }
     Ok(body.into())
 }
+
+/// An error and its sources, `: `-separated: hyper's errors say what
+/// failed only in their sources ("client error (Connect)": connection
+/// refused).
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}

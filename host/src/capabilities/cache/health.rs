@@ -6,32 +6,81 @@
 //! The check runs every few seconds in the background
 //! ([`super::Cache::watch_health`]); a run of failed deletes counts too,
 //! so readiness can turn before the next check.
+//!
+//! The log hears of a backend that stays down once when it goes down, then
+//! at most once per [`REMIND_EVERY`], and once when it answers again
+//! ([`Change`]): a WARN per check was 1,800 lines an hour per instance at
+//! the default interval, and hid every other line.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Failed deletes in a row that make the cache count as down.
 pub const FAILED_DELETES_BEFORE_DOWN: u32 = 3;
 
+/// How often a backend that stays down is logged again.
+pub const REMIND_EVERY: Duration = Duration::from_secs(60);
+
 /// What the checks and the deletes found; see the module docs.
 #[derive(Debug, Default)]
 pub struct CacheHealth {
-    /// The last background check's failure, if it failed. A `std` mutex:
-    /// held for a copy or a replace, never across an `.await`.
-    last_check: Mutex<Option<String>>,
+    /// The checks' findings. A `std` mutex: held for a copy or a replace,
+    /// never across an `.await`.
+    checks: Mutex<Checks>,
     failed_deletes: AtomicU32,
 }
 
+#[derive(Debug, Default)]
+struct Checks {
+    /// The last check's failure, if it failed.
+    last: Option<String>,
+    /// Since when the checks have failed, and when the log last heard so.
+    down: Option<(Instant, Instant)>,
+}
+
+/// What a check changed, for the log to tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Up as before, or down and told recently.
+    Quiet,
+    /// The first failed check after an answer (or at start).
+    WentDown,
+    /// Still down, for this long; told at most once per [`REMIND_EVERY`].
+    StillDown(Duration),
+    /// Answers again, after being down this long.
+    CameBack(Duration),
+}
+
 impl CacheHealth {
-    /// Notes a background check's outcome.
-    pub fn checked(&self, outcome: Result<(), String>) {
+    /// Notes a background check's outcome, and says what it changed.
+    pub fn checked(&self, outcome: Result<(), String>) -> Change {
         if outcome.is_ok() {
             self.failed_deletes.store(0, Ordering::Relaxed);
         }
-        *self
-            .last_check
+        let now = Instant::now();
+        let mut checks = self
+            .checks
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = outcome.err();
+            .unwrap_or_else(|poison| poison.into_inner());
+        let change = match (&outcome, checks.down) {
+            (Ok(()), None) => Change::Quiet,
+            (Ok(()), Some((since, _))) => {
+                checks.down = None;
+                Change::CameBack(now - since)
+            }
+            (Err(_), None) => {
+                checks.down = Some((now, now));
+                Change::WentDown
+            }
+            (Err(_), Some((since, told))) if now - told >= REMIND_EVERY => {
+                checks.down = Some((since, now));
+                Change::StillDown(now - since)
+            }
+            (Err(_), Some(_)) => Change::Quiet,
+        };
+        checks.last = outcome.err();
+        change
     }
 
     /// Notes a delete's outcome.
@@ -46,9 +95,10 @@ impl CacheHealth {
     /// Why the cache counts as down, if it does.
     pub fn problem(&self) -> Option<String> {
         let last_check = self
-            .last_check
+            .checks
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+            .last
             .clone();
         if let Some(reason) = last_check {
             return Some(format!("the cache backend failed its last check: {reason}"));
@@ -67,10 +117,14 @@ mod tests {
     fn checks_and_deletes_decide() {
         let health = CacheHealth::default();
         assert_eq!(health.problem(), None);
-        health.checked(Err("timed out".into()));
+        assert_eq!(health.checked(Ok(())), Change::Quiet);
+        assert_eq!(health.checked(Err("timed out".into())), Change::WentDown);
         assert!(health.problem().unwrap().contains("timed out"));
-        health.checked(Ok(()));
+        assert_eq!(health.checked(Err("refused".into())), Change::Quiet);
+        assert!(health.problem().unwrap().contains("refused"));
+        assert!(matches!(health.checked(Ok(())), Change::CameBack(_)));
         assert_eq!(health.problem(), None);
+        assert_eq!(health.checked(Ok(())), Change::Quiet);
         for _ in 0..FAILED_DELETES_BEFORE_DOWN {
             health.deleted(false);
         }

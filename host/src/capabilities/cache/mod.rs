@@ -14,7 +14,7 @@ mod settings;
 mod upstash;
 
 pub use self::embedded::EmbeddedCache;
-pub use self::health::CacheHealth;
+pub use self::health::{CacheHealth, Change};
 pub use self::redis::RedisCache;
 pub use self::redis_cluster::RedisClusterCache;
 pub use self::settings::{
@@ -222,10 +222,31 @@ async fn check(backend: &dyn CacheBackend, health: &CacheHealth, timeout: Durati
             Err(CacheError::Timeout(timeout))
         }
     };
-    if let Err(err) = &outcome {
-        tracing::warn!(backend = backend.name(), error = %err, "cache check failed");
+    let backend = backend.name();
+    let error = outcome.as_ref().err().map(ToString::to_string);
+    match health.checked(outcome.map_err(|err| err.to_string())) {
+        Change::Quiet => {
+            if let Some(error) = error {
+                tracing::debug!(backend, %error, "cache check failed");
+            }
+        }
+        Change::WentDown => tracing::warn!(
+            backend,
+            error = error.as_deref().unwrap_or_default(),
+            "cache backend is down: deletes fail (503) and /readyz answers 503 until it answers"
+        ),
+        Change::StillDown(down_for) => tracing::warn!(
+            backend,
+            error = error.as_deref().unwrap_or_default(),
+            down_for_s = down_for.as_secs(),
+            "cache backend is still down"
+        ),
+        Change::CameBack(down_for) => tracing::info!(
+            backend,
+            down_for_ms = down_for.as_millis() as u64,
+            "cache backend answers again"
+        ),
     }
-    health.checked(outcome.map_err(|err| err.to_string()));
 }
 
 impl From<CacheError> for wit::CacheError {

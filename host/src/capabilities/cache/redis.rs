@@ -141,7 +141,9 @@ impl CacheBackend for RedisCache {
         }
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
             Ok(manager) => {
-                tracing::warn!(
+                // Debug: while Redis stays silent this is every check; the
+                // health change says it once (`health.rs`).
+                tracing::debug!(
                     "redis did not answer within the deadline; opening a new connection"
                 );
                 *current = (manager, Instant::now());

@@ -102,7 +102,8 @@ impl CacheBackend for RedisClusterCache {
         if current.as_ref().is_some_and(|(_, made)| *made > started) {
             return;
         }
-        tracing::warn!("redis cluster did not answer within the deadline; reconnecting");
+        // Debug: see `RedisCache::timed_out`.
+        tracing::debug!("redis cluster did not answer within the deadline; reconnecting");
         *current = None;
     }
 }

@@ -1,7 +1,7 @@
 //! The Upstash REST API, the reference platform's transport.
 
 use super::{BoxFuture, CacheBackend, CacheError};
-use crate::capabilities::outbound::read_bounded;
+use crate::capabilities::outbound::{ErrorChain, read_bounded};
 use crate::config::Secret;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
@@ -47,7 +47,9 @@ impl UpstashCache {
             .bearer_auth(self.token.expose())
             .send()
             .await
-            .map_err(|err| CacheError::Unavailable(format!("upstash: {}", err.without_url())))?;
+            .map_err(|err| {
+                CacheError::Unavailable(format!("upstash: {}", ErrorChain(&err.without_url())))
+            })?;
         let status = response.status();
         let body = read_bounded(response, MAX_ANSWER_BYTES)
             .await

@@ -4,7 +4,7 @@
 mod host;
 
 use super::bindings::keybust::gateway::convex as wit;
-use super::outbound::{PooledClient, ReadError, pooled_client, read_bounded};
+use super::outbound::{ErrorChain, PooledClient, ReadError, pooled_client, read_bounded};
 use crate::config::{ConfigError, PlainHttp, Secret, header_safe, http_url, non_empty, split_list};
 use crate::deadlines::Deadlines;
 use bytes::Bytes;
@@ -289,23 +289,6 @@ fn proxied(site_url: Option<&str>) -> bool {
                 .intercept(&uri)
                 .is_some()
         })
-}
-
-/// An error and its sources, `: `-separated: hyper's errors say what
-/// failed only in their sources ("client error (Connect)": connection
-/// refused).
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            write!(f, ": {err}")?;
-            source = err.source();
-        }
-        Ok(())
-    }
 }
 
 /// Convex's internal HTTP actions: `/api/internal-` followed by a plain name.

@@ -14,7 +14,7 @@
 //!   retried no sooner than `jwks_retry_after_failure`.
 
 use super::SessionError;
-use crate::capabilities::outbound::read_bounded;
+use crate::capabilities::outbound::{ErrorChain, read_bounded};
 use crate::deadlines::Deadlines;
 use crate::telemetry::TRACE_TARGET;
 use jsonwebtoken::DecodingKey;
@@ -232,7 +232,7 @@ impl Shared {
                 .headers(crate::telemetry::outgoing_headers())
                 .send()
                 .await
-                .map_err(|err| err.without_url().to_string())?;
+                .map_err(|err| ErrorChain(&err.without_url()).to_string())?;
             tracing::Span::current()
                 .record("http.response.status_code", response.status().as_u16());
             if !response.status().is_success() {
