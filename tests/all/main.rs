@@ -26,6 +26,7 @@ mod example;
 mod fleet;
 mod hardening;
 mod least_privilege;
+mod messages;
 mod metrics;
 mod quiet_connections;
 mod readiness;

@@ -27,6 +27,11 @@ pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("KEYBUST_GUEST_WASM")
 /// to read in a refused swap's 422 or log line.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The bytes are not a component at all: not WebAssembly (a text file,
+    /// an archive), or a core module. Said plainly: wasmtime's parser
+    /// answers with a dump of the magic bytes it expected.
+    #[error("{0}")]
+    NotAComponent(&'static str),
     /// The bytes are not a valid component for this engine.
     #[error("not a valid component: {0:#}")]
     Compile(#[source] wasmtime::Error),
@@ -37,6 +42,40 @@ pub enum LoadError {
     /// The component fits but cannot be instantiated.
     #[error("component cannot be instantiated: {0:#}")]
     Instantiate(#[source] wasmtime::Error),
+}
+
+/// Refuses bytes that are not a component by their first eight: the magic
+/// `\0asm`, then the layer a component has (a core module's is 1).
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
+    match bytes.get(..8) {
+        Some(header) if header.starts_with(b"\0asm") => {
+            if header[4..] == CORE_MODULE {
+                Err(LoadError::NotAComponent(
+                    "a core WebAssembly module, not a component: build the guest for \
+                     wasm32-wasip2, or wrap the module with `wasm-tools component new`",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ if bytes.is_empty() => Err(LoadError::NotAComponent(
+            "not WebAssembly: the file is empty",
+        )),
+        _ if bytes
+            .iter()
+            .take(64)
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) =>
+        {
+            Err(LoadError::NotAComponent(
+                "not WebAssembly: it starts with text, not the \\0asm magic (a WAT file, a \
+                 manifest or an error page?)",
+            ))
+        }
+        _ => Err(LoadError::NotAComponent(
+            "not WebAssembly: it does not start with the \\0asm magic",
+        )),
+    }
 }
 
 /// Which wasi:http a component serves, told by its export.
@@ -118,6 +157,7 @@ impl Plugin {
         capabilities: Arc<Capabilities>,
         limits: Arc<Limits>,
     ) -> Result<(Self, Origin), LoadError> {
+        check_header(bytes)?;
         let engine = linker.engine();
         let digest = hex_digest(bytes);
         let (component, origin) = match artifacts {

@@ -103,16 +103,33 @@ pub enum ServiceError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     /// A listener could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr} ({setting}): {source}{}",
+        busy_hint(source, setting)
+    )]
     Listen {
         /// The address.
         addr: SocketAddr,
+        /// The setting that names it.
+        setting: &'static str,
         /// Why.
         source: std::io::Error,
     },
     /// A signal handler could not be installed.
     #[error("cannot handle signals: {0}")]
     Signals(#[source] std::io::Error),
+}
+
+/// What to do about an address another process holds: most often a second
+/// keybust (or `keybust dev`) on the same machine.
+fn busy_hint(source: &std::io::Error, setting: &str) -> String {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "; another process (a second keybust?) holds it: stop it, or choose another address with {setting}"
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// A listener and, when it speaks TLS, how it accepts.

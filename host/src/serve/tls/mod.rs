@@ -48,14 +48,19 @@ pub enum TlsError {
         /// Why.
         source: std::io::Error,
     },
-    /// A file is not the PEM it should be.
-    #[error("{what} {path}: {source}")]
+    /// A file is not the PEM it should be: the message says which block
+    /// was wanted and which the file holds (a certificate and key given
+    /// the wrong way round), since the parser's own words are "no items
+    /// found" or "malformedframing".
+    #[error("{what} {path}: {problem}")]
     Pem {
         /// Which setting names the file.
         what: &'static str,
         /// The file.
         path: String,
-        /// Why.
+        /// What is wrong, in an operator's words.
+        problem: String,
+        /// The parser's error.
         source: rustls::pki_types::pem::Error,
     },
     /// The key does not go with the certificate, or is of a kind rustls
@@ -281,11 +286,7 @@ fn certificates(
     path: &Path,
     pem: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let invalid = |source| TlsError::Pem {
-        what,
-        path: path.display().to_string(),
-        source,
-    };
+    let invalid = |source| pem_error(what, path, "CERTIFICATE", pem, source);
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
@@ -293,6 +294,76 @@ fn certificates(
         return Err(invalid(rustls::pki_types::pem::Error::NoItemsFound));
     }
     Ok(chain)
+}
+
+/// [`TlsError::Pem`] for `pem`, read from `path`, which should have held a
+/// `wanted` block. Only the blocks' labels are quoted, never their bodies.
+fn pem_error(
+    what: &'static str,
+    path: &Path,
+    wanted: &str,
+    pem: &[u8],
+    source: rustls::pki_types::pem::Error,
+) -> TlsError {
+    let problem = match source {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            let held: Vec<&str> = String::from_utf8_lossy(pem)
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("-----BEGIN "))
+                .filter_map(|label| label.strip_suffix("-----"))
+                .map(|label| match label {
+                    "CERTIFICATE" => "CERTIFICATE",
+                    "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => "PRIVATE KEY",
+                    _ => "another",
+                })
+                .collect();
+            if held.is_empty() {
+                format!("wanted a -----BEGIN {wanted}----- block; the file holds no PEM block")
+            } else {
+                let mut kinds = held.clone();
+                kinds.sort_unstable();
+                kinds.dedup();
+                let wanted_kind = if wanted.starts_with("CERTIFICATE") {
+                    "CERTIFICATE"
+                } else {
+                    "PRIVATE KEY"
+                };
+                let swapped = kinds
+                    .iter()
+                    .any(|kind| *kind != wanted_kind && *kind != "another");
+                format!(
+                    "wanted a -----BEGIN {wanted}----- block; the file holds {} block(s): {}{}",
+                    held.len(),
+                    kinds.join(", "),
+                    if swapped {
+                        " (are the certificate and the key the wrong way round?)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
+        ref other => {
+            use rustls::pki_types::pem::Error as Pem;
+            // The parser's own words quote the lines as byte arrays.
+            let what = match other {
+                Pem::MissingSectionEnd { end_marker } => format!(
+                    "a block has no -----END {}----- line",
+                    String::from_utf8_lossy(end_marker)
+                ),
+                Pem::IllegalSectionStart { .. } => "a -----BEGIN line is malformed".to_owned(),
+                Pem::Base64Decode(_) => "a block's body is not base64".to_owned(),
+                _ => format!("the PEM cannot be read ({other})"),
+            };
+            format!("{what}; wanted a -----BEGIN {wanted}----- block")
+        }
+    };
+    TlsError::Pem {
+        what,
+        path: path.display().to_string(),
+        problem,
+        source,
+    }
 }
 
 /// Every listener's configuration from one reading of the files.
@@ -313,10 +384,14 @@ fn build(files: &TlsFiles, listeners: &[Listener]) -> Result<Configs, TlsError> 
     }
     let chain = certificates("--tls-cert", &files.cert, &cert_pem)?;
     let fingerprint = crate::digest::hex_digest(chain[0].as_ref());
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem {
-        what: "--tls-key",
-        path: files.key.display().to_string(),
-        source,
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| {
+        pem_error(
+            "--tls-key",
+            &files.key,
+            "PRIVATE KEY (or RSA PRIVATE KEY, EC PRIVATE KEY)",
+            &key_pem,
+            source,
+        )
     })?;
     let client_verifier = match (&files.client_ca, &ca_pem) {
         (Some(path), Some(pem)) => {
