@@ -127,7 +127,7 @@ start() {
   local name=$1
   shift
   RUST_LOG=${BENCH_RUST_LOG:-info} REDIS_URL="redis://127.0.0.1:$redis_port" \
-    KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_CACHE_DIR="$work/cache-$name" KEYBUST_STATE_DIR="$work/state-$name" \
+    KEYBUST_LISTEN=127.0.0.1:0 KEYBUST_ADMIN_LISTEN=127.0.0.1:0 KEYBUST_COMPONENT_CACHE_DIR="$work/cache-$name" KEYBUST_STATE_DIR="$work/state-$name" \
     taskset -c 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
   PID[$name]=$!
   pids+=("$!")

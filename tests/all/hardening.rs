@@ -147,7 +147,10 @@ async fn a_memory_cap_too_small_for_the_component_stops_startup_clearly() {
         .env_clear()
         .env("KEYBUST_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_CACHE_DIR", tempfile::tempdir().unwrap().path())
+        .env(
+            "KEYBUST_COMPONENT_CACHE_DIR",
+            tempfile::tempdir().unwrap().path(),
+        )
         .output()
         .unwrap();
     assert!(!output.status.success());

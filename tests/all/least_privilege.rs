@@ -107,7 +107,7 @@ async fn a_planted_precompiled_component_is_not_run() {
     let dirs = tempfile::tempdir().unwrap();
     let cache = dirs.path().join("cache");
     let options = Options::with_env(&[
-        ("KEYBUST_CACHE_DIR", &cache.display().to_string()),
+        ("KEYBUST_COMPONENT_CACHE_DIR", &cache.display().to_string()),
         (
             "KEYBUST_STATE_DIR",
             &dirs.path().join("state").display().to_string(),

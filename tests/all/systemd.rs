@@ -196,7 +196,7 @@ fn refused_activation(fds: Vec<RawFd>) -> String {
         .env("KEYBUST_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
         .env("KEYBUST_STATE_DIR", state.path())
-        .env("KEYBUST_CACHE_DIR", state.path().join("cache"));
+        .env("KEYBUST_COMPONENT_CACHE_DIR", state.path().join("cache"));
     refused(command)
 }
 

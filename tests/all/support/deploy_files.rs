@@ -61,8 +61,8 @@ pub const STATE_DIR: Setting = Setting {
 };
 
 pub const CACHE_DIR: Setting = Setting {
-    flag: "--cache-dir",
-    env: "KEYBUST_CACHE_DIR",
+    flag: "--component-cache-dir",
+    env: "KEYBUST_COMPONENT_CACHE_DIR",
 };
 
 pub const TLS_CERT: Setting = Setting {

@@ -92,7 +92,7 @@ impl Drop for InProcess {
 /// Precompiled components for every in-process endpoint of every run, kept
 /// in the target directory: the in-process tests load the component
 /// instead of compiling it each time (the processes, each with a fresh
-/// `--cache-dir`, still compile it). Entries are checked before use, with
+/// `--component-cache-dir`, still compile it). Entries are checked before use, with
 /// a key kept beside the cache directory, as `--state-dir` keeps it.
 fn artifact_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keybust-artifacts")

@@ -102,9 +102,12 @@ impl Keybust {
     pub fn start_command(mut command: Command, env: &[(&str, String)]) -> Self {
         use_aws_lc_for_tls();
         let dirs = tempfile::tempdir().unwrap();
+        command.env_clear();
+        // Unless the test gives the directory under its old name.
+        if !env.iter().any(|(name, _)| *name == "KEYBUST_CACHE_DIR") {
+            command.env("KEYBUST_COMPONENT_CACHE_DIR", dirs.path().join("cache"));
+        }
         command
-            .env_clear()
-            .env("KEYBUST_CACHE_DIR", dirs.path().join("cache"))
             .env("KEYBUST_STATE_DIR", dirs.path().join("state"))
             .env("RUST_LOG", "info")
             // A swap serves at once, as most tests expect; the shadow

@@ -54,6 +54,59 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command line and environment, as [`Parser::parse`] reads them,
+    /// except that a refused value which came from an environment variable
+    /// names that variable: clap names only the flag, and an operator who
+    /// set `KEYBUST_SHADOW=maybe` in a manifest has no `--shadow` to find.
+    pub fn parse_naming_variables() -> Cli {
+        use clap::CommandFactory;
+        use clap::error::{ContextKind, ContextValue};
+        let err = match Cli::try_parse() {
+            Ok(cli) => return cli,
+            Err(err) => err,
+        };
+        let long = match err.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg
+                .strip_prefix("--")
+                .and_then(|arg| arg.split([' ', '=']).next())
+                .map(str::to_owned),
+            _ => None,
+        };
+        let from_env = long.as_deref().and_then(|long| {
+            let given = std::env::args().any(|arg| {
+                arg.strip_prefix("--")
+                    .and_then(|arg| arg.strip_prefix(long))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            });
+            let env = env_of(&Cli::command(), long)?;
+            (!given && std::env::var_os(&env).is_some()).then_some(env)
+        });
+        let Some(env) = from_env else { err.exit() };
+        let rendered = err.render().to_string();
+        let rendered = match rendered.strip_prefix("error: ") {
+            Some(rest) => format!("error: {env}: {rest}"),
+            None => format!("{env}: {rendered}"),
+        };
+        eprint!("{rendered}");
+        std::process::exit(err.exit_code());
+    }
+}
+
+/// The environment twin of `--long` in `command` or any of its subcommands.
+fn env_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|command| env_of(command, long))
+        })
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Serve the endpoint; every setting below also reads its environment twin.
@@ -114,13 +167,22 @@ pub struct DevArgs {
 pub struct CommonArgs {
     /// Directory for precompiled components, keyed by digest
     /// [default: the user's cache directory, e.g. ~/.cache/keybust].
-    #[arg(long, env = "KEYBUST_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[arg(long, env = "KEYBUST_COMPONENT_CACHE_DIR")]
+    pub component_cache_dir: Option<PathBuf>,
 
     /// Largest size of the precompiled component cache, in bytes; the
-    /// least recently used entries go first.
-    #[arg(long, env = "KEYBUST_CACHE_MAX_BYTES", default_value_t = artifacts::DEFAULT_MAX_BYTES)]
-    pub cache_max_bytes: u64,
+    /// least recently used entries go first [default: 268435456].
+    #[arg(long, env = "KEYBUST_COMPONENT_CACHE_MAX_BYTES")]
+    pub component_cache_max_bytes: Option<u64>,
+
+    /// The old name of --component-cache-dir, from before the cache
+    /// backend's settings (--cache, --cache-timeout) took the prefix.
+    #[arg(long, env = "KEYBUST_CACHE_DIR", hide = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// The old name of --component-cache-max-bytes.
+    #[arg(long, env = "KEYBUST_CACHE_MAX_BYTES", hide = true)]
+    pub cache_max_bytes: Option<u64>,
 
     /// Directory for keybust's state, outside the cache directory: the key
     /// that authenticates precompiled components
@@ -168,15 +230,30 @@ impl CommonArgs {
         let mut limits = self.limits.limits()?;
         limits.fit_to_fd_limit();
         let state_dir = self.state_dir.clone().or_else(default_state_dir);
+        let cache_dir = renamed(
+            self.component_cache_dir.clone(),
+            self.cache_dir.clone(),
+            ("--component-cache-dir", "KEYBUST_COMPONENT_CACHE_DIR"),
+            ("--cache-dir", "KEYBUST_CACHE_DIR"),
+        )?;
+        let cache_max_bytes = renamed(
+            self.component_cache_max_bytes,
+            self.cache_max_bytes,
+            (
+                "--component-cache-max-bytes",
+                "KEYBUST_COMPONENT_CACHE_MAX_BYTES",
+            ),
+            ("--cache-max-bytes", "KEYBUST_CACHE_MAX_BYTES"),
+        )?;
         Ok(EndpointConfig {
-            cache_dir: self.cache_dir.clone().or_else(artifacts::default_dir),
+            cache_dir: cache_dir.or_else(artifacts::default_dir),
             artifact_key: state_dir.as_ref().map(|dir| dir.join("artifact.key")),
             history_dir: state_dir
                 .filter(|_| self.keep_history)
                 .map(|dir| dir.join("components")),
             // Set by the caller that knows whether signatures are required.
             signed_by: None,
-            cache_max_bytes: self.cache_max_bytes,
+            cache_max_bytes: cache_max_bytes.unwrap_or(artifacts::DEFAULT_MAX_BYTES),
             limits,
             incoming_trace: if self.telemetry.trust_trace_context {
                 IncomingTrace::Continue
@@ -191,6 +268,29 @@ impl CommonArgs {
 }
 
 /// `$XDG_STATE_HOME/keybust`, else the local data directory's `keybust`.
+/// A setting under its new name, or its old one with a deprecation
+/// warning; both at once is refused rather than one silently winning.
+fn renamed<T>(
+    new: Option<T>,
+    old: Option<T>,
+    (new_flag, new_env): (&str, &str),
+    (old_flag, old_env): (&str, &str),
+) -> anyhow::Result<Option<T>> {
+    match (new, old) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "{new_flag} ({new_env}) and its old name {old_flag} ({old_env}) are both set: keep {new_flag}"
+        ),
+        (None, Some(old)) => {
+            tracing::warn!(
+                "{old_flag} ({old_env}) is deprecated: it is now {new_flag} ({new_env}), \
+                 beside the cache backend's settings"
+            );
+            Ok(Some(old))
+        }
+        (new, None) => Ok(new),
+    }
+}
+
 fn default_state_dir() -> Option<PathBuf> {
     artifacts::default_key_path().and_then(|key| key.parent().map(ToOwned::to_owned))
 }

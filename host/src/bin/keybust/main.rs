@@ -7,7 +7,6 @@ mod logging;
 mod systemd;
 
 use anyhow::Context;
-use clap::Parser;
 use cli::{Cli, Command, DevArgs, ServeArgs};
 use keybust::rollout::source::ComponentSource;
 use keybust::serve::endpoint::ENDPOINT_PATH;
@@ -27,7 +26,7 @@ fn main() -> anyhow::Result<ExitCode> {
     // Also while there is one thread: taking the passed sockets unsets
     // LISTEN_FDS, so that nothing keybust starts inherits them.
     let inherited = systemd::Inherited::from_env();
-    let cli = Cli::parse();
+    let cli = Cli::parse_naming_variables();
     let traces = match &cli.command {
         Command::Serve(args) => args.common.telemetry.pipeline(),
         Command::Dev(args) => args.common.telemetry.pipeline(),
