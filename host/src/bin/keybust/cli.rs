@@ -159,6 +159,17 @@ pub struct DevArgs {
     #[arg(long, env = "KEYBUST_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
 
+    /// Your own build of the component, a file: served, and swapped in as
+    /// soon as the file changes (a rebuild), as `spin watch` does. A new
+    /// build must still pass the contract gate (--contract-gate off to
+    /// skip it); there is no shadow stage or canary to wait through
+    /// [default: the component built from guest/, embedded in this binary].
+    #[arg(long, env = "KEYBUST_COMPONENT")]
+    pub component: Option<PathBuf>,
+
+    #[command(flatten, next_help_heading = "Admin plane")]
+    pub admin: AdminArgs,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -127,18 +127,37 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     // same state directory.
     let mut common = args.common;
     common.keep_history = false;
+    let component = match args.component {
+        Some(path) if path.to_string_lossy().starts_with("oci://") => anyhow::bail!(
+            "keybust dev serves a file you build; serve an oci:// reference with keybust serve"
+        ),
+        Some(path) => ComponentSource::File(path),
+        None => ComponentSource::Embedded,
+    };
+    // A rebuild serves at once: a developer waits for no shadow or canary.
+    let mut endpoint = common.endpoint_config()?;
+    endpoint.shadow = keybust::shadow::ShadowSettings::default();
+    endpoint.canary = keybust::canary::CanarySettings::default();
     let config = ServiceConfig {
         listen: args.listen,
-        admin: None,
-        component: ComponentSource::Embedded,
+        admin: Some(AdminConfig {
+            listen: args.admin.admin_listen,
+            policy: args.admin.policy()?,
+            metrics_listen: args.admin.metrics_listen,
+        }),
+        component,
         follow_interval: None,
         registry: None,
         tls: None,
         settings: env.settings,
-        endpoint: common.endpoint_config()?,
+        endpoint,
         shutdown_delay: common.shutdown_delay,
         shutdown_grace: common.shutdown_grace,
         listeners: Listeners::default(),
+    };
+    let watched = match &config.component {
+        ComponentSource::File(path) => Some(path.display().to_string()),
+        _ => None,
     };
     let service = Service::build(config).await?;
     let addr = service.local_addr()?;
@@ -150,6 +169,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "curl -i -X POST http://{addr}{ENDPOINT_PATH} \\\n  -H 'Authorization: Bearer {}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"keyHash\":\"{}\"}}'\n",
         env.token, env.key_hash
     );
+    if let Some(path) = watched {
+        println!("Serving {path}: rebuild it, and the new build is checked and swapped in.");
+    }
+    println!("The admin listener below answers /admin/component, /readyz and /metrics.\n");
     run(service).await;
     Ok(())
 }
