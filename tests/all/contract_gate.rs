@@ -367,7 +367,10 @@ async fn a_follower_refuses_a_version_that_does_nothing_and_remembers_it() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let metrics = stack.metrics().await;
     assert!(
-        !metrics.contains("keybust_follow_polls_total{result=\"refused\"}"),
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("keybust_follow_polls_total{result=\"refused\"}"))
+            .all(|line| line.ends_with(" 0")),
         "{metrics}"
     );
     assert!(!metrics.contains("result=\"passed\"} 2"), "{metrics}");

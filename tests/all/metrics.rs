@@ -159,3 +159,115 @@ fn version_names_the_build() {
     assert!(version.contains("wasmtime 48."), "{version}");
     assert!(version.contains("(git "), "{version}");
 }
+
+/// A live `/metrics`, after traffic, passes `promtool check metrics`:
+/// every metric has its help text (counters were reported as having none
+/// while the text was OpenMetrics under another name). A scraper that asks
+/// for OpenMetrics, as Prometheus does, gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_scrape_passes_promtool() {
+    let stack = Stack::start(Backend::Redis).await;
+    stack
+        .invalidate(hashes::OWNED)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    let _ = stack.post("nope").await;
+    let response = reqwest::get(stack.keybust.admin_url("/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let (passed, said) = support::promtool::run(&["check", "metrics"], &text);
+    assert!(passed && said.trim().is_empty(), "{said}\n{text}");
+
+    let response = reqwest::Client::new()
+        .get(stack.keybust.admin_url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE keybust_requests counter\n"), "{text}");
+}
+
+/// Before the issuer's keys are first fetched there is no key age to
+/// report, so `keybust_jwks_age_seconds` is absent rather than 0 (which
+/// read as "fresh keys", so a stale-keys alert could never fire), and the
+/// readiness and backend gauges say why. Series whose labels are known up
+/// front are there from the first scrape, at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_not_known_yet_is_absent_and_readiness_has_a_gauge() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let options = Options {
+        env: vec![("CLERK_JWT_ISSUER_DOMAIN", unreachable)],
+        ..Options::default()
+    };
+    let stack = Stack::with(Backend::Embedded, options).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let scrape = parse(&stack.metrics().await);
+        if sample(&scrape, "keybust_backend_up", &[("backend", "issuer")]).is_some() {
+            break scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no issuer fetch was tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sample(&scrape, "keybust_jwks_age_seconds", &[]), None);
+    assert_eq!(
+        sample(&scrape, "keybust_ready", &[("reason", "jwks_not_fetched")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&scrape, "keybust_backend_up", &[("backend", "issuer")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&scrape, "keybust_backend_up", &[("backend", "cache")]),
+        Some(1.0)
+    );
+    for (name, labels) in [
+        ("keybust_unavailable_total", [("cause", "shed")]),
+        ("keybust_guest_failures_total", [("kind", "timeout")]),
+        ("keybust_component_swaps_total", [("result", "failed")]),
+    ] {
+        assert_eq!(sample(&scrape, name, &labels), Some(0.0), "{name}");
+    }
+
+    // With an issuer that answers, the keys have an age and all is ready.
+    let stack = Stack::start(Backend::Embedded).await;
+    stack
+        .invalidate(hashes::OWNED)
+        .await
+        .assert_json(200, r#"{"ok":true}"#);
+    let scrape = parse(&stack.metrics().await);
+    assert!(sample(&scrape, "keybust_jwks_age_seconds", &[]).is_some_and(|age| age >= 0.0));
+    assert_eq!(
+        sample(&scrape, "keybust_ready", &[("reason", "none")]),
+        Some(1.0)
+    );
+    for backend in ["cache", "convex", "issuer"] {
+        assert_eq!(
+            sample(&scrape, "keybust_backend_up", &[("backend", backend)]),
+            Some(1.0),
+            "{backend}"
+        );
+    }
+}

@@ -121,9 +121,13 @@ async fn bad_components_are_refused_and_the_old_one_keeps_serving() {
         (
             "garbage",
             b"definitely not wasm".to_vec(),
-            "not a valid component",
+            "not WebAssembly",
         ),
-        ("core module", core_module, "not a valid component"),
+        (
+            "core module",
+            core_module,
+            "a core WebAssembly module, not a component",
+        ),
         (
             "component for another world",
             empty_component,
@@ -191,7 +195,7 @@ async fn a_bad_file_is_logged_and_the_old_one_keeps_serving() {
     );
     deploy(&path, b"not a component");
     stack.keybust.assert_logged("component reload failed").await;
-    stack.keybust.assert_logged("not a valid component").await;
+    stack.keybust.assert_logged("not WebAssembly").await;
     assert_eq!(
         component(&stack).await["digest"],
         hex_digest(EMBEDDED_COMPONENT)
@@ -276,7 +280,7 @@ async fn fifty_swaps_under_load_drop_nothing() {
             "keybust_component_swaps_total",
             &[("result", "failed")]
         ),
-        None
+        Some(0.0)
     );
 }
 

@@ -93,13 +93,27 @@ async fn answer(
         (&Method::GET, "/readyz") => (readiness(endpoint), None),
         (&Method::GET, "/metrics") => {
             let metrics = endpoint.metrics();
-            metrics.jwks_age(endpoint.capabilities().session.keys_age());
-            let mut response = json_response(200, metrics.encode());
+            let capabilities = endpoint.capabilities();
+            metrics.scraped(crate::metrics::ScrapeState {
+                not_ready: Some(
+                    endpoint
+                        .unready_reasons()
+                        .first()
+                        .map_or(crate::metrics::NotReady::Ready, |(kind, _)| *kind),
+                ),
+                backends: capabilities.backends_up(),
+                jwks_age: capabilities.session.keys_age(),
+            });
+            let format = crate::metrics::Format::negotiate(
+                request
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|accept| accept.to_str().ok()),
+            );
+            let mut response = json_response(200, metrics.encode(format));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                http::HeaderValue::from_static(format.content_type()),
             );
             (response, None)
         }
@@ -156,7 +170,11 @@ fn error(status: u16, message: &str) -> hyper::Response<ResponseBody> {
 /// Ready or not, with the reasons; `warnings` lists what does not stop
 /// requests but an operator should know (the contract gate off).
 fn readiness(endpoint: &Endpoint) -> hyper::Response<ResponseBody> {
-    let reasons = endpoint.unready_reasons();
+    let reasons: Vec<String> = endpoint
+        .unready_reasons()
+        .into_iter()
+        .map(|(_, reason)| reason)
+        .collect();
     let warnings = endpoint.warnings();
     match (reasons.is_empty(), warnings.is_empty()) {
         (true, true) => json_response(200, r#"{"status":"ready"}"#),

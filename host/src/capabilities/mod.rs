@@ -28,7 +28,7 @@ use self::origins::{InvalidOriginPattern, OriginPolicy};
 use self::session::SessionVerifier;
 use crate::config::ConfigError;
 use crate::deadlines::Deadlines;
-use crate::metrics::{Capability, Metrics, Outcome};
+use crate::metrics::{Backend, Capability, Metrics, NotReady, Outcome};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -142,17 +142,49 @@ impl Capabilities {
         problems
     }
 
-    /// Why requests cannot succeed now, if they cannot: the configuration,
-    /// the issuer's keys not fetched yet, the cache backend down.
-    pub fn unready_reasons(&self) -> Vec<String> {
-        let mut reasons = self.configuration_problems();
+    /// Why requests cannot succeed now, if they cannot, each by its kind
+    /// and in words: the configuration, the issuer's keys not fetched yet,
+    /// the cache backend down.
+    pub fn unready_reasons(&self) -> Vec<(NotReady, String)> {
+        let mut reasons: Vec<_> = self
+            .configuration_problems()
+            .into_iter()
+            .map(|problem| (NotReady::NotConfigured, problem))
+            .collect();
         if self.session.is_configured() && self.session.keys_age().is_none() {
-            reasons.push("the token issuer's keys (JWKS) have not been fetched yet".to_owned());
+            reasons.push((
+                NotReady::KeysNotFetched,
+                "the token issuer's keys (JWKS) have not been fetched yet".to_owned(),
+            ));
         }
         if let Some(problem) = self.cache.health().problem() {
-            reasons.push(problem);
+            reasons.push((NotReady::CacheDown, problem));
         }
         reasons
+    }
+
+    /// Whether each backend answered when last asked: the cache's
+    /// background check (and deletes), Convex's last call, the issuer's
+    /// last key fetch. A backend not configured counts as down; one
+    /// configured but not asked yet is left out.
+    pub fn backends_up(&self) -> Vec<(Backend, bool)> {
+        let mut up = vec![(
+            Backend::Cache,
+            self.cache.is_configured() && self.cache.health().problem().is_none(),
+        )];
+        match self.convex.is_configured() {
+            false => up.push((Backend::Convex, false)),
+            true => up.extend(self.convex.answered().map(|ok| (Backend::Convex, ok))),
+        }
+        match self.session.is_configured() {
+            false => up.push((Backend::Issuer, false)),
+            true => up.extend(
+                self.session
+                    .issuer_answered()
+                    .map(|ok| (Backend::Issuer, ok)),
+            ),
+        }
+        up
     }
 
     /// Starts what readiness needs to know in the background, for as long

@@ -20,6 +20,12 @@ macro_rules! label_values {
         }
 
         impl $name {
+            /// Every value, so that each series exists (at 0) from the
+            /// first scrape: a rate over a series that appears only with
+            /// its first event misses that event.
+            #[allow(dead_code)]
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
             /// The text a scrape reads.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -237,4 +243,34 @@ pub(super) struct PollLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ComponentLabels {
     pub(super) digest: String,
+}
+
+label_values! {
+    /// Why the endpoint is not ready, as `keybust_ready`'s `reason` label
+    /// (the first reason, when there are several; `/readyz` lists them
+    /// all, in words).
+    pub enum NotReady {
+        /// Ready.
+        Ready => "none",
+        /// The process is stopping.
+        Draining => "draining",
+        /// A backend's settings are missing.
+        NotConfigured => "not_configured",
+        /// The token issuer's keys have not been fetched yet.
+        KeysNotFetched => "jwks_not_fetched",
+        /// The cache backend failed its last check, or the last deletes.
+        CacheDown => "cache_down",
+    }
+}
+
+label_values! {
+    /// A backend whose health `keybust_backend_up` reports.
+    pub enum Backend {
+        /// The cache backend: its background check and deletes.
+        Cache => "cache",
+        /// Convex: its last call.
+        Convex => "convex",
+        /// The token issuer: its last key fetch.
+        Issuer => "issuer",
+    }
 }

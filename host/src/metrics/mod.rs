@@ -7,15 +7,21 @@
 //! the follower and the admin API each get it when they are built. Every
 //! metric's help text is here, beside the method that counts into it; the
 //! labels and their values are in `labels`, the process's own resources
-//! in `process`.
+//! in `process`, what is read at each scrape (readiness, the backends,
+//! the issuer's keys) in `scraped`, and the two text formats in
+//! `exposition`.
 
+mod exposition;
 mod labels;
 mod process;
+mod scraped;
 
+pub use self::exposition::Format;
 pub use self::labels::{
-    CLIENT_CLOSED, Capability, Decision, GuestFailed, Outcome, RolloutStage, Served, SwapResult,
-    Unavailable, VersionRole,
+    Backend, CLIENT_CLOSED, Capability, Decision, GuestFailed, NotReady, Outcome, RolloutStage,
+    Served, SwapResult, Unavailable, VersionRole,
 };
+pub use self::scraped::ScrapeState;
 
 use self::labels::{
     BuildLabels, CapabilityLabels, CapabilityOutcomeLabels, CauseLabels, ComponentLabels,
@@ -28,7 +34,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 fn latency_histogram() -> Histogram {
@@ -43,7 +48,7 @@ pub struct Metrics {
     in_flight: Gauge,
     unavailable: Family<CauseLabels, Counter>,
     guest_failures: Family<KindLabels, Counter>,
-    jwks_age: Gauge<f64, AtomicU64>,
+    scraped: std::sync::Arc<scraped::Scraped>,
     process: ProcessMetrics,
     request_seconds: Histogram,
     instantiate_seconds: Histogram,
@@ -96,12 +101,8 @@ impl Metrics {
             "Guests that trapped (500) or ran out of time (504)",
             guest_failures.clone(),
         );
-        let jwks_age = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "jwks_age_seconds",
-            "Age of the token issuer's keys; absent before the first fetch",
-            jwks_age.clone(),
-        );
+        let scraped = std::sync::Arc::new(scraped::Scraped::default());
+        registry.register_collector(Box::new(scraped.clone()));
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -190,13 +191,13 @@ impl Metrics {
             "Instances kept for --instance-reuse, idle or serving",
             reused_instances.clone(),
         );
-        Metrics {
+        let metrics = Metrics {
             reused_instances,
             registry: root,
             in_flight,
             unavailable,
             guest_failures,
-            jwks_age,
+            scraped,
             process,
             body_timeouts,
             requests,
@@ -211,6 +212,56 @@ impl Metrics {
             shadowed,
             by_version,
             component,
+        };
+        metrics.create_known_series();
+        metrics
+    }
+
+    /// Every series whose labels are known up front, at 0: a rate over a
+    /// series that appears only with its first event misses that event,
+    /// and an alert on it cannot tell "none yet" from "not exported".
+    fn create_known_series(&self) {
+        for &cause in Unavailable::ALL {
+            drop(self.unavailable.get_or_create(&CauseLabels { cause }));
+        }
+        for &kind in GuestFailed::ALL {
+            drop(self.guest_failures.get_or_create(&KindLabels { kind }));
+        }
+        for &result in SwapResult::ALL {
+            drop(self.swaps.get_or_create(&SwapLabels { result }));
+        }
+        for &stage in RolloutStage::ALL {
+            for &result in Decision::ALL {
+                drop(
+                    self.decisions
+                        .get_or_create(&DecisionLabels { stage, result }),
+                );
+            }
+        }
+        for &version in VersionRole::ALL {
+            for &result in Served::ALL {
+                drop(
+                    self.by_version
+                        .get_or_create(&VersionLabels { version, result }),
+                );
+            }
+        }
+        for &capability in Capability::ALL {
+            for &outcome in Outcome::ALL {
+                drop(
+                    self.capability_calls
+                        .get_or_create(&CapabilityOutcomeLabels {
+                            capability,
+                            outcome,
+                        }),
+                );
+            }
+        }
+        for result in ["unchanged", "swapped", "candidate", "refused", "failed"] {
+            drop(self.follow_polls.get_or_create(&PollLabels { result }));
+        }
+        for result in ["agreed", "diverged", "shed", "unusable"] {
+            drop(self.shadowed.get_or_create(&PollLabels { result }));
         }
     }
 
@@ -265,11 +316,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the age of the token issuer's keys, when they have been fetched.
-    pub fn jwks_age(&self, age: Option<Duration>) {
-        if let Some(age) = age {
-            self.jwks_age.set(age.as_secs_f64());
-        }
+    /// Sets what the next scrape reports of readiness, the backends and
+    /// the issuer's keys, read just before it.
+    pub fn scraped(&self, state: ScrapeState) {
+        self.scraped.set(state);
     }
 
     /// Counts a request body that did not arrive in time.
@@ -363,13 +413,16 @@ impl Metrics {
             .set(1);
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// Every metric, in `format` ([`Format::negotiate`] picks it).
+    pub fn encode(&self, format: Format) -> String {
         self.process.update();
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        match format {
+            Format::OpenMetrics => text,
+            Format::Text => exposition::to_text(&text),
+        }
     }
 }
 
@@ -388,7 +441,7 @@ mod tests {
         metrics.guest_failed(GuestFailed::Trap);
         metrics.capability(Capability::Session, Outcome::Forbidden, Duration::ZERO);
         metrics.swap_failed();
-        let text = metrics.encode();
+        let text = metrics.encode(Format::OpenMetrics);
         for line in [
             r#"keybust_unavailable_total{cause="not_configured"} 1"#,
             r#"keybust_guest_failures_total{kind="trap"} 1"#,

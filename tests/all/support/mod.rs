@@ -21,6 +21,7 @@ pub mod misbehaving_registry;
 pub mod otlp;
 pub mod process;
 pub mod programs;
+pub mod promtool;
 pub mod raw;
 pub mod redis;
 pub mod registry;

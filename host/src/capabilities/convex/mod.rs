@@ -10,6 +10,7 @@ use crate::deadlines::Deadlines;
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 /// The Convex HTTP actions a component may call by default: the owner
@@ -142,7 +143,14 @@ pub struct ConvexClient {
     allowed_paths: Vec<String>,
     timeout: Duration,
     transport: Transport,
+    /// How the last call ended, for `keybust_backend_up`: [`NOT_ASKED`],
+    /// [`ANSWERED`] or [`FAILED`]. Relaxed: a gauge, read by a scrape.
+    last_call: AtomicU8,
 }
+
+const NOT_ASKED: u8 = 0;
+const ANSWERED: u8 = 1;
+const FAILED: u8 = 2;
 
 /// How Convex is reached: hyper-util's pooled client, measured faster
 /// (see [`PooledClient`]), unless the environment names a proxy for the
@@ -181,12 +189,23 @@ impl ConvexClient {
             } else {
                 Transport::Direct(Box::new(pooled_client(deadlines)?))
             },
+            last_call: AtomicU8::new(NOT_ASKED),
         })
     }
 
     /// Whether both the URL and the secret are set.
     pub fn is_configured(&self) -> bool {
         self.site_url.is_some() && self.secret.is_some()
+    }
+
+    /// Whether Convex answered the last call (a status below 500);
+    /// `None` before the first.
+    pub fn answered(&self) -> Option<bool> {
+        match self.last_call.load(Ordering::Relaxed) {
+            ANSWERED => Some(true),
+            FAILED => Some(false),
+            _ => None,
+        }
     }
 
     /// POSTs `body` as JSON to `{CONVEX_SITE_URL}{path}` within the deadline.
@@ -245,7 +264,7 @@ impl ConvexClient {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let result = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
                 tracing::warn!(path, timeout = ?self.timeout, "Convex call timed out");
                 Err(ConvexError::Timeout)
@@ -255,7 +274,11 @@ impl ConvexClient {
                 Err(ConvexError::Transport)
             }
             Ok(Ok(response)) => Ok(response),
-        }
+        };
+        let answered = matches!(&result, Ok(response) if response.status < 500);
+        self.last_call
+            .store(if answered { ANSWERED } else { FAILED }, Ordering::Relaxed);
+        result
     }
 }
 

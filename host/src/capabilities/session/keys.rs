@@ -87,6 +87,11 @@ impl IssuerKeys {
         }
     }
 
+    /// Whether the last fetch of the keys worked; `None` before the first.
+    pub(super) fn last_fetch_worked(&self) -> Option<bool> {
+        self.shared.read().last_attempt.map(|(_, worked)| worked)
+    }
+
     /// The key `kid` names, fetching the set if it is not known yet;
     /// `fetched` is set when this call fetched, or waited for a fetch.
     pub(super) async fn key(

@@ -143,6 +143,14 @@ impl SessionVerifier {
         }
     }
 
+    /// Whether the issuer answered the last fetch of its keys; `None`
+    /// before the first, or with no issuer.
+    pub fn issuer_answered(&self) -> Option<bool> {
+        self.issuer
+            .as_ref()
+            .and_then(|(_, keys)| keys.last_fetch_worked())
+    }
+
     /// How old the issuer's keys are; `None` before the first fetch.
     pub fn keys_age(&self) -> Option<std::time::Duration> {
         self.issuer.as_ref().and_then(|(_, keys)| keys.age())

@@ -11,7 +11,7 @@ pub use load::{Configured, EndpointConfig, EndpointError};
 
 use crate::body::{ResponseBody, json_response};
 use crate::capabilities::Capabilities;
-use crate::metrics::{GuestFailed, Metrics, Unavailable, VersionRole};
+use crate::metrics::{GuestFailed, Metrics, NotReady, Unavailable, VersionRole};
 use crate::runtime::GuestFailure;
 use crate::serve::access::{AccessRecord, REQUEST_ID};
 use crate::telemetry::IncomingTrace;
@@ -88,10 +88,13 @@ impl Endpoint {
 
     /// Why this endpoint should get no traffic now, if it should not:
     /// draining, or what [`Capabilities::unready_reasons`] finds.
-    pub fn unready_reasons(&self) -> Vec<String> {
+    pub fn unready_reasons(&self) -> Vec<(NotReady, String)> {
         let mut reasons = Vec::new();
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
-            reasons.push("draining: the process is stopping".to_owned());
+            reasons.push((
+                NotReady::Draining,
+                "draining: the process is stopping".to_owned(),
+            ));
         }
         reasons.extend(self.capabilities().unready_reasons());
         reasons
