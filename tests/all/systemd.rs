@@ -66,6 +66,14 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
         !before_ready.iter().any(|m| m.contains("STOPPING")),
         "{before_ready:?}"
     );
+    // `systemctl status` shows where it serves.
+    let public = format!("listening on http://{}", keybust.addr);
+    assert!(
+        before_ready.iter().any(|m| m
+            .lines()
+            .any(|line| line.starts_with("STATUS=serving") && line.contains(&public))),
+        "{before_ready:?}"
+    );
     // Ready means served.
     assert_eq!(status_of_post(keybust.addr), 401);
     // Pings keep coming while it serves.
@@ -75,7 +83,13 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
     }
 
     keybust.signal(libc::SIGTERM);
-    messages_until(&socket, "STOPPING=1", Duration::from_secs(10));
+    let stopping = messages_until(&socket, "STOPPING=1", Duration::from_secs(10));
+    assert!(
+        stopping
+            .iter()
+            .any(|m| m.lines().any(|line| line.starts_with("STATUS=draining"))),
+        "{stopping:?}"
+    );
     assert!(keybust.wait_exit(Duration::from_secs(20)).success());
 }
 
@@ -124,8 +138,17 @@ fn pass_fds(command: &mut Command, fds: Vec<RawFd>) {
 /// `own_pid`, `LISTEN_PID` names keybust's process, as systemd sets it
 /// (a shell that sets it to its own pid, then execs keybust).
 fn activated(fds: Vec<RawFd>, own_pid: bool) -> Command {
+    activated_named(fds, own_pid, None)
+}
+
+/// [`activated`], with `LISTEN_FDNAMES` set to `names` when given, as
+/// systemd sets it from the socket units' `FileDescriptorName=`.
+fn activated_named(fds: Vec<RawFd>, own_pid: bool, names: Option<&str>) -> Command {
     let pid = if own_pid { "LISTEN_PID=$$ " } else { "" };
-    let script = format!(r#"{pid}LISTEN_FDS={} exec "$@""#, fds.len());
+    let names = names
+        .map(|names| format!("LISTEN_FDNAMES={names} "))
+        .unwrap_or_default();
+    let script = format!(r#"{pid}{names}LISTEN_FDS={} exec "$@""#, fds.len());
     let mut command = Command::new("/bin/sh");
     command
         .env_clear()
@@ -165,6 +188,66 @@ async fn listeners_passed_by_socket_activation_are_served_in_order() {
             .logs()
             .contains("serving sockets passed by the service manager")
     );
+}
+
+/// Sockets a socket unit names (`FileDescriptorName=admin`, `public`) are
+/// taken by name, whatever their order: taken by order, a socket named
+/// `public` passed second served the admin API. systemd's default names
+/// (the unit's own) leave the order in charge; a stranger among keybust's
+/// names stops it.
+#[tokio::test]
+async fn passed_sockets_are_taken_by_their_names() {
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let keybust = tokio::task::spawn_blocking(move || {
+        let command = activated_named(
+            vec![admin.as_raw_fd(), public.as_raw_fd()],
+            true,
+            Some("admin:public"),
+        );
+        Keybust::start_command(command, &env())
+    })
+    .await
+    .unwrap();
+    assert_eq!(keybust.addr, public_addr);
+    assert_eq!(keybust.admin, Some(admin_addr));
+    assert_eq!(status_of_post(public_addr), 401);
+    let health = reqwest::get(format!("http://{admin_addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    drop(keybust);
+
+    // Names systemd gives by default: the order decides.
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let public_addr = public.local_addr().unwrap();
+    let keybust = tokio::task::spawn_blocking(move || {
+        let command = activated_named(vec![public.as_raw_fd()], true, Some("keybust.socket"));
+        Keybust::start_command(command, &env())
+    })
+    .await
+    .unwrap();
+    assert_eq!(keybust.addr, public_addr);
+    drop(keybust);
+
+    let sockets: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let state = tempfile::tempdir().unwrap();
+    let mut command = activated_named(
+        sockets.iter().map(AsRawFd::as_raw_fd).collect(),
+        true,
+        Some("public:dashboard"),
+    );
+    command
+        .env("KEYBUST_CACHE", "embedded")
+        .env("KEYBUST_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KEYBUST_STATE_DIR", state.path())
+        .env("KEYBUST_COMPONENT_CACHE_DIR", state.path().join("cache"));
+    let said = refused(command);
+    assert!(said.contains("named \"dashboard\""), "{said}");
 }
 
 #[tokio::test]

@@ -94,9 +94,9 @@ async fn serve(args: ServeArgs, mut inherited: systemd::Inherited) -> anyhow::Re
         );
     }
     let listeners = Listeners {
-        public: inherited.take(systemd::PUBLIC, "public")?,
-        admin: inherited.take(systemd::ADMIN, "admin")?,
-        metrics: inherited.take(systemd::METRICS, "metrics")?,
+        public: inherited.take("public")?,
+        admin: inherited.take("admin")?,
+        metrics: inherited.take("metrics")?,
     };
     let config = ServiceConfig {
         listen: args.listen,
@@ -185,10 +185,11 @@ async fn run(service: Service) {
     let stop_requested = shutdown_signal();
     // Printed last: once the public line appears, every listener accepts
     // (its socket is bound; connections wait in its backlog).
-    for line in service.listening_lines() {
+    let lines = service.listening_lines();
+    for line in &lines {
         println!("{line}");
     }
-    systemd::ready();
+    systemd::ready(format!("serving: {}", lines.join("; ")));
     systemd::start_watchdog();
     service
         .run(async move {

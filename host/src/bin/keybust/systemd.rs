@@ -5,19 +5,21 @@
 
 use anyhow::Context;
 
-/// Which inherited socket is which listener: the order of the socket
-/// unit's `ListenStream=` lines.
-pub const PUBLIC: usize = 0;
-/// The admin listener's socket, if passed.
-pub const ADMIN: usize = 1;
-/// The probes-only listener's socket, if passed.
-pub const METRICS: usize = 2;
+/// The listeners a passed socket can be, by the name a socket unit gives
+/// it (`FileDescriptorName=`), and, for sockets without such names, in the
+/// order they are passed.
+pub const LISTENERS: [&str; 3] = ["public", "admin", "metrics"];
 
-/// Sockets handed over by the service manager, in the order its socket
-/// unit lists them: the public listener, then the admin listener, then
-/// the probes-only one. A listener not passed is bound from its flag.
+/// Sockets handed over by the service manager. A socket unit that names
+/// them (`FileDescriptorName=public`, `admin` or `metrics`, which systemd
+/// passes in `LISTEN_FDNAMES`) says which is which; otherwise they are
+/// taken in the order the units list them: the public listener, then the
+/// admin listener, then the probes-only one. A listener not passed is
+/// bound from its flag.
 pub struct Inherited {
     fds: listenfd::ListenFd,
+    /// `LISTEN_FDNAMES`, one name per passed socket, when set.
+    names: Option<Vec<String>>,
     /// Why passed sockets were set aside, told once logging is up.
     ignored: Option<String>,
 }
@@ -38,6 +40,12 @@ impl Inherited {
             .ok()
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_some_and(|pid| pid == std::process::id());
+        let names = std::env::var("LISTEN_FDNAMES")
+            .ok()
+            .map(|names| names.split(':').map(str::to_owned).collect());
+        // SAFETY: first thing in `main`, while the process has one thread
+        // (as for the variables `ListenFd::from_env` unsets).
+        unsafe { std::env::remove_var("LISTEN_FDNAMES") };
         let fds = listenfd::ListenFd::from_env();
         if passed && ours {
             close_on_exec(fds.len());
@@ -45,13 +53,52 @@ impl Inherited {
         if passed && !ours {
             return Inherited {
                 fds: listenfd::ListenFd::empty(),
+                names: None,
                 ignored: Some(
                     "LISTEN_FDS is set but LISTEN_PID does not name this process: passed sockets ignored"
                         .to_owned(),
                 ),
             };
         }
-        Inherited { fds, ignored: None }
+        Inherited {
+            fds,
+            names,
+            ignored: None,
+        }
+    }
+
+    /// Where the `what` listener's socket is among those passed: by its
+    /// name when the sockets carry keybust's names, else by its place in
+    /// [`LISTENERS`]. Names that mix keybust's with others, or repeat
+    /// one, stop keybust: taken by order, a socket named `public` served
+    /// the admin API.
+    fn index_of(&self, what: &str) -> anyhow::Result<Option<usize>> {
+        let count = self.fds.len();
+        let names = match &self.names {
+            Some(names) if names.iter().any(|name| LISTENERS.contains(&name.as_str())) => names,
+            // systemd's default names (the socket unit's name), or none.
+            _ => {
+                let index = LISTENERS.iter().position(|listener| *listener == what);
+                return Ok(index.filter(|index| *index < count));
+            }
+        };
+        anyhow::ensure!(
+            names.len() == count,
+            "LISTEN_FDNAMES names {} sockets, but LISTEN_FDS passes {count}",
+            names.len()
+        );
+        for (index, name) in names.iter().enumerate() {
+            anyhow::ensure!(
+                LISTENERS.contains(&name.as_str()),
+                "socket {} is named {name:?} (LISTEN_FDNAMES); keybust's sockets are named public, admin or metrics (FileDescriptorName=)",
+                index + 3
+            );
+            anyhow::ensure!(
+                !names[..index].contains(name),
+                "two sockets are named {name:?} (LISTEN_FDNAMES)"
+            );
+        }
+        Ok(names.iter().position(|name| name == what))
     }
 
     /// How many sockets were passed; more than keybust has listeners is an
@@ -62,19 +109,19 @@ impl Inherited {
         }
         let count = self.fds.len();
         anyhow::ensure!(
-            count <= METRICS + 1,
-            "LISTEN_FDS passes {count} sockets; keybust takes at most 3 (public, admin, metrics, in that order)"
+            count <= LISTENERS.len(),
+            "LISTEN_FDS passes {count} sockets; keybust takes at most 3 (public, admin, metrics: named so, or in that order)"
         );
         Ok(count)
     }
 
-    /// The listener at `index`, if one was passed; an error if what was
-    /// passed there is not a listening TCP socket.
-    pub fn take(
-        &mut self,
-        index: usize,
-        what: &str,
-    ) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    /// The `what` listener (one of [`LISTENERS`]), if its socket was
+    /// passed; an error if what was passed for it is not a listening TCP
+    /// socket.
+    pub fn take(&mut self, what: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        let Some(index) = self.index_of(what)? else {
+            return Ok(None);
+        };
         let fd = index + 3;
         let Some(listener) = self
             .fds
@@ -129,8 +176,10 @@ fn is_listening(_: &std::net::TcpListener) -> bool {
 /// What keybust tells the service manager.
 #[derive(Debug)]
 enum State {
-    Ready,
-    Stopping,
+    /// `READY=1`, with a `STATUS=` line (what `systemctl status` shows).
+    Ready(String),
+    /// `STOPPING=1`, with a `STATUS=` line.
+    Stopping(String),
     Watchdog,
     /// Not a notification: answered once everything queued before it has
     /// been sent.
@@ -168,15 +217,27 @@ mod sender {
                     .spawn(move || {
                         for state in states {
                             let (message, what) = match &state {
-                                State::Ready => (sd_notify::NotifyState::Ready, "ready"),
-                                State::Stopping => (sd_notify::NotifyState::Stopping, "stopping"),
-                                State::Watchdog => (sd_notify::NotifyState::Watchdog, "alive"),
+                                State::Ready(status) => (
+                                    vec![
+                                        sd_notify::NotifyState::Ready,
+                                        sd_notify::NotifyState::Status(status),
+                                    ],
+                                    "ready",
+                                ),
+                                State::Stopping(status) => (
+                                    vec![
+                                        sd_notify::NotifyState::Stopping,
+                                        sd_notify::NotifyState::Status(status),
+                                    ],
+                                    "stopping",
+                                ),
+                                State::Watchdog => (vec![sd_notify::NotifyState::Watchdog], "alive"),
                                 State::Flush(done) => {
                                     let _ = done.send(());
                                     continue;
                                 }
                             };
-                            if let Err(err) = sd_notify::notify(&[message]) {
+                            if let Err(err) = sd_notify::notify(&message) {
                                 tracing::warn!(error = %err, "cannot tell the service manager keybust is {what}");
                             }
                             if matches!(state, State::Watchdog) {
@@ -232,14 +293,17 @@ mod sender {
     pub(super) fn flush(_: std::time::Duration) {}
 }
 
-/// Every listener is bound and served: `READY=1`.
-pub fn ready() {
-    sender::send(State::Ready);
+/// Every listener is bound and served: `READY=1`, and `status` for
+/// `systemctl status` to show.
+pub fn ready(status: String) {
+    sender::send(State::Ready(status));
 }
 
-/// The drain has begun: `STOPPING=1`.
+/// The drain has begun: `STOPPING=1`, and a `STATUS=` line saying so.
 pub fn stopping() {
-    sender::send(State::Stopping);
+    sender::send(State::Stopping(
+        "draining: in-flight requests finish within --shutdown-grace".to_owned(),
+    ));
 }
 
 /// Waits, a second at most, for what is queued (`STOPPING=1` at the end)
