@@ -9,6 +9,7 @@ async fn request_ids_are_echoed_and_logged_once_per_request() {
     let response = stack
         .request(reqwest::Method::POST, support::ENDPOINT)
         .header("x-request-id", "trace-abc-123")
+        .header("user-agent", "revoker/2.1 (access-line test)")
         .bearer_auth(stack.issuer.token())
         .body(format!(r#"{{"keyHash":"{}"}}"#, hashes::OWNED))
         .send()
@@ -37,6 +38,8 @@ async fn request_ids_are_echoed_and_logged_once_per_request() {
         "status=200",
         "latency_ms=",
         "digest=",
+        "client=127.0.0.1:",
+        "user_agent=\"revoker/2.1 (access-line test)\"",
     ] {
         assert!(line.contains(field), "{field} missing from {line}");
     }

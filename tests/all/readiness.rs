@@ -74,6 +74,24 @@ async fn serving_without_a_cache_backend_is_unready_unless_chosen() {
         .assert_logged("no cache backend is configured")
         .await;
     assert!(stack.keybust.logs().contains("WARN"));
+    // Probed again and again, as an orchestrator does: probes are not
+    // admin actions, and write no audit line however often they fail.
+    for _ in 0..3 {
+        assert_eq!(readyz(&url).await.0, 503);
+    }
+    // An audited request after them: once its line is in, theirs would be.
+    let component = reqwest::get(stack.keybust.admin_url("/admin/component"))
+        .await
+        .unwrap();
+    assert_eq!(component.status(), 200);
+    stack.keybust.assert_logged("GET /admin/component").await;
+    let logs = stack.keybust.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|line| line.contains("keybust::audit") && line.contains("/readyz")),
+        "{logs}"
+    );
 
     let chosen = Stack::start(Backend::Embedded).await;
     wait_for_readiness(&chosen.keybust.admin_url("/readyz"), 200).await;

@@ -36,7 +36,8 @@ const MAX_REFERENCE_BODY_BYTES: usize = 64 << 10;
 
 /// Answers one admin request. Every request to the component API, and
 /// every refused one, leaves one audit line (target `keybust::audit`):
-/// peer, action, digest, outcome.
+/// peer, action, digest, outcome. Probes (`/healthz`, `/readyz`,
+/// `/metrics`) leave none.
 pub async fn handle(
     endpoint: &Arc<Endpoint>,
     policy: &AdminPolicy,
@@ -54,7 +55,9 @@ pub async fn handle(
     } else {
         answer(endpoint, policy, peer, request).await
     };
-    if !probe || !response.status().is_success() {
+    // Probes are not actions: an unready /readyz, probed every few
+    // seconds, would bury the audit trail.
+    if !probe {
         let outcome = response.status().as_u16();
         tracing::info!(
             target: "keybust::audit",

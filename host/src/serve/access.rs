@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 /// The target of the access lines, for log filters and writers.
 pub const ACCESS_TARGET: &str = "keybust::access";
 
+/// The most of a `User-Agent` an access line carries: a client chooses
+/// it, and a line should stay a line.
+const MAX_USER_AGENT: usize = 256;
+
 /// The header that carries a request's id, in and out.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -25,6 +29,11 @@ pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-reques
 pub struct AccessRecord {
     method: http::Method,
     path: String,
+    /// The peer's address: the client's, or the load balancer's in front.
+    client: Option<std::net::SocketAddr>,
+    /// The client's `User-Agent`, as sent (a shared copy of the header,
+    /// not a new string), cut to [`MAX_USER_AGENT`] when logged.
+    user_agent: Option<http::HeaderValue>,
     request_id: http::HeaderValue,
     digest: String,
     started: Instant,
@@ -71,6 +80,11 @@ impl AccessRecord {
         Arc::new(AccessRecord {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
+            client: request
+                .extensions()
+                .get::<crate::serve::connection::Peer>()
+                .map(|peer| peer.0),
+            user_agent: request.headers().get(http::header::USER_AGENT).cloned(),
             request_id,
             digest,
             started: Instant::now(),
@@ -138,6 +152,15 @@ impl Drop for AccessRecord {
             .unwrap_or_else(|poison| poison.into_inner());
         self.metrics.request_over();
         let request_id = self.request_id.to_str().unwrap_or_default();
+        let user_agent = self.user_agent.as_ref().map(|agent| {
+            let agent = String::from_utf8_lossy(agent.as_bytes());
+            let mut end = agent.len().min(MAX_USER_AGENT);
+            while !agent.is_char_boundary(end) {
+                end -= 1;
+            }
+            agent[..end].to_owned()
+        });
+        let user_agent = user_agent.as_deref();
         // The status is a number in the log when there is one, so log
         // pipelines can compare it; a client that hung up has none.
         match answered {
@@ -165,6 +188,8 @@ impl Drop for AccessRecord {
                     method = %self.method,
                     path = self.path,
                     status,
+                    client = self.client.map(tracing::field::display),
+                    user_agent,
                     latency_ms = took.as_secs_f64() * 1000.0,
                     digest = self.digest,
                     request_id,
@@ -179,6 +204,8 @@ impl Drop for AccessRecord {
                     method = %self.method,
                     path = self.path,
                     status = CLIENT_CLOSED,
+                    client = self.client.map(tracing::field::display),
+                    user_agent,
                     latency_ms = took.as_secs_f64() * 1000.0,
                     digest = self.digest,
                     request_id,
