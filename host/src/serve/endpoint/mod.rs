@@ -6,6 +6,7 @@
 
 mod load;
 mod shadow;
+mod start;
 
 pub use load::{Configured, EndpointConfig, EndpointError};
 
