@@ -271,3 +271,41 @@ async fn what_is_not_known_yet_is_absent_and_readiness_has_a_gauge() {
         );
     }
 }
+
+/// Open connections are counted per listener: one a client holds open on
+/// the public listener shows, and goes when the client closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_counted_per_listener() {
+    let stack = Stack::start(Backend::Embedded).await;
+    let open = |text: &str, listener: &str| {
+        sample(
+            &parse(text),
+            "keybust_open_connections",
+            &[("listener", listener)],
+        )
+    };
+    let held = tokio::net::TcpStream::connect(stack.keybust.addr())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = stack.metrics().await;
+        if open(&text, "public") == Some(1.0) {
+            // The scrape's own connection, at least.
+            assert!(open(&text, "admin").is_some_and(|n| n >= 1.0), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = stack.metrics().await;
+        if open(&text, "public") == Some(0.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

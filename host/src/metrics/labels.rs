@@ -274,3 +274,20 @@ label_values! {
         Issuer => "issuer",
     }
 }
+
+label_values! {
+    /// One of keybust's listeners.
+    pub enum ListenerName {
+        /// The endpoint's.
+        Public => "public",
+        /// The admin API's.
+        Admin => "admin",
+        /// The probes-only one (`--metrics-listen`).
+        Metrics => "metrics",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ListenerLabels {
+    pub(super) listener: ListenerName,
+}

@@ -18,15 +18,15 @@ mod scraped;
 
 pub use self::exposition::Format;
 pub use self::labels::{
-    Backend, CLIENT_CLOSED, Capability, Decision, GuestFailed, NotReady, Outcome, RolloutStage,
-    Served, SwapResult, Unavailable, VersionRole,
+    Backend, CLIENT_CLOSED, Capability, Decision, GuestFailed, ListenerName, NotReady, Outcome,
+    RolloutStage, Served, SwapResult, Unavailable, VersionRole,
 };
 pub use self::scraped::ScrapeState;
 
 use self::labels::{
     BuildLabels, CapabilityLabels, CapabilityOutcomeLabels, CauseLabels, ComponentLabels,
-    DecisionLabels, KindLabels, PollLabels, RequestStatus, StageLabels, StatusLabels, SwapLabels,
-    VersionLabels,
+    DecisionLabels, KindLabels, ListenerLabels, PollLabels, RequestStatus, StageLabels,
+    StatusLabels, SwapLabels, VersionLabels,
 };
 use self::process::ProcessMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +63,7 @@ pub struct Metrics {
     component: Family<ComponentLabels, Gauge>,
     body_timeouts: Counter,
     reused_instances: Gauge,
+    open_connections: Family<ListenerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -100,6 +101,12 @@ impl Metrics {
             "guest_failures",
             "Guests that trapped (500) or ran out of time (504)",
             guest_failures.clone(),
+        );
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Connections open on each listener (public, admin, metrics), TLS handshakes under way included",
+            open_connections.clone(),
         );
         let scraped = std::sync::Arc::new(scraped::Scraped::default());
         registry.register_collector(Box::new(scraped.clone()));
@@ -192,6 +199,7 @@ impl Metrics {
             reused_instances.clone(),
         );
         let metrics = Metrics {
+            open_connections,
             reused_instances,
             registry: root,
             in_flight,
@@ -325,6 +333,14 @@ impl Metrics {
     /// Counts a request body that did not arrive in time.
     pub fn body_timed_out(&self) {
         self.body_timeouts.inc();
+    }
+
+    /// The gauge of `listener`'s open connections, for its accept loop
+    /// to move (a shared handle: no lookup per connection).
+    pub fn open_connections(&self, listener: ListenerName) -> Gauge {
+        self.open_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
     }
 
     /// Counts an instance kept for `--instance-reuse`.

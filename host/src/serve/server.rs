@@ -27,7 +27,7 @@ pub use crate::serve::connection::{Peer, Scheme};
 /// Serves `listener` until `shutdown` resolves, then waits for open
 /// connections to finish their in-flight requests; with `tls`, every
 /// connection is a TLS connection accepted by it. At most
-/// `limits.max_connections` are open at once.
+/// `limits.max_connections` are open at once; `open` counts them.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<Acceptor>,
@@ -35,6 +35,7 @@ pub async fn serve<F, Fut>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: Limits,
+    open: prometheus_client::metrics::gauge::Gauge,
 ) where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
@@ -88,8 +89,11 @@ pub async fn serve<F, Fut>(
             quiet_bound: limits.header_read_timeout,
             stop: stopping.clone(),
         };
+        open.inc();
+        let open = open.clone();
         tokio::spawn(async move {
             connection::serve(accepted).await;
+            open.dec();
             drop(permit);
             drop(peer_slot);
         });

@@ -19,6 +19,7 @@ mod start;
 
 use crate::admin::{self, AdminPolicy};
 use crate::capabilities::Settings;
+use crate::metrics::ListenerName;
 use crate::rollout::source::ComponentSource;
 use crate::serve::endpoint::Endpoint;
 use crate::serve::endpoint::{EndpointConfig, EndpointError};
@@ -208,6 +209,11 @@ impl Service {
         let limits = (**self.endpoint.slot().limits()).clone();
         for (plane, policy) in self.planes {
             let endpoint = self.endpoint.clone();
+            let open = endpoint.metrics().open_connections(if policy.probes_only {
+                ListenerName::Metrics
+            } else {
+                ListenerName::Admin
+            });
             let policy = Arc::new(policy);
             tokio::spawn(server::serve(
                 plane.listener,
@@ -220,6 +226,7 @@ impl Service {
                 std::future::pending(),
                 grace,
                 limits.for_plane(),
+                open,
             ));
         }
         let draining = self.endpoint.clone();
@@ -235,6 +242,7 @@ impl Service {
             tracing::info!("listener closed: draining in-flight requests");
         };
         let endpoint = self.endpoint;
+        let open = endpoint.metrics().open_connections(ListenerName::Public);
         let handler = move |request| {
             let endpoint = endpoint.clone();
             async move { endpoint.route(request).await }
@@ -246,6 +254,7 @@ impl Service {
             stop,
             grace,
             limits,
+            open,
         )
         .await;
         tracing::info!("stopped");
