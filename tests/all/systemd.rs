@@ -159,6 +159,21 @@ fn activated_named(fds: Vec<RawFd>, own_pid: bool, names: Option<&str>) -> Comma
     command
 }
 
+/// `keybust` serves the endpoint on `public` and the admin API on `admin`.
+async fn assert_serves_on(
+    keybust: &Keybust,
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) {
+    assert_eq!(keybust.addr, public);
+    assert_eq!(keybust.admin, Some(admin));
+    assert_eq!(status_of_post(public), 401);
+    let health = reqwest::get(format!("http://{admin}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
 fn env() -> Vec<(&'static str, String)> {
     vec![("KEYBUST_CACHE", "embedded".to_owned())]
 }
@@ -176,13 +191,7 @@ async fn listeners_passed_by_socket_activation_are_served_in_order() {
     .unwrap();
     // KEYBUST_LISTEN and KEYBUST_ADMIN_LISTEN asked for fresh ports; the
     // passed sockets won, first the public one, then the admin one.
-    assert_eq!(keybust.addr, public_addr);
-    assert_eq!(keybust.admin, Some(admin_addr));
-    assert_eq!(status_of_post(public_addr), 401);
-    let health = reqwest::get(format!("http://{admin_addr}/healthz"))
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_serves_on(&keybust, public_addr, admin_addr).await;
     assert!(
         keybust
             .logs()
@@ -210,13 +219,7 @@ async fn passed_sockets_are_taken_by_their_names() {
     })
     .await
     .unwrap();
-    assert_eq!(keybust.addr, public_addr);
-    assert_eq!(keybust.admin, Some(admin_addr));
-    assert_eq!(status_of_post(public_addr), 401);
-    let health = reqwest::get(format!("http://{admin_addr}/healthz"))
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_serves_on(&keybust, public_addr, admin_addr).await;
     drop(keybust);
 
     // Names systemd gives by default: the order decides.
@@ -234,19 +237,10 @@ async fn passed_sockets_are_taken_by_their_names() {
     let sockets: Vec<_> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let state = tempfile::tempdir().unwrap();
-    let mut command = activated_named(
+    let said = refused_activation(
         sockets.iter().map(AsRawFd::as_raw_fd).collect(),
-        true,
         Some("public:dashboard"),
     );
-    command
-        .env("KEYBUST_CACHE", "embedded")
-        .env("KEYBUST_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KEYBUST_STATE_DIR", state.path())
-        .env("KEYBUST_COMPONENT_CACHE_DIR", state.path().join("cache"));
-    let said = refused(command);
     assert!(said.contains("named \"dashboard\""), "{said}");
 }
 
@@ -270,10 +264,11 @@ async fn sockets_not_meant_for_keybust_are_not_taken() {
     );
 }
 
-/// `keybust serve` activated with `fds`, which must refuse to start; its stderr.
-fn refused_activation(fds: Vec<RawFd>) -> String {
+/// `keybust serve` activated with `fds` (named `names`), which must refuse
+/// to start; its stderr.
+fn refused_activation(fds: Vec<RawFd>, names: Option<&str>) -> String {
     let state = tempfile::tempdir().unwrap();
-    let mut command = activated(fds, true);
+    let mut command = activated_named(fds, true, names);
     command
         .env("KEYBUST_CACHE", "embedded")
         .env("KEYBUST_LISTEN", "127.0.0.1:0")
@@ -288,14 +283,14 @@ fn a_passed_socket_that_is_not_listening_stops_startup() {
     // A connected socket, as a socket unit with Accept=yes would pass.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let stderr = refused_activation(vec![connected.as_raw_fd()]);
+    let stderr = refused_activation(vec![connected.as_raw_fd()], None);
     assert!(stderr.contains("is not listening"), "{stderr}");
 
     // More sockets than keybust has listeners: a unit for another version.
     let sockets: Vec<_> = (0..4)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let stderr = refused_activation(sockets.iter().map(AsRawFd::as_raw_fd).collect());
+    let stderr = refused_activation(sockets.iter().map(AsRawFd::as_raw_fd).collect(), None);
     assert!(stderr.contains("keybust takes at most 3"), "{stderr}");
 }
 
