@@ -82,3 +82,30 @@ fn a_busy_port_names_the_setting_that_moves_it() {
         "{said}"
     );
 }
+
+/// A state directory whose record a newer keybust wrote (a downgrade)
+/// stops the start, saying so, and the record is left as it was: read as
+/// damaged, it was replaced with a new one, losing what it held.
+#[test]
+fn a_record_from_a_newer_keybust_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir().unwrap();
+    let components = state.path().join("components");
+    std::fs::create_dir_all(&components).unwrap();
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&components, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let record = components.join("state.json");
+    let newer = r#"{"schema": 2, "versions": []}"#;
+    std::fs::write(&record, newer).unwrap();
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let state_dir = state.path().display().to_string();
+    let cache_dir = state.path().join("cache").display().to_string();
+    let said = refused(crate::support::process::serve_command(&[
+        ("KEYBUST_CACHE", "embedded"),
+        ("KEYBUST_STATE_DIR", &state_dir),
+        ("KEYBUST_COMPONENT_CACHE_DIR", &cache_dir),
+    ]));
+    assert!(said.contains("schema 2"), "{said}");
+    assert!(said.contains("a newer keybust wrote it"), "{said}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), newer);
+}

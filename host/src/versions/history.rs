@@ -41,6 +41,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The name of the state file in the history directory.
 const STATE_FILE: &str = "state.json";
 
+/// The layout of `state.json` this keybust writes. A file without a
+/// `schema` (written before it was recorded) has the same layout. A newer
+/// one, left by a later keybust before a downgrade, stops the start rather
+/// than being read wrongly or overwritten with less than it holds.
+pub const STATE_SCHEMA: u32 = 1;
+
 /// Why the history cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -59,6 +65,20 @@ pub enum HistoryError {
     InUse {
         /// The state directory.
         path: String,
+    },
+    /// `state.json` was written by a newer keybust, in a layout this one
+    /// does not know.
+    #[error(
+        "{path} has schema {found}, newer than the {known} this keybust reads (a newer keybust wrote it): \
+         run that version, or move the state directory aside to start a new record"
+    )]
+    NewerSchema {
+        /// The state file.
+        path: String,
+        /// The schema it says it has.
+        found: u32,
+        /// The newest schema this keybust reads.
+        known: u32,
     },
 }
 
@@ -114,6 +134,10 @@ impl Accepted {
 /// What `state.json` holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
+    /// The layout ([`STATE_SCHEMA`]); 0 for a file written before it was
+    /// recorded, which has the same layout as 1.
+    #[serde(default)]
+    schema: u32,
     /// The `--component` value the record belongs to.
     configured: Option<String>,
     /// The digest of what the configured source held when last read.
@@ -187,6 +211,22 @@ impl History {
         let path = dir.join(STATE_FILE);
         let state = match read_private(&path) {
             Ok(bytes) => {
+                // The schema first: a newer layout may not parse as this
+                // one, and must not be taken for a damaged file.
+                #[derive(Deserialize)]
+                struct Schema {
+                    #[serde(default)]
+                    schema: u32,
+                }
+                if let Ok(Schema { schema }) = serde_json::from_slice::<Schema>(&bytes)
+                    && schema > STATE_SCHEMA
+                {
+                    return Err(HistoryError::NewerSchema {
+                        path: path.display().to_string(),
+                        found: schema,
+                        known: STATE_SCHEMA,
+                    });
+                }
                 serde_json::from_slice(&bytes).unwrap_or_else(|err| {
                     tracing::warn!(path = %path.display(), error = %err, "unreadable component history; starting a new one");
                     State::default()
@@ -381,6 +421,10 @@ impl History {
     /// removes the blobs no longer named.
     fn write_state(&self, state: &mut State, next: State) -> Result<(), HistoryError> {
         let path = self.dir.join(STATE_FILE);
+        let next = State {
+            schema: STATE_SCHEMA,
+            ..next
+        };
         let json = serde_json::to_vec_pretty(&next).expect("the state serializes");
         write_private(&path, &json).map_err(|source| HistoryError::Io {
             path: path.display().to_string(),

@@ -129,7 +129,8 @@ pub enum EndpointError {
         /// Why.
         error: SwapError,
     },
-    /// Another live process holds the state directory.
+    /// The state directory cannot be used: another live process holds it,
+    /// or a newer keybust wrote its record.
     #[error(transparent)]
     StateInUse(HistoryError),
 }

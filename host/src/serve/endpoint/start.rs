@@ -44,7 +44,7 @@ impl Endpoint {
         let history = match config.history_dir.as_deref().map(History::open) {
             None => None,
             Some(Ok(history)) => Some(history.verified_with(config.signed_by.clone())),
-            Some(Err(err @ HistoryError::InUse { .. })) => {
+            Some(Err(err @ (HistoryError::InUse { .. } | HistoryError::NewerSchema { .. }))) => {
                 return Err(EndpointError::StateInUse(err));
             }
             Some(Err(err)) => {

@@ -342,3 +342,72 @@ fn new_content_in_the_configured_source_waits_when_new_versions_do() {
     let serving = History::open(dir.path()).unwrap();
     assert!(serving.restore(tag, moved.as_deref(), false).is_none());
 }
+
+/// A `state.json` without a schema, as written before it was recorded, is
+/// read as before; what is written from then on says its schema.
+#[test]
+fn a_state_file_without_a_schema_is_read_and_rewritten_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    history
+        .record(
+            "embedded",
+            accepted(b"v1", "embedded"),
+            Some(b"v1"),
+            None,
+            true,
+        )
+        .unwrap();
+    history
+        .record(
+            "embedded",
+            accepted(b"v2", "admin"),
+            Some(b"v2"),
+            Some(accepted(b"v1", "embedded")),
+            true,
+        )
+        .unwrap();
+    drop(history);
+    let path = dir.path().join(STATE_FILE);
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["schema"], STATE_SCHEMA);
+    state.as_object_mut().unwrap().remove("schema");
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let reopened = History::open(dir.path()).unwrap();
+    let start = reopened
+        .restore("embedded", Some(&hex_digest(b"v1")), false)
+        .expect("the older file is read");
+    assert_eq!(start.current.bytes, b"v2");
+}
+
+/// A `state.json` a newer keybust wrote stops the start, saying so, rather
+/// than being taken for a damaged file and replaced.
+#[test]
+fn a_state_file_from_a_newer_keybust_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STATE_FILE);
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let newer = format!(r#"{{"schema": {}, "layout": "other"}}"#, STATE_SCHEMA + 1);
+    std::fs::write(&path, &newer).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    match History::open(dir.path()) {
+        Err(err @ HistoryError::NewerSchema { .. }) => {
+            let said = err.to_string();
+            assert!(said.contains("newer keybust"), "{said}");
+            assert!(
+                said.contains(&format!("schema {}", STATE_SCHEMA + 1)),
+                "{said}"
+            );
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a newer state file was taken"),
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
+}
