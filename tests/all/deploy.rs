@@ -541,3 +541,60 @@ async fn prometheus_rules_pass_promtool_and_name_only_exported_metrics() {
         .collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{metrics}");
 }
+
+/// The image says what it is (OCI labels a registry and a scanner read:
+/// title, version, revision and licence, agreeing with Cargo.toml), and
+/// is built with the toolchain `rust-toolchain.toml` pins, not a newer
+/// patch release a floating tag would bring.
+#[test]
+fn dockerfile_labels_and_toolchain_agree_with_the_workspace() {
+    let stages = dockerfile_stages();
+    let from = |stage: &Vec<Instruction>| {
+        stage
+            .iter()
+            .find(|instruction| instruction.keyword == "FROM")
+            .map(|instruction| instruction.arguments.clone())
+            .unwrap_or_default()
+    };
+    let toolchain = read("rust-toolchain.toml");
+    let channel = toolchain
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("channel = "))
+        .map(|value| value.trim_matches('"').to_owned())
+        .expect("a channel in rust-toolchain.toml");
+    let builder = from(&stages[0]);
+    assert!(
+        builder.starts_with(&format!("rust:{channel}-")),
+        "{DOCKERFILE}: the build stage is FROM {builder}, not rust:{channel}-…"
+    );
+
+    let workspace = read("Cargo.toml");
+    let field = |name: &str| {
+        workspace
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&format!("{name} = ")))
+            .map(|value| value.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("no {name} in Cargo.toml"))
+    };
+    let runtime = stages.last().unwrap();
+    let labels: String = runtime
+        .iter()
+        .filter(|instruction| instruction.keyword == "LABEL")
+        .map(|instruction| instruction.arguments.clone())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for (key, value) in [
+        ("org.opencontainers.image.title", "keybust".to_owned()),
+        ("org.opencontainers.image.version", field("version")),
+        ("org.opencontainers.image.licenses", field("license")),
+        (
+            "org.opencontainers.image.revision",
+            "${KEYBUST_GIT_SHA}".to_owned(),
+        ),
+    ] {
+        assert!(
+            labels.contains(&format!("{key}=\"{value}\"")),
+            "{DOCKERFILE}: no {key}=\"{value}\" in the runtime stage's labels: {labels}"
+        );
+    }
+}
