@@ -59,9 +59,18 @@ async fn json_logs_are_one_object_per_line() {
         .await
         .assert_json(200, r#"{"ok":true}"#);
     stack.keybust.assert_logged("keybust::access").await;
+    let mut access = 0;
     for line in stack.keybust.logs().lines() {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         assert!(value.get("level").is_some(), "{line}");
+        // Fields at the top level, where collectors look for them.
+        assert!(value.get("fields").is_none(), "{line}");
+        if value["target"] == "keybust::access" {
+            assert_eq!(value["status"], 200, "{line}");
+            assert_eq!(value["method"], "POST", "{line}");
+            access += 1;
+        }
     }
+    assert_eq!(access, 1);
 }

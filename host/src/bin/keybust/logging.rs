@@ -50,7 +50,9 @@ pub fn init_logging(format: LogFormat, traces: Option<&Tracing>) {
     start_access_flusher();
     let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => lines.boxed(),
-        LogFormat::Json => lines.json().boxed(),
+        // Fields at the top level (`"status": 200`, not under `"fields"`),
+        // where log collectors look for them.
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
     let lines = lines.with_filter(filter.and(caps()).and(export::without_trace_spans()));
     // Without tracing, no second layer at all: an absent layer still
