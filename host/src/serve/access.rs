@@ -152,15 +152,14 @@ impl Drop for AccessRecord {
             .unwrap_or_else(|poison| poison.into_inner());
         self.metrics.request_over();
         let request_id = self.request_id.to_str().unwrap_or_default();
-        let user_agent = self.user_agent.as_ref().map(|agent| {
-            let agent = String::from_utf8_lossy(agent.as_bytes());
-            let mut end = agent.len().min(MAX_USER_AGENT);
-            while !agent.is_char_boundary(end) {
-                end -= 1;
-            }
-            agent[..end].to_owned()
-        });
-        let user_agent = user_agent.as_deref();
+        // Borrowed, not copied: a header that is visible ASCII (as
+        // `to_str` requires) can be cut at any byte. One that is not is
+        // left out rather than decoded per request.
+        let user_agent = self
+            .user_agent
+            .as_ref()
+            .and_then(|agent| agent.to_str().ok())
+            .map(|agent| &agent[..agent.len().min(MAX_USER_AGENT)]);
         // The status is a number in the log when there is one, so log
         // pipelines can compare it; a client that hung up has none.
         match answered {
