@@ -1,6 +1,9 @@
 //! What keybust counts, exposed as Prometheus text on the metrics (or
 //! admin) listener.
 //!
+//! One concept: every metric, its help text, the method that counts into
+//! it and the series created up front; its other rooms are listed below.
+//!
 //! One registry, owned by whoever assembles the server (the
 //! [`Service`](crate::service::Service), or an embedder) and shared with
 //! what counts into it: the capabilities, the serving slot, the endpoint,

@@ -1,8 +1,8 @@
 //! The record of accepted components, kept across restarts.
 //!
-//! One concept, in one file: what is written and what `restore` decides
-//! from it belong together. More than half the file is its tests, one per
-//! rule below.
+//! One concept, in one file: what is written (with its schema) and what
+//! `restore` decides from it belong together. Its tests, one per rule
+//! below, are in `history/tests.rs`.
 //!
 //! Every version that starts serving (at start, by a swap from any source,
 //! by a rollback) is recorded in a directory of keybust's state: the

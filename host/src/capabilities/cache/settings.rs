@@ -1,5 +1,6 @@
 //! Which cache backend holds the gateway's key validations, and the key
-//! prefix (contract, "The cache key").
+//! prefix (contract, "The cache key"). One concept: the cache's settings,
+//! their checks (one backend at most) and their tests.
 
 use crate::config::{
     ConfigError, PlainHttp, Secret, check_redis_url, header_safe, http_url, non_empty,

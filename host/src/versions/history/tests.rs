@@ -1,18 +1,8 @@
 use super::*;
 
-fn accepted(bytes: &[u8], source: &str) -> Accepted {
-    Accepted::now(&hex_digest(bytes), source)
-}
-
-#[test]
-fn a_swap_survives_a_restart_with_its_rollback_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let history = History::open(dir.path()).unwrap();
-    assert!(
-        history
-            .restore("embedded", Some(&hex_digest(b"v1")), false)
-            .is_none()
-    );
+/// `v1` serves from the configured source `embedded`, then `v2` is swapped
+/// in through the admin API, with `v1` as its rollback target.
+fn swap_v1_for_v2(history: &History) {
     history
         .record(
             "embedded",
@@ -31,6 +21,22 @@ fn a_swap_survives_a_restart_with_its_rollback_target() {
             true,
         )
         .unwrap();
+}
+
+fn accepted(bytes: &[u8], source: &str) -> Accepted {
+    Accepted::now(&hex_digest(bytes), source)
+}
+
+#[test]
+fn a_swap_survives_a_restart_with_its_rollback_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(dir.path()).unwrap();
+    assert!(
+        history
+            .restore("embedded", Some(&hex_digest(b"v1")), false)
+            .is_none()
+    );
+    swap_v1_for_v2(&history);
 
     drop(history);
     let reopened = History::open(dir.path()).unwrap();
@@ -349,24 +355,7 @@ fn new_content_in_the_configured_source_waits_when_new_versions_do() {
 fn a_state_file_without_a_schema_is_read_and_rewritten_with_one() {
     let dir = tempfile::tempdir().unwrap();
     let history = History::open(dir.path()).unwrap();
-    history
-        .record(
-            "embedded",
-            accepted(b"v1", "embedded"),
-            Some(b"v1"),
-            None,
-            true,
-        )
-        .unwrap();
-    history
-        .record(
-            "embedded",
-            accepted(b"v2", "admin"),
-            Some(b"v2"),
-            Some(accepted(b"v1", "embedded")),
-            true,
-        )
-        .unwrap();
+    swap_v1_for_v2(&history);
     drop(history);
     let path = dir.path().join(STATE_FILE);
     let mut state: serde_json::Value =
